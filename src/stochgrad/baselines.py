@@ -1,0 +1,125 @@
+"""Baselines for the score-function estimator (seed Corollary 1): explicit state, read before update.
+
+A baseline maps ``(h, probs, losses)`` of one estimate to ``c``, broadcastable to ``h``'s shape
+``(S, *batch, n)``, used in ``(h − σ(a))·(L − c)``. Corollary 1 keeps the estimator unbiased only if
+``c`` does not depend on the current sample, so :meth:`Baseline.forward` reads state built from past
+losses (or, for leave-one-out, from the *other* samples), and :meth:`Baseline.update` folds the
+current losses in afterwards. State lives in buffers: ``state_dict``, ``.to(device)`` and checkpoints
+work, and every statistic is averaged over ranks under ``torch.distributed``.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .distributed import mean_over_ranks
+
+
+class ResizableBuffers(nn.Module):
+    """Buffers whose size follows the number of units, fixed by first use or by a loaded ``state_dict``.
+
+    A freshly built module holds empty buffers; loading a used one's ``state_dict`` adopts its shapes,
+    so checkpoints resume whatever the number of units.
+    """
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        for name, buf in self._buffers.items():
+            incoming = state_dict.get(prefix + name)
+            if buf is not None and incoming is not None and incoming.shape != buf.shape:
+                self._buffers[name] = torch.zeros(incoming.shape, dtype=buf.dtype, device=buf.device)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
+    def _sized(self, n: int, like: Tensor, *names: str) -> None:
+        """Gives ``names`` ``n`` units (zeros) on first use; later, insists on the same ``n``."""
+        for name in names:
+            buf = self._buffers[name]
+            if buf.numel() == 0:
+                self._buffers[name] = torch.zeros(n, dtype=like.dtype, device=like.device)
+            elif buf.shape[-1] != n:
+                raise ValueError(f"{type(self).__name__} tracks {buf.shape[-1]} units but got {n}: "
+                                 "keep one estimator object per stochastic site")
+            elif buf.dtype != like.dtype or buf.device != like.device:
+                self._buffers[name] = buf.to(dtype=like.dtype, device=like.device)
+
+
+class Baseline(ResizableBuffers):
+    """No baseline: ``c = 0`` (seed Theorem 1)."""
+
+    def forward(self, h: Tensor, probs: Tensor, losses: Tensor) -> Tensor | float:
+        return 0.0
+
+    def update(self, h: Tensor, probs: Tensor, losses: Tensor) -> None:
+        pass
+
+
+class MovingAverage(Baseline):
+    """``c`` = exponential moving average of past losses (seed Corollary 1), one scalar per site.
+
+    Bias-corrected like Adam's moments, so the first steps are not pulled toward zero.
+    """
+
+    def __init__(self, decay: float = 0.9):
+        super().__init__()
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"decay must be in [0, 1), got {decay}")
+        self.decay = decay
+        self.register_buffer("mean", torch.zeros(()))
+        self.register_buffer("weight", torch.zeros(()))  # 1 − decay^steps: the bias correction
+
+    def forward(self, h, probs, losses):
+        # weight == 0 before the first update, when mean is 0 too: the ratio is then 0.
+        return (self.mean / self.weight.clamp_min(1e-30)).to(losses.dtype)
+
+    @torch.no_grad()
+    def update(self, h, probs, losses):
+        m = mean_over_ranks(losses.mean(), losses.numel()).to(self.mean.dtype)
+        self.mean.mul_(self.decay).add_((1 - self.decay) * m)
+        self.weight.mul_(self.decay).add_(1 - self.decay)
+
+    def extra_repr(self) -> str:
+        return f"decay={self.decay}"
+
+
+class OptimalBaseline(Baseline):
+    """Per-unit variance-minimising baseline of seed Eq. 7: ``c_i = E[(h_i − σ_i)² L] / E[(h_i − σ_i)²]``.
+
+    Numerator and denominator are separate moving averages per unit (decay 0.9 as in the follow-up
+    paper). Both start at zero with the same decay, so their ratio needs no bias correction.
+    Buffers ``numerator``, ``denominator``: ``(n,)``.
+    """
+
+    def __init__(self, decay: float = 0.9):
+        super().__init__()
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"decay must be in [0, 1), got {decay}")
+        self.decay = decay
+        self.register_buffer("numerator", torch.zeros(0))
+        self.register_buffer("denominator", torch.zeros(0))
+
+    def forward(self, h, probs, losses):
+        self._sized(h.shape[-1], losses, "numerator", "denominator")
+        den = self.denominator
+        return torch.where(den > 0, self.numerator / den.clamp_min(torch.finfo(den.dtype).tiny), 0.0)
+
+    @torch.no_grad()
+    def update(self, h, probs, losses):
+        w = (h - probs).square()
+        per_unit = w.reshape(-1, w.shape[-1])
+        count = per_unit.shape[0]
+        num = mean_over_ranks((per_unit * losses.reshape(-1, 1)).mean(0), count)
+        den = mean_over_ranks(per_unit.mean(0), count)
+        self.numerator.mul_(self.decay).add_((1 - self.decay) * num)
+        self.denominator.mul_(self.decay).add_((1 - self.decay) * den)
+
+    def extra_repr(self) -> str:
+        return f"decay={self.decay}, units={self.numerator.numel()}"
+
+
+class LeaveOneOut(Baseline):
+    """``c`` for sample ``s`` = mean loss of the *other* ``S − 1`` samples of the same example (needs ``S ≥ 2``)."""
+
+    def forward(self, h, probs, losses):
+        S = losses.shape[0]
+        return ((losses.sum(0, keepdim=True) - losses) / (S - 1)).unsqueeze(-1)

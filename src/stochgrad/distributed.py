@@ -1,0 +1,26 @@
+"""Running statistics that agree across ranks.
+
+Every moving statistic in stochgrad (baselines, firing rates, the learned predictor's moments) is a
+mean over the examples of one step. :func:`mean_over_ranks` turns the local mean into the mean over
+all ranks' examples, so two processes with half the batch each hold the state one process with the
+whole batch would hold. Without an initialised process group it does nothing.
+"""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def mean_over_ranks(local_mean: Tensor, local_count: int) -> Tensor:
+    """Mean over all ranks' examples, given this rank's mean over ``local_count`` examples."""
+    if not is_distributed():
+        return local_mean
+    packed = torch.cat([local_mean.reshape(-1) * local_count,
+                        torch.tensor([float(local_count)], dtype=local_mean.dtype, device=local_mean.device)])
+    dist.all_reduce(packed)
+    return (packed[:-1] / packed[-1]).reshape(local_mean.shape)

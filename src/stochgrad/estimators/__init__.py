@@ -1,0 +1,51 @@
+"""The estimator registry: names (DESIGN.md) to classes, and what each declares about itself."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .base import Estimator, ScoreFunction
+from .exact import Exact
+from .reinforce import Reinforce, ReinforceLOO, ReinforceMA, ReinforceOptimal
+from .straight_through import StraightThrough, StraightThroughSigmoid
+
+_CLASSES = (Exact, StraightThrough, StraightThroughSigmoid, Reinforce, ReinforceMA, ReinforceOptimal,
+            ReinforceLOO)
+REGISTRY: dict[str, type[Estimator]] = {cls.name: cls for cls in _CLASSES}
+
+
+@dataclass(frozen=True)
+class EstimatorInfo:
+    """What an estimator declares: printed as one line."""
+
+    name: str
+    description: str
+    unbiased: bool
+    pathwise: bool
+    cost: str
+    min_samples: int
+
+    def __str__(self) -> str:
+        kind = "unbiased" if self.unbiased else "biased"
+        route = "pathwise" if self.pathwise else "needs L"
+        return f"{kind:8s} | {route:8s} | f evals: {self.cost:6s} | {self.description}"
+
+
+def estimators() -> dict[str, EstimatorInfo]:
+    """Every registered estimator: name → :class:`EstimatorInfo` (one line when printed)."""
+    return {name: EstimatorInfo(name, cls.description, cls.unbiased, cls.pathwise, cls.cost, cls.min_samples)
+            for name, cls in REGISTRY.items()}
+
+
+def get_estimator(name: str, **options) -> Estimator:
+    """Builds the estimator registered as ``name`` with its options (e.g. ``decay=0.9``)."""
+    if not isinstance(name, str):
+        raise TypeError(f"estimator name must be a str, got {type(name).__name__}")
+    if name not in REGISTRY:
+        raise ValueError(f"unknown estimator {name!r}; known estimators: {', '.join(REGISTRY)}")
+    try:
+        return REGISTRY[name](**options)
+    except TypeError as err:
+        raise TypeError(f"bad options for estimator {name!r}: {err}") from None
+
+
+__all__ = ["Estimator", "ScoreFunction", "EstimatorInfo", "REGISTRY", "estimators", "get_estimator"]

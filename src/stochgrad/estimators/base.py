@@ -1,0 +1,79 @@
+"""The estimator interface shared by the functional view (``expect``) and the network view (layers)."""
+from __future__ import annotations
+
+import abc
+
+import torch
+from torch import Tensor, nn
+
+from ..expect import CheckedLoss, attach_gradient, expect
+
+
+class Estimator(nn.Module, abc.ABC):
+    """A gradient estimator for ``E_{b ~ Bernoulli(σ(a))}[f(b)]`` with respect to the logits ``a``.
+
+    Class attributes declare what the checks demand of it:
+
+    - ``name``: the registered name; ``description``: one line, citing the equation it implements.
+    - ``unbiased``: whether ``E[estimate] = ∇_a E[f]`` exactly (tested against enumeration).
+    - ``pathwise``: gradient flows by autograd through a (relaxed or straight-through) sample, so in a
+      network it needs no broadcast loss.
+    - ``min_samples``: the fewest samples per estimate it accepts.
+
+    Subclasses implement :meth:`estimate`; call them through :func:`stochgrad.expect` or as
+    ``estimator(f, logits, samples, generator)``, which validates the input first.
+    """
+
+    name: str = ""
+    description: str = ""
+    unbiased: bool = False
+    pathwise: bool = False
+    min_samples: int = 1
+    cost: str = "S"  # evaluations of f per example and estimate, in words (S = samples, n = units)
+
+    def forward(self, f, logits: Tensor, samples: int = 1, generator: torch.Generator | None = None) -> Tensor:
+        return expect(f, logits, self, samples, generator)
+
+    @abc.abstractmethod
+    def estimate(self, f: CheckedLoss, logits: Tensor, samples: int,
+                 generator: torch.Generator | None) -> Tensor:
+        """Validated input in, ``(*batch,)`` estimate of ``E[f]`` out, carrying the gradient to ``logits``."""
+
+    def evaluations(self, n: int, samples: int = 1) -> int:
+        """Points at which ``f`` is evaluated per example and estimate, for ``n`` units."""
+        return samples
+
+
+class ScoreFunction(Estimator):
+    """The score-function family: ``ĝ_i = mean_s (h_si − σ(a_i))·(L_s − c_si)`` (seed Theorem 1, Corollary 1).
+
+    The baseline ``c`` is a :class:`stochgrad.baselines.Baseline`; the formula lives in
+    :meth:`score_gradient`, which the network view calls with the broadcast loss.
+    """
+
+    unbiased = True
+
+    def __init__(self, baseline):
+        super().__init__()
+        self.baseline = baseline
+
+    def score_gradient(self, h: Tensor, probs: Tensor, losses: Tensor, update: bool = True) -> Tensor:
+        """``h``, ``probs``: ``(S, *batch, n)`` / ``(*batch, n)``; ``losses``: ``(S, *batch)`` → ``(*batch, n)``.
+
+        Reads the baseline first, then (if ``update``) folds in the current losses: Corollary 1.
+        """
+        losses = losses.detach()
+        centred = losses.unsqueeze(-1) - self.baseline(h, probs, losses)
+        grad = ((h - probs) * centred).mean(0)
+        if update:
+            self.baseline.update(h, probs, losses)
+        return grad
+
+    def estimate(self, f, logits, samples, generator):
+        from ..sampling import bernoulli
+
+        probs = torch.sigmoid(logits.detach())
+        h = bernoulli(probs, (samples,), generator)
+        losses = f(h)
+        grad = self.score_gradient(h, probs, losses, update=logits.requires_grad)
+        return attach_gradient(losses.mean(0), logits, grad)

@@ -1,0 +1,18 @@
+"""``exact``: enumeration of all 2^n states, the ground truth the checks compare against."""
+from __future__ import annotations
+
+from ..exact import MAX_UNITS, exact_expectation
+from .base import Estimator
+
+
+class Exact(Estimator):
+    name = "exact"
+    description = f"enumerates all 2^n states (n <= {MAX_UNITS}): exact E[f] and exact gradient"
+    unbiased = True
+    cost = "2^n"
+
+    def estimate(self, f, logits, samples, generator):
+        return exact_expectation(f, logits)
+
+    def evaluations(self, n, samples=1):
+        return 2 ** n

@@ -1,0 +1,39 @@
+"""Straight-through estimators (seed §1.2, §3.2.1; Hinton 2012, lecture 15b): biased, low variance, pathwise.
+
+The forward pass uses the hard sample ``h``; the backward pass treats the threshold as the identity
+(``∂h/∂a := 1``) or as the sigmoid (``∂h/∂a := σ'(a)``). Their mean is therefore
+``E[∂f/∂b]`` (times ``σ'(a)``), not ``∇_a E[f]``: the tests assert exactly this bias.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..sampling import bernoulli
+from .base import Estimator
+
+
+def straight_through(h, surrogate):
+    """``h`` forward, gradient of ``surrogate`` backward: ``h + (s − s.detach())``."""
+    return h + (surrogate - surrogate.detach())
+
+
+class StraightThrough(Estimator):
+    name = "straight_through"
+    description = "back-propagates through the threshold as if it were the identity (§3.2.1): mean = E[df/db]"
+    pathwise = True
+
+    def relax(self, logits):
+        """What the threshold is replaced by in the backward pass."""
+        return logits
+
+    def estimate(self, f, logits, samples, generator):
+        h = bernoulli(torch.sigmoid(logits.detach()), (samples,), generator)
+        return f(straight_through(h, self.relax(logits))).mean(0)
+
+
+class StraightThroughSigmoid(StraightThrough):
+    name = "straight_through_sigmoid"
+    description = "straight-through scaled by σ'(a) (§3.2.1): mean = σ(a)(1-σ(a))·E[df/db]"
+
+    def relax(self, logits):
+        return torch.sigmoid(logits)

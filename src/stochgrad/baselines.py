@@ -26,10 +26,17 @@ class ResizableBuffers(nn.Module):
                               unexpected_keys, error_msgs):
         for name, buf in self._buffers.items():
             incoming = state_dict.get(prefix + name)
-            if buf is not None and incoming is not None and incoming.shape != buf.shape:
-                self._buffers[name] = torch.zeros(incoming.shape, dtype=buf.dtype, device=buf.device)
+            if buf is not None and incoming is not None and (incoming.shape, incoming.dtype) != (buf.shape, buf.dtype):
+                self._buffers[name] = torch.zeros(incoming.shape, dtype=incoming.dtype, device=buf.device)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
+
+    def _follow(self, like: Tensor, *names: str) -> None:
+        """Moves buffers ``names`` to the dtype and device of ``like`` (the logits'), keeping their values."""
+        for name in names:
+            buf = self._buffers[name]
+            if buf.dtype != like.dtype or buf.device != like.device:
+                self._buffers[name] = buf.to(dtype=like.dtype, device=like.device)
 
     def _sized(self, n: int, like: Tensor, *names: str) -> None:
         """Gives ``names`` ``n`` units (zeros) on first use; later, insists on the same ``n``."""
@@ -40,8 +47,7 @@ class ResizableBuffers(nn.Module):
             elif buf.shape[-1] != n:
                 raise ValueError(f"{type(self).__name__} tracks {buf.shape[-1]} units but got {n}: "
                                  "keep one estimator object per stochastic site")
-            elif buf.dtype != like.dtype or buf.device != like.device:
-                self._buffers[name] = buf.to(dtype=like.dtype, device=like.device)
+        self._follow(like, *names)
 
 
 class Baseline(ResizableBuffers):
@@ -69,12 +75,13 @@ class MovingAverage(Baseline):
         self.register_buffer("weight", torch.zeros(()))  # 1 − decay^steps: the bias correction
 
     def forward(self, h, probs, losses):
+        self._follow(losses, "mean", "weight")
         # weight == 0 before the first update, when mean is 0 too: the ratio is then 0.
-        return (self.mean / self.weight.clamp_min(1e-30)).to(losses.dtype)
+        return self.mean / self.weight.clamp_min(1e-30)
 
     @torch.no_grad()
     def update(self, h, probs, losses):
-        m = mean_over_ranks(losses.mean(), losses.numel()).to(self.mean.dtype)
+        m = mean_over_ranks(losses.mean(), losses.numel())
         self.mean.mul_(self.decay).add_((1 - self.decay) * m)
         self.weight.mul_(self.decay).add_(1 - self.decay)
 

@@ -9,6 +9,7 @@ class Exact(Estimator):
     name = "exact"
     description = f"enumerates all 2^n states (n <= {MAX_UNITS}): exact E[f] and exact gradient"
     unbiased = True
+    pathwise = True  # autograd through the enumeration
     cost = "2^n"
 
     def estimate(self, f, logits, samples, generator):

@@ -1,0 +1,124 @@
+"""The functional API: errors, state, dtypes, determinism, the registry."""
+import math
+
+import pytest
+import torch
+
+import stochgrad as sg
+from stochgrad import problems
+
+
+def quad(b):
+    return (b - 0.3).square().sum(-1)
+
+
+@pytest.mark.parametrize("bad, err, words", [
+    (torch.tensor([0.0, float("nan")]), ValueError, "finite"),
+    (torch.tensor([0.0, float("inf")]), ValueError, "finite"),
+    (torch.tensor([1, 2]), TypeError, "floating"),
+    (torch.tensor(0.5), ValueError, "n >= 1"),
+    ([0.1, 0.2], TypeError, "torch.Tensor"),
+])
+def test_bad_logits_are_clear_errors(bad, err, words):
+    with pytest.raises(err, match=words):
+        sg.expect(quad, bad, "reinforce")
+
+
+def test_bad_arguments_are_clear_errors():
+    logits = torch.zeros(3)
+    with pytest.raises(ValueError, match="unknown estimator 'nope'.*reinforce_optimal"):
+        sg.expect(quad, logits, "nope")
+    with pytest.raises(ValueError, match="n <= 20"):
+        sg.expect(quad, torch.zeros(21), "exact")
+    with pytest.raises(ValueError, match="samples must be >= 1"):
+        sg.expect(quad, logits, "reinforce", samples=0)
+    with pytest.raises(ValueError, match="reinforce_loo needs at least 2"):
+        sg.expect(quad, logits, "reinforce_loo", samples=1)
+    with pytest.raises(TypeError, match="samples must be an int"):
+        sg.expect(quad, logits, "reinforce", samples=2.0)
+    with pytest.raises(ValueError, match=r"f must return per-sample losses of shape \(\*lead, \*batch\)"):
+        sg.expect(lambda b: b.sum(), logits, "reinforce")
+    with pytest.raises(ValueError, match="f must return"):
+        sg.expect(lambda b: b, logits, "straight_through")
+    with pytest.raises(TypeError, match="f must be callable"):
+        sg.expect(3, logits, "reinforce")
+    with pytest.raises(TypeError, match="estimator must be"):
+        sg.expect(quad, logits, 3)
+    with pytest.raises(TypeError, match="bad options for estimator 'reinforce_ma'"):
+        sg.get_estimator("reinforce_ma", nonsense=1)
+    with pytest.raises(ValueError, match="decay"):
+        sg.get_estimator("reinforce_optimal", decay=1.5)
+    with pytest.raises(TypeError, match="generator"):
+        sg.expect(quad, logits, "reinforce", generator=3)
+
+
+def test_one_site_per_estimator_object():
+    est = sg.get_estimator("reinforce_optimal")
+    est(quad, torch.zeros(3, requires_grad=True))
+    with pytest.raises(ValueError, match="tracks 3 units but got 4"):
+        est(quad, torch.zeros(4, requires_grad=True))
+
+
+def test_registry_lists_every_design_name_with_its_declarations():
+    info = sg.estimators()
+    for name in ["exact", "straight_through", "straight_through_sigmoid", "reinforce", "reinforce_ma",
+                 "reinforce_optimal", "reinforce_loo"]:
+        assert name in info and str(info[name])
+        assert sg.get_estimator(name).name == name
+    assert info["reinforce"].unbiased and not info["straight_through"].unbiased
+    assert info["straight_through"].pathwise and not info["reinforce"].pathwise
+
+
+@pytest.mark.parametrize("name", ["reinforce_ma", "reinforce_optimal"])
+def test_state_dict_resumes_into_a_fresh_estimator(name):
+    p = problems.decoder()
+    used = sg.get_estimator(name)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        used(p.f, p.logits.expand(10, -1).clone().requires_grad_(True), generator=g)
+    fresh = sg.get_estimator(name)
+    fresh.load_state_dict(used.state_dict())
+
+    def step(est, seed):
+        a = p.logits.expand(10, -1).clone().requires_grad_(True)
+        est(p.f, a, generator=torch.Generator().manual_seed(seed)).sum().backward()
+        return a.grad
+
+    for seed in range(3):
+        assert torch.equal(step(used, seed), step(fresh, seed))
+    assert all(torch.equal(v, fresh.state_dict()[k]) for k, v in used.state_dict().items())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name", [n for n in sg.estimators()])
+def test_dtypes_and_determinism(name, dtype):
+    est = sg.get_estimator(name)
+    samples = max(2, est.min_samples)
+    p = problems.nonseparable(dtype=dtype)
+
+    def grad(seed):
+        e = sg.get_estimator(name)
+        a = p.logits.expand(7, -1).clone().requires_grad_(True)
+        v = e(p.f, a, samples=samples, generator=torch.Generator().manual_seed(seed))
+        assert v.shape == (7,) and v.dtype == dtype
+        v.sum().backward()
+        assert a.grad.dtype == dtype and torch.isfinite(a.grad).all()
+        return a.grad
+
+    assert torch.equal(grad(3), grad(3))
+
+
+def test_float32_reinforce_optimal_unbiased(gen):
+    p = problems.decoder(dtype=torch.float32)
+    r = sg.check_unbiased("reinforce_optimal", p.f, p.logits, estimates=8000, batch=400, generator=gen)
+    assert r.passed
+
+
+def test_exact_value_and_gradient_closed_form():
+    """Separable toy: E[f] = Σ σ(a)Δ + const and ∂/∂a_i = σ'(a_i)·Δ, Δ = f(1) − f(0) per unit."""
+    a = torch.tensor([0.3, -1.2, 2.0], dtype=torch.float64)
+    value, grad = sg.exact_gradient(lambda b: (b - 0.45).square().sum(-1), a)
+    s = torch.sigmoid(a)
+    d = 0.55 ** 2 - 0.45 ** 2
+    assert math.isclose(value.item(), (s * 0.55 ** 2 + (1 - s) * 0.45 ** 2).sum().item(), rel_tol=1e-12)
+    assert torch.allclose(grad, s * (1 - s) * d)

@@ -1,0 +1,51 @@
+"""Antithetic estimators: ARM (Yin & Zhou 2019) and DisARM (Dong, Mnih & Tucker 2020). Unbiased.
+
+Both draw one uniform vector ``u`` per sample and evaluate ``f`` at two points built from it; the
+difference of the two losses replaces the score-function's ``L − c``. With ``samples = S`` they
+average ``S`` independent pairs (2S evaluations of ``f``).
+"""
+from __future__ import annotations
+
+import torch
+
+from ..expect import attach_gradient
+from ..sampling import bernoulli_from_uniform, uniform
+from .base import Estimator
+
+
+class ARM(Estimator):
+    name = "arm"
+    description = "ARM (Yin & Zhou 2019, Thm 1): (f(1[u>σ(-a)]) - f(1[u<σ(a)]))·(u - 1/2)"
+    unbiased = True
+    cost = "2S"
+
+    def evaluations(self, n, samples=1):
+        return 2 * samples
+
+    def estimate(self, f, logits, samples, generator):
+        probs = torch.sigmoid(logits.detach())
+        u = uniform((samples, *logits.shape), logits, generator)
+        # the antithetic pair 1[1 − u < σ(a)] = 1[u > σ(−a)] and 1[u < σ(a)], each ~ Bernoulli(σ(a))
+        losses = f(torch.stack([bernoulli_from_uniform(1 - u, probs), bernoulli_from_uniform(u, probs)]))
+        grad = ((losses[0] - losses[1]).detach().unsqueeze(-1) * (u - 0.5)).mean(0)
+        return attach_gradient(losses.mean((0, 1)), logits, grad)
+
+
+class DisARM(Estimator):
+    name = "disarm"
+    description = ("DisARM (Dong et al. 2020, Eq. 7): ½(f(b)-f(b~))·(-1)^b~·1[b≠b~]·σ(|a|), "
+                   "b, b~ antithetic")
+    unbiased = True
+    cost = "2S"
+
+    def evaluations(self, n, samples=1):
+        return 2 * samples
+
+    def estimate(self, f, logits, samples, generator):
+        probs = torch.sigmoid(logits.detach())
+        u = uniform((samples, *logits.shape), logits, generator)
+        b, b_anti = bernoulli_from_uniform(u, probs), bernoulli_from_uniform(1 - u, probs)  # both ~ Bernoulli(σ(a))
+        losses = f(torch.stack([b, b_anti]))                 # (2, S, *batch)
+        weight = (1 - 2 * b_anti) * (b != b_anti).to(b.dtype) * torch.sigmoid(logits.detach().abs())
+        grad = (0.5 * (losses[0] - losses[1]).detach().unsqueeze(-1) * weight).mean(0)
+        return attach_gradient(losses.mean((0, 1)), logits, grad)

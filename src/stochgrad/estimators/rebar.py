@@ -70,8 +70,8 @@ class REBAR(Estimator):
             lam = self.log_temperature.exp().to(a.dtype)
             soft_z = torch.sigmoid((a + logistic_from_uniform(u)) / lam)
             soft_zt = torch.sigmoid(conditional_logistic(v, b, p) / lam)
-            losses = f(torch.cat([b, soft_z, soft_zt]))                     # (3S, *batch)
-            f_b, f_z, f_zt = losses[:samples], losses[samples:2 * samples], losses[2 * samples:]
+            f_b = f(b)                                   # (S, *batch): the value, and f's own gradient
+            f_z, f_zt = f(torch.stack([soft_z, soft_zt]))  # the control variate's graph, kept apart
             eta = self.eta.to(a.dtype)
             c_z = eta * f_z + self.extra(soft_z)
             c_zt = eta * f_zt + self.extra(soft_zt)

@@ -1,0 +1,130 @@
+"""Estimators beyond the paper (issue 4): known variance relations, tuning, temperatures, perturbations."""
+import pytest
+import torch
+
+import stochgrad as sg
+from stochgrad import problems
+from stochgrad.checks import sample_gradients
+from stochgrad.exact import all_states, exact_expectation, exact_gradient
+
+HARD = {"nonseparable": problems.nonseparable, "decoder": problems.decoder, "two_layer": problems.two_layer}
+
+
+@pytest.mark.parametrize("problem", HARD)
+def test_disarm_variance_at_most_arm(problem, gen):
+    """DisARM is ARM Rao-Blackwellised over u given the pair (b, b~): never more variance."""
+    p = HARD[problem]()
+    arm = sg.check_unbiased("arm", p.f, p.logits, estimates=30000, generator=gen)
+    disarm = sg.check_unbiased("disarm", p.f, p.logits, estimates=30000, generator=gen)
+    assert arm.passed and disarm.passed
+    assert disarm.variance.sum() < arm.variance.sum()
+
+
+@pytest.mark.parametrize("name", ["rebar", "relax"])
+@pytest.mark.parametrize("problem", ["decoder", "two_layer", "nonseparable"])
+def test_rebar_relax_tuning_lowers_variance_and_stays_unbiased(name, problem, gen):
+    p = HARD[problem]()
+    est = sg.get_estimator(name, tune=False)
+    before = sg.check_unbiased(est, p.f, p.logits, estimates=6000, batch=500, generator=gen)
+    start = [q.detach().clone() for q in est.parameters()]
+    est.tune = True
+    sample_gradients(est, p.f, p.logits, estimates=150 * 100, batch=100, generator=gen)   # 150 tuning steps
+    assert any(not torch.equal(a, q) for a, q in zip(start, est.parameters())), "tuning moved nothing"
+    # still unbiased while it keeps tuning during the measurement
+    during = sg.check_unbiased(est, p.f, p.logits, estimates=6000, batch=100, generator=gen)
+    assert during.passed, f"max |z| {during.max_abs_z:.2f}"
+    est.tune = False
+    after = sg.check_unbiased(est, p.f, p.logits, estimates=6000, batch=500, generator=gen)
+    assert after.passed
+    assert after.variance.sum() < before.variance.sum()
+
+
+def test_gumbel_bias_falls_and_variance_grows_as_temperature_falls(gen):
+    p = problems.decoder()
+    runs = [sg.check_unbiased(sg.get_estimator("gumbel", temperature=t), p.f, p.logits, estimates=40000,
+                              generator=gen) for t in (1.0, 0.5, 0.2)]
+    bias = [r.bias.norm().item() for r in runs]
+    var = [r.variance.sum().item() for r in runs]
+    assert all(r.bias_detected for r in runs[:2])
+    assert bias[0] > bias[1] > bias[2] and var[0] < var[1] < var[2], (bias, var)
+
+
+def expected_finite_difference(p, c):
+    """Exact mean of the finite-difference estimator: central differences of E[f] (enumeration)."""
+    eye = torch.eye(p.n, dtype=p.logits.dtype)
+    return (exact_expectation(p.f, p.logits + c * eye) - exact_expectation(p.f, p.logits - c * eye)) / (2 * c)
+
+
+def expected_spsa(p, c):
+    """Exact mean of SPSA: average over all 2^n Rademacher directions Δ of central differences along Δ."""
+    delta = 2 * all_states(p.n, p.logits) - 1
+    diff = exact_expectation(p.f, p.logits + c * delta) - exact_expectation(p.f, p.logits - c * delta)
+    return (diff.unsqueeze(-1) * delta / (2 * c)).mean(0)
+
+
+@pytest.mark.parametrize("name, expected", [("finite_difference", expected_finite_difference),
+                                            ("spsa", expected_spsa)])
+def test_perturbation_means_are_finite_differences_whose_bias_shrinks_with_the_step(name, expected, gen):
+    p = problems.decoder()
+    exact = exact_gradient(p.f, p.logits)[1]
+    # the implementation's mean is the documented finite difference of E[f] ...
+    r = sg.check_unbiased(sg.get_estimator(name, step=1.0), p.f, p.logits, estimates=40000, generator=gen)
+    z = (r.mean - expected(p, 1.0)) / r.standard_error
+    assert z.abs().max() < 4, z
+    assert r.bias_detected
+    # ... whose bias falls like c² as the step shrinks
+    bias = [(expected(p, c) - exact).norm().item() for c in (1.0, 0.5, 0.25, 0.1)]
+    assert bias[0] > bias[1] > bias[2] > bias[3]
+    assert bias[2] / bias[3] == pytest.approx((0.25 / 0.1) ** 2, rel=0.15)
+
+
+def test_node_perturbation_bias_shrinks_with_the_perturbation(gen):
+    p = problems.decoder()
+    big = sg.check_unbiased(sg.get_estimator("node_perturbation", step=1.0), p.f, p.logits, estimates=200000,
+                            generator=gen)
+    small = sg.check_unbiased(sg.get_estimator("node_perturbation", step=0.25), p.f, p.logits,
+                              estimates=200000, generator=gen)
+    assert big.bias_detected
+    assert big.bias.norm() > 3 * small.bias.norm()
+    assert small.variance.sum() > big.variance.sum()
+
+
+@pytest.mark.parametrize("name", list(sg.estimators()))
+def test_each_estimator_costs_the_evaluations_it_declares(name):
+    p = problems.decoder()
+    calls = []
+
+    def counted(b):
+        calls.append(b.shape[:-2].numel())  # points per example: every dim but (batch, n)
+        return p.f(b)
+
+    est = sg.get_estimator(name)
+    S = max(3, est.min_samples)
+    a = p.logits.expand(4, -1).clone().requires_grad_(True)
+    est(counted, a, samples=S, generator=torch.Generator().manual_seed(0)).sum().backward()
+    assert sum(calls) == est.evaluations(p.n, S)
+    assert str(sg.estimators()[name].cost)
+    expected = {"exact": 2 ** p.n, "finite_difference": 2 * p.n * S, "arm": 2 * S, "disarm": 2 * S, "spsa": 2 * S,
+                "node_perturbation": 2 * S, "rebar": 3 * S, "relax": 3 * S}.get(name, S)
+    assert sum(calls) == expected
+
+
+def test_relax_state_dict_resumes_into_a_fresh_estimator(gen):
+    p = problems.decoder()
+    used = sg.get_estimator("relax")
+    sample_gradients(used, p.f, p.logits, estimates=1000, batch=100, generator=gen)
+    fresh = sg.get_estimator("relax")
+    fresh.load_state_dict(used.state_dict())
+    used.tune = fresh.tune = False
+    g1 = sample_gradients(used, p.f, p.logits, 50, generator=torch.Generator().manual_seed(1))
+    g2 = sample_gradients(fresh, p.f, p.logits, 50, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(g1, g2)
+
+
+@pytest.mark.parametrize("name", ["gumbel", "gumbel_st", "straight_through"])
+def test_pathwise_estimators_reach_parameters_before_the_logits(name, gen):
+    """Pathwise estimators need no L: the gradient flows by autograd into whatever made the logits."""
+    lin = torch.nn.Linear(3, 4).double()
+    x = torch.randn(5, 3, dtype=torch.float64, generator=gen)
+    sg.expect(lambda b: (b - 0.3).square().sum(-1), lin(x), name, generator=gen).sum().backward()
+    assert lin.weight.grad is not None and lin.weight.grad.abs().sum() > 0

@@ -35,11 +35,11 @@ def test_moving_baselines_unbiased_at_batch_one_over_sequential_calls(name, prob
 class CurrentLossMA(MovingAverage):
     """The mistake two public libraries make: the baseline already holds the current loss."""
 
-    def forward(self, h, probs, losses):
-        MovingAverage.update(self, h, probs, losses)
-        return super().forward(h, probs, losses)
+    def forward(self, score, losses):
+        MovingAverage.update(self, score, losses)
+        return super().forward(score, losses)
 
-    def update(self, h, probs, losses):
+    def update(self, score, losses):
         pass
 
 

@@ -1,7 +1,7 @@
 """Baselines for the score-function estimator (seed Corollary 1): explicit state, read before update.
 
-A baseline maps ``(h, probs, losses)`` of one estimate to ``c``, broadcastable to ``h``'s shape
-``(S, *batch, n)``, used in ``(h − σ(a))·(L − c)``. Corollary 1 keeps the estimator unbiased only if
+A baseline maps ``(score, losses)`` of one estimate, ``score = h − σ(a)`` of shape ``(S, *batch, n)``
+and ``losses`` ``(S, *batch)``, to ``c`` broadcastable to ``score``, used in ``(h − σ(a))·(L − c)``. Corollary 1 keeps the estimator unbiased only if
 ``c`` does not depend on the current sample, so :meth:`Baseline.forward` reads state built from past
 losses (or, for leave-one-out, from the *other* samples), and :meth:`Baseline.update` folds the
 current losses in afterwards. State lives in buffers: ``state_dict``, ``.to(device)`` and checkpoints
@@ -53,10 +53,10 @@ class ResizableBuffers(nn.Module):
 class Baseline(ResizableBuffers):
     """No baseline: ``c = 0`` (seed Theorem 1)."""
 
-    def forward(self, h: Tensor, probs: Tensor, losses: Tensor) -> Tensor | float:
+    def forward(self, score: Tensor, losses: Tensor) -> Tensor | float:
         return 0.0
 
-    def update(self, h: Tensor, probs: Tensor, losses: Tensor) -> None:
+    def update(self, score: Tensor, losses: Tensor) -> None:
         pass
 
 
@@ -74,13 +74,13 @@ class MovingAverage(Baseline):
         self.register_buffer("mean", torch.zeros(()))
         self.register_buffer("weight", torch.zeros(()))  # 1 − decay^steps: the bias correction
 
-    def forward(self, h, probs, losses):
+    def forward(self, score, losses):
         self._follow(losses, "mean", "weight")
         # weight == 0 before the first update, when mean is 0 too: the ratio is then 0.
         return self.mean / self.weight.clamp_min(1e-30)
 
     @torch.no_grad()
-    def update(self, h, probs, losses):
+    def update(self, score, losses):
         m = mean_over_ranks(losses.mean(), losses.numel())
         self.mean.mul_(self.decay).add_((1 - self.decay) * m)
         self.weight.mul_(self.decay).add_(1 - self.decay)
@@ -105,15 +105,14 @@ class OptimalBaseline(Baseline):
         self.register_buffer("numerator", torch.zeros(0))
         self.register_buffer("denominator", torch.zeros(0))
 
-    def forward(self, h, probs, losses):
-        self._sized(h.shape[-1], losses, "numerator", "denominator")
+    def forward(self, score, losses):
+        self._sized(score.shape[-1], losses, "numerator", "denominator")
         den = self.denominator
         return torch.where(den > 0, self.numerator / den.clamp_min(torch.finfo(den.dtype).tiny), 0.0)
 
     @torch.no_grad()
-    def update(self, h, probs, losses):
-        w = (h - probs).square()
-        per_unit = w.reshape(-1, w.shape[-1])
+    def update(self, score, losses):
+        per_unit = score.square().reshape(-1, score.shape[-1])
         count = per_unit.shape[0]
         num = mean_over_ranks((per_unit * losses.reshape(-1, 1)).mean(0), count)
         den = mean_over_ranks(per_unit.mean(0), count)
@@ -127,6 +126,6 @@ class OptimalBaseline(Baseline):
 class LeaveOneOut(Baseline):
     """``c`` for sample ``s`` = mean loss of the *other* ``S − 1`` samples of the same example (needs ``S ≥ 2``)."""
 
-    def forward(self, h, probs, losses):
+    def forward(self, score, losses):
         S = losses.shape[0]
         return ((losses.sum(0, keepdim=True) - losses) / (S - 1)).unsqueeze(-1)

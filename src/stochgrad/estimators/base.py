@@ -6,7 +6,8 @@ import abc
 import torch
 from torch import Tensor, nn
 
-from ..expect import CheckedLoss, attach_gradient, expect
+from ..expect import CheckedLoss, attach_gradient, expect, sample_mean
+from ..sampling import bernoulli
 
 
 class Estimator(nn.Module, abc.ABC):
@@ -62,18 +63,17 @@ class ScoreFunction(Estimator):
 
         Reads the baseline first, then (if ``update``) folds in the current losses: Corollary 1.
         """
-        losses = losses.detach()
-        centred = losses.unsqueeze(-1) - self.baseline(h, probs, losses)
-        grad = ((h - probs) * centred).mean(0)
+        losses, score = losses.detach(), h - probs
+        c = self.baseline.forward(score, losses)
+        centred = losses.unsqueeze(-1) if isinstance(c, float) and c == 0.0 else losses.unsqueeze(-1) - c
+        grad = sample_mean(score * centred)
         if update:
-            self.baseline.update(h, probs, losses)
+            self.baseline.update(score, losses)
         return grad
 
     def estimate(self, f, logits, samples, generator):
-        from ..sampling import bernoulli
-
         probs = torch.sigmoid(logits.detach())
         h = bernoulli(probs, (samples,), generator)
         losses = f(h)
         grad = self.score_gradient(h, probs, losses, update=logits.requires_grad)
-        return attach_gradient(losses.mean(0), logits, grad)
+        return attach_gradient(sample_mean(losses), logits, grad)

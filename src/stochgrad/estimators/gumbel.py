@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from ..expect import sample_mean
 from ..sampling import logistic_from_uniform, uniform
 from .base import Estimator
 from .straight_through import straight_through
@@ -33,7 +34,7 @@ class Gumbel(Estimator):
         return z, torch.sigmoid(z)
 
     def estimate(self, f, logits, samples, generator):
-        return f(self.relaxed(logits, samples, generator)[1]).mean(0)
+        return sample_mean(f(self.relaxed(logits, samples, generator)[1]))
 
     def extra_repr(self) -> str:
         return f"temperature={self.temperature}"
@@ -45,4 +46,4 @@ class GumbelST(Gumbel):
 
     def estimate(self, f, logits, samples, generator):
         z, soft = self.relaxed(logits, samples, generator)
-        return f(straight_through((z > 0).to(soft.dtype), soft)).mean(0)
+        return sample_mean(f(straight_through((z > 0).to(soft.dtype), soft)))

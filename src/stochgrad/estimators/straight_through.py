@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from ..expect import sample_mean
 from ..sampling import bernoulli
 from .base import Estimator
 
@@ -28,7 +29,7 @@ class StraightThrough(Estimator):
 
     def estimate(self, f, logits, samples, generator):
         h = bernoulli(torch.sigmoid(logits.detach()), (samples,), generator)
-        return f(straight_through(h, self.relax(logits))).mean(0)
+        return sample_mean(f(straight_through(h, self.relax(logits))))
 
 
 class StraightThroughSigmoid(StraightThrough):

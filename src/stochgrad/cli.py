@@ -69,6 +69,21 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def cmd_compare(args) -> int:
+    """The estimator study: bias, variance, cost, variance against D, optimisation race."""
+    from .studies import compare
+
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit("stochgrad: --device cuda asked for, but torch.cuda.is_available() is False")
+    cfg = compare.Config.make(quick=args.quick, estimators=_estimator_names(args.estimators), device=args.device,
+                              seed=args.seed)
+    results = compare.run(cfg, args.out, progress=not args.quiet)
+    print(f"wrote {args.out}/report.md, results.json and plots in {results['wall_seconds']:.0f} s")
+    for line in results["findings"] + results["scaling_sentences"]:
+        print("-", line.replace("**", "").replace("`", ""))
+    return 0
+
+
 def cmd_estimators(args) -> int:
     from .estimators import estimators
 
@@ -91,6 +106,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=cmd_check)
+
+    p = sub.add_parser("compare", help="the estimator study: bias, variance, cost, scaling with D, race")
+    p.add_argument("--quick", action="store_true", help="a smaller study (about 3 minutes on 2 cores)")
+    p.add_argument("--out", default="runs/compare", help="output folder (report.md, results.json, plots)")
+    p.add_argument("--estimators", help="comma-separated names (default: all but exact)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=cmd_compare)
 
     p = sub.add_parser("estimators", help="list the registered estimators")
     p.set_defaults(run=cmd_estimators)

@@ -1,0 +1,1 @@
+"""Runnable experiments, each a module with a ``run(...)`` function and a command in ``stochgrad.cli``."""

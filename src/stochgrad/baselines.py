@@ -39,13 +39,14 @@ class ResizableBuffers(nn.Module):
                 self._buffers[name] = buf.to(dtype=like.dtype, device=like.device)
 
     def _sized(self, n: int, like: Tensor, *names: str) -> None:
-        """Gives ``names`` ``n`` units (zeros) on first use; later, insists on the same ``n``."""
+        """Gives buffers ``names`` (registered empty, ``(0, *rest)``) ``n`` units of zeros, ``(n, *rest)``,
+        on first use; later, insists on the same ``n``."""
         for name in names:
             buf = self._buffers[name]
-            if buf.numel() == 0:
-                self._buffers[name] = torch.zeros(n, dtype=like.dtype, device=like.device)
-            elif buf.shape[-1] != n:
-                raise ValueError(f"{type(self).__name__} tracks {buf.shape[-1]} units but got {n}: "
+            if buf.shape[0] == 0:
+                self._buffers[name] = torch.zeros(n, *buf.shape[1:], dtype=like.dtype, device=like.device)
+            elif buf.shape[0] != n:
+                raise ValueError(f"{type(self).__name__} tracks {buf.shape[0]} units but got {n}: "
                                  "keep one estimator object per stochastic site")
         self._follow(like, *names)
 

@@ -7,13 +7,14 @@ from .arm import ARM, DisARM
 from .base import Estimator, ScoreFunction
 from .exact import Exact
 from .gumbel import Gumbel, GumbelST
+from .learned import Learned
 from .perturbation import SPSA, FiniteDifference, NodePerturbation
 from .rebar import REBAR, RELAX
 from .reinforce import Reinforce, ReinforceLOO, ReinforceMA, ReinforceOptimal
 from .straight_through import StraightThrough, StraightThroughSigmoid
 
 _CLASSES = (Exact, StraightThrough, StraightThroughSigmoid, Reinforce, ReinforceMA, ReinforceOptimal,
-            ReinforceLOO, ARM, DisARM, Gumbel, GumbelST, REBAR, RELAX, SPSA, FiniteDifference, NodePerturbation)
+            ReinforceLOO, Learned, ARM, DisARM, Gumbel, GumbelST, REBAR, RELAX, SPSA, FiniteDifference, NodePerturbation)
 REGISTRY: dict[str, type[Estimator]] = {cls.name: cls for cls in _CLASSES}
 
 

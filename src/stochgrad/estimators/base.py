@@ -20,6 +20,8 @@ class Estimator(nn.Module, abc.ABC):
     - ``pathwise``: gradient flows by autograd through a (relaxed or straight-through) sample, so in a
       network it needs no broadcast loss.
     - ``min_samples``: the fewest samples per estimate it accepts.
+    - ``broadcast``: as a layer, it takes the per-example loss from :func:`stochgrad.broadcast` through
+      :meth:`score_gradient`; ``needs_dl_dh``: it also needs ``∂L/∂h`` (a backward pass to its output).
 
     Subclasses implement :meth:`estimate`; call them through :func:`stochgrad.expect` or as
     ``estimator(f, logits, samples, generator)``, which validates the input first.
@@ -30,6 +32,8 @@ class Estimator(nn.Module, abc.ABC):
     unbiased: bool = False
     pathwise: bool = False
     min_samples: int = 1
+    broadcast: bool = False
+    needs_dl_dh: bool = False
     cost: str = "S"  # evaluations of f per example and estimate, in words (S = samples, n = units)
 
     def forward(self, f, logits: Tensor, samples: int = 1, generator: torch.Generator | None = None) -> Tensor:
@@ -53,12 +57,13 @@ class ScoreFunction(Estimator):
     """
 
     unbiased = True
+    broadcast = True
 
     def __init__(self, baseline):
         super().__init__()
         self.baseline = baseline
 
-    def score_gradient(self, h: Tensor, probs: Tensor, losses: Tensor, update: bool = True) -> Tensor:
+    def score_gradient(self, h: Tensor, probs: Tensor, losses: Tensor, update: bool = True, dl_dh=None) -> Tensor:
         """``h``, ``probs``: ``(S, *batch, n)`` / ``(*batch, n)``; ``losses``: ``(S, *batch)`` → ``(*batch, n)``.
 
         Reads the baseline first, then (if ``update``) folds in the current losses: Corollary 1.

@@ -27,14 +27,18 @@ class Gumbel(Estimator):
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.temperature = temperature
 
-    def relaxed(self, logits, samples, generator):
-        """``(z, σ(z))`` for ``z = (a + logistic)/τ``, ``(S, *batch, n)``, differentiable in ``logits``."""
-        noise = logistic_from_uniform(uniform((samples, *logits.shape), logits, generator))
+    def relaxed(self, logits, lead=(), generator=None):
+        """``(z, σ(z))`` for ``z = (a + logistic)/τ``, ``(*lead, *batch, n)``, differentiable in ``logits``."""
+        noise = logistic_from_uniform(uniform((*lead, *logits.shape), logits, generator))
         z = (logits + noise) / self.temperature
         return z, torch.sigmoid(z)
 
+    def sample(self, logits, lead=(), generator=None):
+        """The relaxed sample ``σ((a + logistic)/τ)``, ``(*lead, *logits.shape)``."""
+        return self.relaxed(logits, lead, generator)[1]
+
     def estimate(self, f, logits, samples, generator):
-        return sample_mean(f(self.relaxed(logits, samples, generator)[1]))
+        return sample_mean(f(self.sample(logits, (samples,), generator)))
 
     def extra_repr(self) -> str:
         return f"temperature={self.temperature}"
@@ -44,6 +48,7 @@ class GumbelST(Gumbel):
     name = "gumbel_st"
     description = "straight-through Gumbel: f at the hard sample 1[a + logistic > 0], gradient of σ((a + logistic)/τ)"
 
-    def estimate(self, f, logits, samples, generator):
-        z, soft = self.relaxed(logits, samples, generator)
-        return sample_mean(f(straight_through((z > 0).to(soft.dtype), soft)))
+    def sample(self, logits, lead=(), generator=None):
+        """The hard sample ``1[a + logistic > 0]``, back-propagating as the relaxed one."""
+        z, soft = self.relaxed(logits, lead, generator)
+        return straight_through((z > 0).to(soft.dtype), soft)

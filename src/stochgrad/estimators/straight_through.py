@@ -27,9 +27,13 @@ class StraightThrough(Estimator):
         """What the threshold is replaced by in the backward pass."""
         return logits
 
+    def sample(self, logits, lead=(), generator=None):
+        """Hard samples ``(*lead, *logits.shape)`` that back-propagate as ``self.relax(logits)``."""
+        h = bernoulli(torch.sigmoid(logits.detach()), lead, generator)
+        return straight_through(h, self.relax(logits))
+
     def estimate(self, f, logits, samples, generator):
-        h = bernoulli(torch.sigmoid(logits.detach()), (samples,), generator)
-        return sample_mean(f(straight_through(h, self.relax(logits))))
+        return sample_mean(f(self.sample(logits, (samples,), generator)))
 
 
 class StraightThroughSigmoid(StraightThrough):

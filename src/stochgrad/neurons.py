@@ -1,0 +1,156 @@
+"""Stochastic and semi-hard neurons as ``nn.Module`` layers (the network view of DESIGN.md).
+
+Every layer takes pre-activations ``a`` of shape ``(*batch, n)`` and returns ``(*batch, n)``.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .baselines import ResizableBuffers
+from .distributed import mean_over_ranks
+from .estimators import get_estimator
+from .expect import check_logits
+from .graph import Node, active_graph
+from .sampling import bernoulli
+
+
+class StochasticBinary(nn.Module):
+    """Fires with probability ``σ(a)`` (seed Eq. 2, corrected: ``h = 1[u < σ(a)]``).
+
+    Training: samples. Pathwise estimators (``straight_through``, ``straight_through_sigmoid``,
+    ``gumbel``, ``gumbel_st``) learn by autograd alone; estimators that need the loss (``reinforce*``,
+    ``learned``) must run inside :func:`stochgrad.broadcast` and get the per-example loss from
+    ``graph.backward(loss)``. Evaluation: deterministic, ``1[σ(a) > threshold]`` (``eval_output=
+    "threshold"``) or ``σ(a)`` (``"probability"``).
+
+    Args:
+        estimator: a registered name or estimator object; one layer, one object (it may hold state).
+        eval_output: ``"threshold"`` or ``"probability"``; ``threshold``: used by the former.
+        generator: noise source for exactly repeatable runs.
+    """
+
+    def __init__(self, estimator="straight_through", eval_output: str = "threshold", threshold: float = 0.5,
+                 generator: torch.Generator | None = None):
+        super().__init__()
+        self.estimator = get_estimator(estimator) if isinstance(estimator, str) else estimator
+        if not (self.estimator.pathwise and hasattr(self.estimator, "sample")) and not self.estimator.broadcast:
+            raise ValueError(f"estimator {self.estimator.name!r} evaluates the loss at several points per sample and "
+                             "cannot be a layer: use a pathwise estimator (straight_through, gumbel_st, ...), a "
+                             "broadcast one (reinforce*, learned), or sg.expect")
+        if eval_output not in ("threshold", "probability"):
+            raise ValueError(f"eval_output must be 'threshold' or 'probability', got {eval_output!r}")
+        self.eval_output, self.threshold, self.generator = eval_output, threshold, generator
+
+    def forward(self, a: Tensor) -> Tensor:
+        check_logits(a, "StochasticBinary input")
+        if not self.training:
+            p = torch.sigmoid(a)
+            return p if self.eval_output == "probability" else (p > self.threshold).to(a.dtype)
+        graph = active_graph()
+        est = self.estimator
+        if est.pathwise:
+            if graph is not None and graph.local:
+                raise ValueError(f"StochasticBinary(estimator={est.name!r}) learns by back-propagation, "
+                                 "which broadcast(local=True) forbids: use a reinforce* estimator")
+            return est.sample(a, (), self.generator)
+        if graph is None:
+            raise RuntimeError(f"StochasticBinary(estimator={est.name!r}) needs the loss broadcast in training: "
+                               "run the forward pass inside `with sg.broadcast() as graph:` and call "
+                               "graph.backward(per_example_losses)")
+        probs = torch.sigmoid(a.detach())
+        h = bernoulli(probs, (), self.generator)
+        probe = None
+        if est.needs_dl_dh:
+            if graph.local:
+                raise ValueError("the learned estimator needs dL/dh, a backward pass broadcast(local=True) forbids")
+            probe = torch.zeros_like(h, requires_grad=True)  # ∂L/∂h lands here
+            out = h + probe
+        else:
+            out = h
+        graph.record(Node(est, a, h, probs, probe))
+        return out
+
+    def extra_repr(self) -> str:
+        return f"estimator={self.estimator.name}, eval_output={self.eval_output}"
+
+
+class NoisyRectifier(nn.Module):
+    """Seed §2: ``h = max(0, a + z)``, ``z ~ N(0, σ²)`` in training; ``max(0, a)`` in evaluation.
+
+    For fixed noise the gradient is exact, so the ordinary pathwise gradient is an unbiased estimate of
+    the gradient of the expected loss.
+    """
+
+    def __init__(self, sigma: float = 1.0, generator: torch.Generator | None = None):
+        super().__init__()
+        if not sigma >= 0:
+            raise ValueError(f"sigma must be >= 0, got {sigma}")
+        self.sigma, self.generator = sigma, generator
+
+    def forward(self, a: Tensor) -> Tensor:
+        if self.training and self.sigma > 0:
+            a = a + self.sigma * torch.randn(a.shape, generator=self.generator, dtype=a.dtype, device=a.device)
+        return torch.relu(a)
+
+    def extra_repr(self) -> str:
+        return f"sigma={self.sigma}"
+
+
+class StochasticTimesSmooth(nn.Module):
+    """Stochastic-times-smooth gate (Bengio, Léonard & Courville 2013, §3): ``h = √σ(a) · b``,
+    ``b ~ Bernoulli(√σ(a))``, so ``E[h] = σ(a)`` and ``h = 0`` whenever the gate is shut.
+
+    The gradient flows through the smooth factor ``√σ(a)`` with ``b`` held fixed. Evaluation:
+    ``√σ(a) · 1[√σ(a) > threshold]`` (deterministic gates).
+    """
+
+    def __init__(self, threshold: float = 0.5, generator: torch.Generator | None = None):
+        super().__init__()
+        self.threshold, self.generator = threshold, generator
+
+    def forward(self, a: Tensor) -> Tensor:
+        smooth = torch.sigmoid(a).sqrt()
+        if self.training:
+            gate = bernoulli(smooth.detach(), (), self.generator)
+        else:
+            gate = (smooth > self.threshold).to(a.dtype)
+        return smooth * gate
+
+
+class FiringRateControl(ResizableBuffers):
+    """Seed §2's bias control: keeps each unit of ``neuron`` firing at a ``target`` rate.
+
+    ``forward(a) = neuron(a + offset)``; in training, a moving average (``decay``) of each unit's
+    fraction of non-zero outputs is kept, and ``offset += gain · (target − rate)``: pushed up while a
+    unit fires too rarely, down while too often. ``offset`` and ``rate`` are buffers (``(n,)``),
+    averaged over ranks under ``torch.distributed``.
+    """
+
+    def __init__(self, neuron: nn.Module, target: float = 0.1, gain: float = 0.5, decay: float = 0.9):
+        super().__init__()
+        if not 0 < target < 1:
+            raise ValueError(f"target must be in (0, 1), got {target}")
+        self.neuron, self.target, self.gain, self.decay = neuron, target, gain, decay
+        self.register_buffer("offset", torch.zeros(0))
+        self.register_buffer("rate", torch.zeros(0))
+        self.register_buffer("weight", torch.zeros(()))  # 1 − decay^steps: bias correction of rate
+
+    def forward(self, a: Tensor) -> Tensor:
+        self._sized(a.shape[-1], a, "offset", "rate")
+        out = self.neuron(a + self.offset)
+        if self.training:
+            with torch.no_grad():
+                fired = (out != 0).to(a.dtype).reshape(-1, a.shape[-1])
+                now = mean_over_ranks(fired.mean(0), fired.shape[0])
+                self.rate.mul_(self.decay).add_((1 - self.decay) * now)
+                self.weight.mul_(self.decay).add_(1 - self.decay)
+                self.offset.add_(self.gain * (self.target - self.rate / self.weight.to(a.dtype)))
+        return out
+
+    def firing_rate(self) -> Tensor:
+        """The bias-corrected moving firing rate per unit, ``(n,)``."""
+        return self.rate / self.weight.clamp_min(1e-12)
+
+    def extra_repr(self) -> str:
+        return f"target={self.target}, gain={self.gain}, decay={self.decay}"

@@ -1,0 +1,89 @@
+"""State under DDP: two CPU processes (gloo) with half the batch each hold one process's state."""
+import os
+import tempfile
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+import stochgrad as sg
+
+B, N, D_IN = 8, 5, 4
+STEPS = 4
+
+
+def batch():
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(2 * B, D_IN, generator=g, dtype=torch.float64), torch.randn(2 * B, generator=g, dtype=torch.float64)
+
+
+def run_state(est_name):
+    """Feeds fixed (h, L) to an estimator's update: the state must not depend on how the batch is split."""
+    g = torch.Generator().manual_seed(1)
+    probs = torch.rand(2 * B, N, generator=g, dtype=torch.float64)
+    h = (torch.rand(2 * B, N, generator=g, dtype=torch.float64) < probs).double()
+    L = torch.randn(2 * B, generator=g, dtype=torch.float64)
+    dl_dh = torch.randn(2 * B, N, generator=g, dtype=torch.float64)
+    rank = dist.get_rank() if dist.is_initialized() else None
+    part = slice(None) if rank is None else slice(rank * B, (rank + 1) * B)
+    est = sg.get_estimator(est_name)
+    for _ in range(3):
+        est.score_gradient(h[part].unsqueeze(0), probs[part], L[part].unsqueeze(0), dl_dh=dl_dh[part].unsqueeze(0))
+    return est.state_dict()
+
+
+def make_model():
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(5)
+    rate = sg.FiringRateControl(sg.StochasticBinary("reinforce_optimal", generator=gen), target=0.3)
+    return nn.Sequential(nn.Linear(D_IN, N), rate, nn.Linear(N, 1)).double(), gen
+
+
+def train(rank=None):
+    """A few SGD steps. Under DDP each rank draws its half of the single process's noise stream."""
+    x, y = batch()
+    model, gen = make_model()
+    net = model
+    if rank is not None:
+        net = nn.parallel.DistributedDataParallel(model)
+        x, y = x[rank * B:(rank + 1) * B], y[rank * B:(rank + 1) * B]
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(STEPS):
+        if rank == 1:
+            torch.rand(B, N, generator=gen, dtype=torch.float64)   # skip rank 0's half of the stream
+        opt.zero_grad()
+        with sg.broadcast() as graph:
+            loss = (net(x).squeeze(-1) - y).square()
+        graph.backward(loss)
+        opt.step()
+        if rank == 0:
+            torch.rand(B, N, generator=gen, dtype=torch.float64)   # skip rank 1's half
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def worker(rank, init_file, out_dir):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        result = {name: run_state(name) for name in ("reinforce_ma", "reinforce_optimal", "learned")}
+        result["train"] = train(rank)
+        torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_synchronised_state_and_training_match_one_process():
+    with tempfile.TemporaryDirectory() as tmp:
+        mp.spawn(worker, args=(os.path.join(tmp, "init"), tmp), nprocs=2, join=True)
+        ranks = [torch.load(os.path.join(tmp, f"rank{r}.pt")) for r in range(2)]
+    for name in ("reinforce_ma", "reinforce_optimal", "learned"):
+        single = run_state(name)
+        for r in ranks:
+            for key, value in single.items():
+                assert torch.allclose(r[name][key], value, atol=1e-12), (name, key)
+    single = train()
+    for r in ranks:
+        for key, value in single.items():
+            assert torch.allclose(r["train"][key], value, atol=1e-10), key
+    # the firing-rate statistics and the baselines are part of that state
+    assert any("rate" in k for k in single) and any("numerator" in k for k in single)

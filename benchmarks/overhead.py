@@ -122,7 +122,7 @@ def run(quick: bool):
                 cells.append("n/a")
                 continue
             a = torch.randn(B, D, requires_grad=True)
-            reps = 20 if quick else (300 if D * B < 100000 else 40)
+            reps = 20 if quick else (100 if D * B < 100000 else 20)
             if name == "exact":
                 reps = max(2, reps // 10)
             est = sg.get_estimator(name)
@@ -135,7 +135,7 @@ def run(quick: bool):
                 ref = lambda x, p=plain: p(x, gen)  # noqa: E731
             ours(a), ref(a)  # warm up
             t_ours, t_ref = [], []
-            for _ in range(3 if quick else 6):  # interleave to share the machine's noise
+            for _ in range(3 if quick else 4):  # interleave to share the machine's noise
                 t_ours.append(timed(ours, a, reps))
                 t_ref.append(timed(ref, a, reps))
             ratio = min(t_ours) / min(t_ref)

@@ -54,7 +54,7 @@ class Graph:
         if loss.dim() == 0:
             raise ValueError("graph.backward needs per-example losses of shape (batch,), got a scalar: "
                              "pass the loss before the mean (e.g. reduction='none')")
-        if not torch.isfinite(loss.detach()).all():
+        if not torch.isfinite(loss.detach().sum()):
             raise ValueError("graph.backward got a NaN or inf loss")
         for node in self.nodes:
             batch = node.h.shape[:-1]

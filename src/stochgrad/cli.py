@@ -84,6 +84,20 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_train_vae(args) -> int:
+    from .studies.vae import VAEConfig, train_vae
+
+    cfg = VAEConfig(dataset=args.dataset, model=args.model, estimator=args.estimator, steps=args.steps,
+                    batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device, out=args.out,
+                    resume=args.resume, samples=args.samples, log_every=args.log_every,
+                    checkpoint_every=args.checkpoint_every, test_samples=args.test_samples,
+                    test_examples=args.test_examples, progress=not args.quiet)
+    summary = train_vae(cfg)
+    if summary:
+        print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.items()))
+    return 0
+
+
 def cmd_estimators(args) -> int:
     from .estimators import estimators
 
@@ -115,6 +129,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=cmd_compare)
+
+    train = sub.add_parser("train", help="train a model: vae, gating").add_subparsers(dest="model_kind", required=True)
+    p = train.add_parser("vae", help="the binary-latent VAE benchmark (200 Bernoulli latents)")
+    p.add_argument("--dataset", default="mnist", help="mnist, fashion-mnist or digits")
+    p.add_argument("--model", default="linear", choices=["linear", "nonlinear"])
+    p.add_argument("--estimator", default="disarm")
+    p.add_argument("--steps", type=int, default=10000)
+    p.add_argument("--batch-size", type=int, default=50)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--samples", type=int, default=1, help="samples per estimate (reinforce_loo: >= 2)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default="runs/vae")
+    p.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt")
+    p.add_argument("--log-every", type=int, default=100)
+    p.add_argument("--checkpoint-every", type=int, default=1000)
+    p.add_argument("--test-samples", type=int, default=100, help="samples of the importance-weighted test bound")
+    p.add_argument("--test-examples", type=int, default=0, help="test examples to evaluate (0: all)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(run=cmd_train_vae)
 
     p = sub.add_parser("estimators", help="list the registered estimators")
     p.set_defaults(run=cmd_estimators)

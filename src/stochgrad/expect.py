@@ -92,6 +92,7 @@ def expect(f: LossFn, logits: Tensor, estimator="reinforce", samples: int = 1,
         ``logits.grad[k]`` the estimator's gradient of example ``k``'s expected loss.
     """
     from .estimators import get_estimator
+    from .sampling import Sharded
 
     est = get_estimator(estimator) if isinstance(estimator, str) else estimator
     if not hasattr(est, "estimate"):
@@ -99,6 +100,6 @@ def expect(f: LossFn, logits: Tensor, estimator="reinforce", samples: int = 1,
     check_logits(logits)
     if type(samples) is not int or samples != 1 or est.min_samples > 1:
         check_samples(samples, est.min_samples, est.name)
-    if generator is not None and not isinstance(generator, torch.Generator):
+    if generator is not None and not isinstance(generator, (torch.Generator, Sharded)):
         raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
     return est.estimate(CheckedLoss(f), logits, samples, generator)

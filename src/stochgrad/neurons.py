@@ -12,7 +12,7 @@ from .distributed import mean_over_ranks
 from .estimators import get_estimator
 from .expect import check_logits
 from .graph import Node, active_graph
-from .sampling import bernoulli
+from .sampling import bernoulli, normal
 
 
 class StochasticBinary(nn.Module):
@@ -90,7 +90,7 @@ class NoisyRectifier(nn.Module):
 
     def forward(self, a: Tensor) -> Tensor:
         if self.training and self.sigma > 0:
-            a = a + self.sigma * torch.randn(a.shape, generator=self.generator, dtype=a.dtype, device=a.device)
+            a = a + self.sigma * normal(a.shape, a, self.generator)
         return torch.relu(a)
 
     def extra_repr(self) -> str:

@@ -6,13 +6,46 @@ share it explicitly.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
 
-def uniform(shape, like: Tensor, generator: torch.Generator | None = None) -> Tensor:
+@dataclass
+class Sharded:
+    """A generator shared by ``world`` ranks that each hold one contiguous slice of the batch.
+
+    Every draw is made for the whole batch (``world`` times the local one, along the batch dimension,
+    the one before the units) and this ``rank`` keeps its rows: ranks with the same seed see exactly
+    the noise one process with the whole batch would see, and their streams stay aligned.
+    """
+
+    generator: torch.Generator
+    rank: int
+    world: int
+
+    def draw(self, fn, shape, like: Tensor) -> Tensor:
+        shape = tuple(shape)
+        if len(shape) < 2:
+            return fn(shape, generator=self.generator, dtype=like.dtype, device=like.device)
+        full = fn((*shape[:-2], shape[-2] * self.world, shape[-1]), generator=self.generator, dtype=like.dtype,
+                  device=like.device)
+        return full.narrow(-2, self.rank * shape[-2], shape[-2])
+
+
+def uniform(shape, like: Tensor, generator: "torch.Generator | Sharded | None" = None) -> Tensor:
     """U[0, 1) noise of ``shape`` with the dtype and device of ``like``."""
+    if isinstance(generator, Sharded):
+        return generator.draw(torch.rand, shape, like)
     return torch.rand(shape, generator=generator, dtype=like.dtype, device=like.device)
+
+
+def normal(shape, like: Tensor, generator: "torch.Generator | Sharded | None" = None) -> Tensor:
+    """N(0, 1) noise of ``shape`` with the dtype and device of ``like``."""
+    if isinstance(generator, Sharded):
+        return generator.draw(torch.randn, shape, like)
+    return torch.randn(shape, generator=generator, dtype=like.dtype, device=like.device)
 
 
 def bernoulli_from_uniform(u: Tensor, probs: Tensor) -> Tensor:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from ..expect import attach_gradient
-from ..sampling import bernoulli_from_uniform, uniform
+from ..sampling import bernoulli_from_uniform, normal, uniform
 from .base import Estimator
 
 
@@ -84,7 +84,7 @@ class NodePerturbation(_Perturbation):
     def estimate(self, f, logits, samples, generator):
         a, s = logits.detach(), self.step
         shape = (samples, *a.shape)
-        xi = s * torch.randn(shape, generator=generator, dtype=a.dtype, device=a.device)
+        xi = s * normal(shape, a, generator)
         u = uniform(shape, a, generator)
         losses = f(torch.stack([bernoulli_from_uniform(u, torch.sigmoid(a)),
                                 bernoulli_from_uniform(u, torch.sigmoid(a + xi))]))

@@ -93,6 +93,16 @@ class REBAR(Estimator):
             q.grad = None if g is None else g.detach().to(q.dtype)
         self._optimizer.step()
 
+    def get_extra_state(self):
+        """The tuner's Adam state travels with ``state_dict``: resuming a checkpoint is exact."""
+        return {"optimizer": None if self._optimizer is None else self._optimizer.state_dict()}
+
+    def set_extra_state(self, state):
+        self._optimizer = None
+        if state and state.get("optimizer") is not None:
+            self._optimizer = torch.optim.Adam([q for q in self.parameters() if q.requires_grad], lr=self.lr)
+            self._optimizer.load_state_dict(state["optimizer"])
+
     def extra_repr(self) -> str:
         return f"tune={self.tune}, lr={self.lr}"
 

@@ -98,6 +98,16 @@ def cmd_train_vae(args) -> int:
     return 0
 
 
+def cmd_train_gating(args) -> int:
+    from .studies.gating import GatingConfig, train_gating
+
+    summary = train_gating(GatingConfig(dataset=args.dataset, gater=args.gater, steps=args.steps,
+                                        batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
+                                        out=args.out, log_every=args.log_every, progress=not args.quiet))
+    print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.items()))
+    return 0
+
+
 def cmd_estimators(args) -> int:
     from .estimators import estimators
 
@@ -149,6 +159,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-examples", type=int, default=0, help="test examples to evaluate (0: all)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(run=cmd_train_vae)
+
+    p = train.add_parser("gating", help="conditional computation: stochastic gates on MNIST")
+    p.add_argument("--dataset", default="mnist", help="mnist, fashion-mnist or digits")
+    p.add_argument("--gater", default="noisy_rectifier",
+                   help="noisy_rectifier, straight_through, stochastic_times_smooth, reinforce_optimal, "
+                        "rectifier, sigmoid, sigmoid_noise")
+    p.add_argument("--steps", type=int, default=5000)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default="runs/gating")
+    p.add_argument("--log-every", type=int, default=100)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(run=cmd_train_gating)
 
     p = sub.add_parser("estimators", help="list the registered estimators")
     p.set_defaults(run=cmd_estimators)

@@ -136,9 +136,13 @@ class FiringRateControl(ResizableBuffers):
         self.register_buffer("rate", torch.zeros(0))
         self.register_buffer("weight", torch.zeros(()))  # 1 − decay^steps: bias correction of rate
 
-    def forward(self, a: Tensor) -> Tensor:
+    def shifted(self, a: Tensor) -> Tensor:
+        """``a + offset``: the pre-activation the wrapped neuron sees."""
         self._sized(a.shape[-1], a, "offset", "rate")
-        out = self.neuron(a + self.offset)
+        return a + self.offset
+
+    def forward(self, a: Tensor) -> Tensor:
+        out = self.neuron(self.shifted(a))
         if self.training:
             with torch.no_grad():
                 fired = (out != 0).to(a.dtype).reshape(-1, a.shape[-1])

@@ -34,10 +34,10 @@ class Config:
     estimators: tuple[str, ...] = ()
     device: str = "cpu"
     seed: int = 0
-    problem_estimates: int = 20000
+    problem_estimates: int = 40000
     scaling_D: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
-    scaling_estimates: int = 2000
-    race_steps: int = 1000
+    scaling_estimates: int = 4000
+    race_steps: int = 2000
     race_units: int = 10
 
     @classmethod

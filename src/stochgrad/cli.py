@@ -108,6 +108,19 @@ def cmd_train_gating(args) -> int:
     return 0
 
 
+def _print_summary(summary: dict) -> None:
+    print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.items()))
+
+
+def cmd_train_rbm(args) -> int:
+    from .studies.rbm import RBMConfig, train_rbm
+
+    _print_summary(train_rbm(RBMConfig(dataset=args.dataset, hidden=args.hidden, method=args.method, k=args.k,
+                                       steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                                       out=args.out, progress=not args.quiet)))
+    return 0
+
+
 def cmd_estimators(args) -> int:
     from .estimators import estimators
 
@@ -140,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=cmd_compare)
 
-    train = sub.add_parser("train", help="train a model: vae, gating").add_subparsers(dest="model_kind", required=True)
+    train = sub.add_parser("train", help="train a model: vae, gating, rbm, hashing, bandit").add_subparsers(dest="model_kind", required=True)
     p = train.add_parser("vae", help="the binary-latent VAE benchmark (200 Bernoulli latents)")
     p.add_argument("--dataset", default="mnist", help="mnist, fashion-mnist or digits")
     p.add_argument("--model", default="linear", choices=["linear", "nonlinear"])
@@ -174,6 +187,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-every", type=int, default=100)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(run=cmd_train_gating)
+
+    p = train.add_parser("rbm", help="a restricted Boltzmann machine by CD-k or PCD (reward correlation, §4.2)")
+    p.add_argument("--dataset", default="mnist", help="mnist, fashion-mnist or digits")
+    p.add_argument("--hidden", type=int, default=100)
+    p.add_argument("--method", default="pcd", choices=["cd", "pcd"])
+    p.add_argument("--k", type=int, default=1, help="Gibbs steps per update")
+    p.add_argument("--steps", type=int, default=5000)
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/rbm")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(run=cmd_train_rbm)
 
     p = sub.add_parser("estimators", help="list the registered estimators")
     p.set_defaults(run=cmd_estimators)

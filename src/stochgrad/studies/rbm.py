@@ -1,0 +1,99 @@
+"""``stochgrad train rbm``: a Bernoulli–Bernoulli RBM on binarised images by CD-k or PCD, its update the
+reward correlation of seed §4.2 (:mod:`stochgrad.boltzmann`). At the end: the test log-likelihood
+(exact when a layer has ≤ 20 units, else AIS) and a grid of model samples."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+
+import torch
+
+from .. import data as D
+from ..boltzmann import RBM, ContrastiveDivergence, ais_log_partition
+from ..sampling import bernoulli
+from .training import Metrics, fail, plot_curves, save_atomic
+
+
+@dataclass
+class RBMConfig:
+    dataset: str = "mnist"
+    hidden: int = 100
+    method: str = "pcd"
+    k: int = 1
+    steps: int = 5000
+    batch_size: int = 100
+    lr: float = 0.05
+    seed: int = 0
+    out: str = "runs/rbm"
+    log_every: int = 100
+    ais_betas: int = 2000
+    ais_runs: int = 100
+    progress: bool = True
+
+
+def sample_grid(path: str, images, shape, rows: int = 8) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = min(len(images), rows * rows)
+    h, w = shape
+    grid = torch.ones(rows * (h + 1), rows * (w + 1))
+    for i in range(n):
+        r, c = divmod(i, rows)
+        grid[r * (h + 1): r * (h + 1) + h, c * (w + 1): c * (w + 1) + w] = images[i].reshape(h, w)
+    plt.imsave(path, grid.numpy(), cmap="gray", vmin=0, vmax=1)
+
+
+def train_rbm(cfg: RBMConfig) -> dict:
+    from tqdm import tqdm
+
+    if cfg.method not in ("cd", "pcd"):
+        fail(f"unknown method {cfg.method!r}; valid: cd, pcd")
+    if cfg.dataset not in D.DATASETS:
+        fail(f"unknown dataset {cfg.dataset!r}; valid: {', '.join(D.DATASETS)}")
+    try:
+        train, test = D.load(cfg.dataset, "train"), D.load(cfg.dataset, "test")
+    except D.DatasetUnavailable as err:
+        fail(str(err))
+    os.makedirs(cfg.out, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    mean = train.images.mean(0).clamp(1e-3, 1 - 1e-3)
+    rbm = RBM(train.dim, cfg.hidden, visible_bias=torch.logit(mean))
+    cd = ContrastiveDivergence(rbm, cfg.k, persistent=cfg.method == "pcd", generator=gen)
+    metrics = Metrics(os.path.join(cfg.out, "metrics.csv"), ["step", "reconstruction_error", "seconds"])
+    seconds, window = 0.0, []
+    for step in tqdm(range(cfg.steps), desc=f"rbm {cfg.method}-{cfg.k}", disable=not cfg.progress):
+        t0 = time.perf_counter()
+        idx = torch.randint(len(train), (cfg.batch_size,), generator=gen)
+        v = D.binarize(train.images[idx], gen)
+        cd.step(v, cfg.lr)
+        seconds += time.perf_counter() - t0
+        with torch.no_grad():
+            window.append((rbm.visible_probs(rbm.hidden_probs(v)) - v).square().sum(-1).mean().item())
+        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+            metrics.write(step=step + 1, reconstruction_error=sum(window) / len(window), seconds=seconds)
+            window = []
+    with torch.no_grad():
+        v_test = D.binarize(test.images, gen)
+        if min(rbm.W.shape) <= 20:
+            log_z, how = rbm.log_partition().item(), "exact"
+        else:
+            log_z, _ = ais_log_partition(rbm, cfg.ais_betas, cfg.ais_runs, gen)
+            how = f"AIS ({cfg.ais_betas} temperatures, {cfg.ais_runs} runs)"
+        ll = (-rbm.free_energy(v_test)).mean().item() - log_z
+        chains = bernoulli(torch.full((64, train.dim), 0.5), (), gen)
+        v, h = rbm.gibbs(chains, 1000, gen)
+        sample_grid(os.path.join(cfg.out, "samples.png"), rbm.visible_probs(h), train.shape)
+    summary = {"dataset": cfg.dataset, "method": f"{cfg.method}-{cfg.k}", "hidden": cfg.hidden, "steps": cfg.steps,
+               "test_log_likelihood": ll, "log_partition": log_z, "log_partition_method": how, "train_seconds": seconds}
+    with open(os.path.join(cfg.out, "summary.json"), "w") as fh:
+        json.dump(summary, fh, indent=1)
+    save_atomic({"step": cfg.steps, "model": rbm.state_dict()}, os.path.join(cfg.out, "model.pt"))
+    plot_curves(os.path.join(cfg.out, "curves.png"), metrics.read(), "step", ["reconstruction_error"],
+                f"RBM {cfg.method}-{cfg.k} on {cfg.dataset}")
+    return summary

@@ -3,10 +3,10 @@ from .checks import UnbiasedCheck, check_unbiased
 from .estimators import Estimator, estimators, get_estimator
 from .exact import exact_expectation, exact_gradient
 from .expect import expect
-from .graph import broadcast
+from .graph import DelayedBroadcast, broadcast
 from .neurons import FiringRateControl, NoisyRectifier, StochasticBinary, StochasticTimesSmooth
 
 __version__ = "0.1.0"
-__all__ = ["expect", "broadcast", "StochasticBinary", "NoisyRectifier", "StochasticTimesSmooth",
+__all__ = ["expect", "broadcast", "DelayedBroadcast", "StochasticBinary", "NoisyRectifier", "StochasticTimesSmooth",
            "FiringRateControl", "estimators", "get_estimator", "Estimator", "check_unbiased", "UnbiasedCheck",
            "exact_expectation", "exact_gradient"]

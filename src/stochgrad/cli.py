@@ -121,6 +121,26 @@ def cmd_train_rbm(args) -> int:
     return 0
 
 
+def cmd_train_hashing(args) -> int:
+    from .studies.hashing import HashingConfig, train_hashing
+
+    summary = train_hashing(HashingConfig(dataset=args.dataset, estimator=args.estimator, bits=args.bits,
+                                          steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                                          out=args.out, progress=not args.quiet))
+    for name, r in summary["retrieval"].items():
+        print(f"{name:12s} " + " ".join(f"{k}={v:.4f}" for k, v in r.items()))
+    return 0
+
+
+def cmd_train_bandit(args) -> int:
+    from .studies.bandit import BanditConfig, train_bandit
+
+    _print_summary(train_bandit(BanditConfig(estimator=args.estimator, delay=args.delay, steps=args.steps,
+                                             batch_size=args.batch_size, hidden=args.hidden, lr=args.lr,
+                                             seed=args.seed, out=args.out, progress=not args.quiet)))
+    return 0
+
+
 def cmd_estimators(args) -> int:
     from .estimators import estimators
 
@@ -200,6 +220,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/rbm")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(run=cmd_train_rbm)
+
+    p = train.add_parser("hashing", help="semantic hashing: binary codes from a stochastic code layer")
+    p.add_argument("--dataset", default="mnist", help="mnist, fashion-mnist or digits")
+    p.add_argument("--estimator", default="straight_through", help="any layer estimator (pathwise or reinforce*)")
+    p.add_argument("--bits", type=int, default=32)
+    p.add_argument("--steps", type=int, default=5000)
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/hashing")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(run=cmd_train_hashing)
+
+    p = train.add_parser("bandit", help="the 6-bit multiplexer learned from a (delayed) broadcast reward")
+    p.add_argument("--estimator", default="reinforce_optimal", help="reinforce, reinforce_ma or reinforce_optimal")
+    p.add_argument("--delay", type=int, default=0, help="steps between a decision and its reward")
+    p.add_argument("--steps", type=int, default=4000)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--hidden", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/bandit")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(run=cmd_train_bandit)
 
     p = sub.add_parser("estimators", help="list the registered estimators")
     p.set_defaults(run=cmd_estimators)

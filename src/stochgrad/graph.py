@@ -12,6 +12,7 @@ forward passes (threads, asyncio tasks) each see their own.
 from __future__ import annotations
 
 import contextvars
+from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -106,3 +107,38 @@ def broadcast(local: bool = False):
 
 def active_graph() -> Graph | None:
     return _ACTIVE.get()
+
+
+class DelayedBroadcast:
+    """Keeps the stochastic decisions of each step until its reward arrives ``delay`` steps later (seed §3.1:
+    "the actual loss or reward will be measured farther into the future"), then delivers it.
+
+    ``with delayed.step(): ...`` records one forward pass; ``delayed.deliver(loss)`` hands the per-example
+    loss (e.g. minus the reward) to the *oldest* pending step, filling the gradients of its decisions.
+    At most ``delay + 1`` steps are held: memory is bounded by the delay, not by the run's length; a
+    step that would exceed it is an error, since its reward was never delivered.
+    """
+
+    def __init__(self, delay: int, local: bool = True):
+        if delay < 0:
+            raise ValueError(f"delay must be >= 0, got {delay}")
+        self.delay, self.local = delay, local
+        self.pending: deque[Graph] = deque()
+
+    @contextmanager
+    def step(self):
+        if len(self.pending) > self.delay:
+            raise RuntimeError(f"{len(self.pending)} steps await their reward with delay {self.delay}: "
+                               "deliver the oldest before recording another")
+        with broadcast(self.local) as graph:
+            yield graph
+        self.pending.append(graph)
+
+    def deliver(self, loss: Tensor) -> None:
+        """The per-example loss of the oldest pending step."""
+        if not self.pending:
+            raise RuntimeError("no pending step to deliver a reward to")
+        self.pending.popleft().backward(loss)
+
+    def __len__(self) -> int:
+        return len(self.pending)

@@ -112,7 +112,7 @@ def run(quick: bool):
     sizes = [(10, 1), (10, 1024), (1000, 1), (1000, 1024)]
     gen = torch.Generator().manual_seed(0)
     print("## stochgrad vs hand-written plain torch (ratio = stochgrad / plain; target <= 1.2)\n")
-    print(f"| estimator | " + " | ".join(f"D={D}, batch={B}" for D, B in sizes) + " |")
+    print("| estimator | " + " | ".join(f"D={D}, batch={B}" for D, B in sizes) + " |")
     print("|---|" + "---|" * len(sizes))
     worst = 0.0
     for name, plain in PLAIN.items():
@@ -145,7 +145,7 @@ def run(quick: bool):
     print(f"\nworst ratio: {worst:.2f}\n")
 
     print("## every estimator, time per estimate relative to reinforce (samples=1; loo 2)\n")
-    print(f"| estimator | f evals | " + " | ".join(f"D={D}, batch={B}" for D, B in sizes) + " |")
+    print("| estimator | f evals | " + " | ".join(f"D={D}, batch={B}" for D, B in sizes) + " |")
     print("|---|---|" + "---|" * len(sizes))
     for name, info in sg.estimators().items():
         cells = []

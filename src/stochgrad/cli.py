@@ -94,7 +94,7 @@ def cmd_train_vae(args) -> int:
                     test_examples=args.test_examples, progress=not args.quiet)
     summary = train_vae(cfg)
     if summary:
-        print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.items()))
+        _print_summary(summary)
     return 0
 
 
@@ -104,7 +104,7 @@ def cmd_train_gating(args) -> int:
     summary = train_gating(GatingConfig(dataset=args.dataset, gater=args.gater, steps=args.steps,
                                         batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
                                         out=args.out, log_every=args.log_every, progress=not args.quiet))
-    print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.items()))
+    _print_summary(summary)
     return 0
 
 
@@ -149,6 +149,18 @@ def cmd_estimators(args) -> int:
     return 0
 
 
+def _trainer(sub, name: str, help: str, run, dataset: bool = True) -> argparse.ArgumentParser:
+    """A ``stochgrad train NAME`` parser with the flags every trainer shares."""
+    p = sub.add_parser(name, help=help)
+    if dataset:
+        p.add_argument("--dataset", default="mnist", help="mnist, fashion-mnist or digits")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=f"runs/{name}", help="output folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=run)
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stochgrad", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -174,76 +186,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_compare)
 
     train = sub.add_parser("train", help="train a model: vae, gating, rbm, hashing, bandit").add_subparsers(dest="model_kind", required=True)
-    p = train.add_parser("vae", help="the binary-latent VAE benchmark (200 Bernoulli latents)")
-    p.add_argument("--dataset", default="mnist", help="mnist, fashion-mnist or digits")
+    p = _trainer(train, "vae", "the binary-latent VAE benchmark (200 Bernoulli latents)", cmd_train_vae)
     p.add_argument("--model", default="linear", choices=["linear", "nonlinear"])
     p.add_argument("--estimator", default="disarm")
     p.add_argument("--steps", type=int, default=10000)
     p.add_argument("--batch-size", type=int, default=50)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--samples", type=int, default=1, help="samples per estimate (reinforce_loo: >= 2)")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--out", default="runs/vae")
     p.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt")
     p.add_argument("--log-every", type=int, default=100)
     p.add_argument("--checkpoint-every", type=int, default=1000)
     p.add_argument("--test-samples", type=int, default=100, help="samples of the importance-weighted test bound")
     p.add_argument("--test-examples", type=int, default=0, help="test examples to evaluate (0: all)")
-    p.add_argument("--quiet", action="store_true")
-    p.set_defaults(run=cmd_train_vae)
 
-    p = train.add_parser("gating", help="conditional computation: stochastic gates on MNIST")
-    p.add_argument("--dataset", default="mnist", help="mnist, fashion-mnist or digits")
+    p = _trainer(train, "gating", "conditional computation: stochastic gates on MNIST", cmd_train_gating)
     p.add_argument("--gater", default="noisy_rectifier",
                    help="noisy_rectifier, straight_through, stochastic_times_smooth, reinforce_optimal, "
                         "rectifier, sigmoid, sigmoid_noise")
     p.add_argument("--steps", type=int, default=5000)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=0.1)
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--out", default="runs/gating")
     p.add_argument("--log-every", type=int, default=100)
-    p.add_argument("--quiet", action="store_true")
-    p.set_defaults(run=cmd_train_gating)
 
-    p = train.add_parser("rbm", help="a restricted Boltzmann machine by CD-k or PCD (reward correlation, §4.2)")
-    p.add_argument("--dataset", default="mnist", help="mnist, fashion-mnist or digits")
+    p = _trainer(train, "rbm", "a restricted Boltzmann machine by CD-k or PCD (reward correlation, §4.2)", cmd_train_rbm)
     p.add_argument("--hidden", type=int, default=100)
     p.add_argument("--method", default="pcd", choices=["cd", "pcd"])
     p.add_argument("--k", type=int, default=1, help="Gibbs steps per update")
     p.add_argument("--steps", type=int, default=5000)
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--lr", type=float, default=0.05)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="runs/rbm")
-    p.add_argument("--quiet", action="store_true")
-    p.set_defaults(run=cmd_train_rbm)
 
-    p = train.add_parser("hashing", help="semantic hashing: binary codes from a stochastic code layer")
-    p.add_argument("--dataset", default="mnist", help="mnist, fashion-mnist or digits")
+    p = _trainer(train, "hashing", "semantic hashing: binary codes from a stochastic code layer", cmd_train_hashing)
     p.add_argument("--estimator", default="straight_through", help="any layer estimator (pathwise or reinforce*)")
     p.add_argument("--bits", type=int, default=32)
     p.add_argument("--steps", type=int, default=5000)
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="runs/hashing")
-    p.add_argument("--quiet", action="store_true")
-    p.set_defaults(run=cmd_train_hashing)
 
-    p = train.add_parser("bandit", help="the 6-bit multiplexer learned from a (delayed) broadcast reward")
+    p = _trainer(train, "bandit", "the 6-bit multiplexer learned from a (delayed) broadcast reward", cmd_train_bandit, dataset=False)
     p.add_argument("--estimator", default="reinforce_optimal", help="reinforce, reinforce_ma or reinforce_optimal")
     p.add_argument("--delay", type=int, default=0, help="steps between a decision and its reward")
     p.add_argument("--steps", type=int, default=4000)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--hidden", type=int, default=32)
     p.add_argument("--lr", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="runs/bandit")
-    p.add_argument("--quiet", action="store_true")
-    p.set_defaults(run=cmd_train_bandit)
 
     p = sub.add_parser("estimators", help="list the registered estimators")
     p.set_defaults(run=cmd_estimators)

@@ -32,11 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .. import data as D
 from ..graph import broadcast
 from ..neurons import FiringRateControl, NoisyRectifier, StochasticBinary, StochasticTimesSmooth
 from ..sampling import normal
-from .training import Metrics, fail, plot_curves, save_atomic
+from .training import datasets_or_fail, Metrics, fail, plot_curves, save_atomic
 
 GATERS = ("noisy_rectifier", "straight_through", "stochastic_times_smooth", "reinforce_optimal", "rectifier",
           "sigmoid", "sigmoid_noise")
@@ -141,12 +140,7 @@ def train_gating(cfg: GatingConfig) -> dict:
 
     if cfg.gater not in GATERS:
         fail(f"unknown gater {cfg.gater!r}; valid: {', '.join(GATERS)}")
-    if cfg.dataset not in D.DATASETS:
-        fail(f"unknown dataset {cfg.dataset!r}; valid: {', '.join(D.DATASETS)}")
-    try:
-        train, test = D.load(cfg.dataset, "train"), D.load(cfg.dataset, "test")
-    except D.DatasetUnavailable as err:
-        fail(str(err))
+    train, test = datasets_or_fail(cfg.dataset)
     device = torch.device(cfg.device)
     os.makedirs(cfg.out, exist_ok=True)
     torch.manual_seed(cfg.seed)

@@ -18,11 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .. import data as D
 from ..estimators import REGISTRY
 from ..graph import broadcast
 from ..neurons import StochasticBinary
-from .training import Metrics, fail, plot_curves
+from .training import datasets_or_fail, Metrics, fail, plot_curves
 
 
 class HashingAutoencoder(nn.Module):
@@ -95,12 +94,7 @@ def train_hashing(cfg: HashingConfig) -> dict:
 
     if cfg.estimator not in REGISTRY:
         fail(f"unknown estimator {cfg.estimator!r}; valid: {', '.join(REGISTRY)}")
-    if cfg.dataset not in D.DATASETS:
-        fail(f"unknown dataset {cfg.dataset!r}; valid: {', '.join(D.DATASETS)}")
-    try:
-        train, test = D.load(cfg.dataset, "train"), D.load(cfg.dataset, "test")
-    except D.DatasetUnavailable as err:
-        fail(str(err))
+    train, test = datasets_or_fail(cfg.dataset)
     os.makedirs(cfg.out, exist_ok=True)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)

@@ -13,7 +13,7 @@ import torch
 from .. import data as D
 from ..boltzmann import RBM, ContrastiveDivergence, ais_log_partition
 from ..sampling import bernoulli
-from .training import Metrics, fail, plot_curves, save_atomic
+from .training import datasets_or_fail, Metrics, fail, plot_curves, save_atomic
 
 
 @dataclass
@@ -53,12 +53,7 @@ def train_rbm(cfg: RBMConfig) -> dict:
 
     if cfg.method not in ("cd", "pcd"):
         fail(f"unknown method {cfg.method!r}; valid: cd, pcd")
-    if cfg.dataset not in D.DATASETS:
-        fail(f"unknown dataset {cfg.dataset!r}; valid: {', '.join(D.DATASETS)}")
-    try:
-        train, test = D.load(cfg.dataset, "train"), D.load(cfg.dataset, "test")
-    except D.DatasetUnavailable as err:
-        fail(str(err))
+    train, test = datasets_or_fail(cfg.dataset)
     os.makedirs(cfg.out, exist_ok=True)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)

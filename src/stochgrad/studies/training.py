@@ -87,6 +87,18 @@ def fail(message: str) -> None:
     raise SystemExit(2)
 
 
+def datasets_or_fail(name: str):
+    """``(train, test)`` of a dataset, or a clear exit naming the valid ones / what to install."""
+    from .. import data as D
+
+    if name not in D.DATASETS:
+        fail(f"unknown dataset {name!r}; valid: {', '.join(D.DATASETS)}")
+    try:
+        return D.load(name, "train"), D.load(name, "test")
+    except D.DatasetUnavailable as err:
+        fail(str(err))
+
+
 def plot_curves(path: str, rows: list[dict], x: str, ys: list[str], title: str) -> None:
     import matplotlib
 

@@ -22,7 +22,7 @@ from .. import data as D
 from ..estimators import REGISTRY, get_estimator
 from ..expect import expect
 from ..sampling import Sharded, bernoulli
-from .training import (CheckpointError, Metrics, all_mean, distributed_from_env, fail, load_checkpoint,
+from .training import (CheckpointError, datasets_or_fail, Metrics, all_mean, distributed_from_env, fail, load_checkpoint,
                        plot_curves, save_atomic)
 
 
@@ -141,17 +141,12 @@ def train_vae(cfg: VAEConfig) -> dict:
     if cfg.estimator not in REGISTRY or cfg.estimator == "exact":
         fail(f"unknown or unusable estimator {cfg.estimator!r} for the VAE; valid: "
              f"{', '.join(n for n in REGISTRY if n != 'exact')}")
-    if cfg.dataset not in D.DATASETS:
-        fail(f"unknown dataset {cfg.dataset!r}; valid: {', '.join(D.DATASETS)}")
     rank, world = distributed_from_env()
     if cfg.batch_size % world:
         fail(f"--batch-size {cfg.batch_size} must divide among {world} processes")
     main = rank == 0
     device = torch.device(cfg.device)
-    try:
-        train, test = D.load(cfg.dataset, "train"), D.load(cfg.dataset, "test")
-    except D.DatasetUnavailable as err:
-        fail(str(err))
+    train, test = datasets_or_fail(cfg.dataset)
     os.makedirs(cfg.out, exist_ok=True)
     ckpt_path = os.path.join(cfg.out, "checkpoint.pt")
     state = None

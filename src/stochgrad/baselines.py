@@ -1,8 +1,8 @@
 """Baselines for the score-function estimator (seed Corollary 1): explicit state, read before update.
 
 A baseline maps ``(score, losses)`` of one estimate, ``score = h − σ(a)`` of shape ``(S, *batch, n)``
-and ``losses`` ``(S, *batch)``, to ``c`` broadcastable to ``score``, used in ``(h − σ(a))·(L − c)``. Corollary 1 keeps the estimator unbiased only if
-``c`` does not depend on the current sample, so :meth:`Baseline.forward` reads state built from past
+and ``losses`` ``(S, *batch)``, to ``c`` broadcastable to ``score``, used in ``(h − σ(a))·(L − c)``.
+Corollary 1 keeps the estimator unbiased only if ``c`` does not depend on the current sample, so :meth:`Baseline.forward` reads state built from past
 losses (or, for leave-one-out, from the *other* samples), and :meth:`Baseline.update` folds the
 current losses in afterwards. State lives in buffers: ``state_dict``, ``.to(device)`` and checkpoints
 work, and every statistic is averaged over ranks under ``torch.distributed``.

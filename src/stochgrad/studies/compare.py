@@ -343,7 +343,9 @@ def plot(results, out_dir) -> dict:
             r = est[n]["race"][p]
             y = [max(v, 1e-8) for v in r["excess_loss"]]
             axes[0][j].semilogy(r["steps"], y, color=color[n], label=n)
-            axes[1][j].semilogy(r["seconds"], y, color=color[n], label=n)
+            timed = [(t, v) for t, v in zip(r["seconds"], y) if t > 0]
+            if timed:
+                axes[1][j].loglog(*zip(*timed), color=color[n], label=n)
         axes[0][j].set_title(f"race on {p}: against steps")
         axes[1][j].set_title(f"race on {p}: against wall time")
         axes[0][j].set_xlabel("step")

@@ -98,6 +98,22 @@ class GatingNet(nn.Module):
             return a * normal.cdf(a) + normal.log_prob(a).exp()
         return torch.relu(a)
 
+    def mean_gate(self, a: Tensor) -> Tensor:
+        """The gate's expected training output (no threshold): σ(a) for the Bernoulli gates (STS: √σ·√σ),
+        E[max(0, a + z)] for the noisy rectifier, σ(a / √(1 + π/8)) ≈ E[σ(a + z)] for the noisy sigmoid."""
+        if self.kind in ("straight_through", "reinforce_optimal", "stochastic_times_smooth", "sigmoid"):
+            return torch.sigmoid(a)
+        if self.kind == "sigmoid_noise":
+            return torch.sigmoid(a / (1 + torch.pi / 8) ** 0.5)
+        return self.gate_value(a)
+
+    @torch.no_grad()
+    def mean_field_error(self, x: Tensor, y: Tensor) -> float:
+        """Error % with every gate at its expected training output: what thresholding costs, for comparison."""
+        wrong = sum((self.out(self.expert(xc) * self.mean_gate(self.pre_activation(xc))).argmax(-1) != yc).sum().item()
+                    for xc, yc in zip(x.split(1000), y.split(1000)))
+        return 100.0 * wrong / len(y)
+
     @torch.no_grad()
     def test_error(self, x: Tensor, y: Tensor, open_fraction: float) -> tuple[float, float]:
         """Error % with deterministic gates thresholded to leave ``open_fraction`` open; and the threshold."""
@@ -188,7 +204,9 @@ def train_gating(cfg: GatingConfig) -> dict:
     model.eval()
     error, threshold = model.test_error(test.images.to(device), test.labels.to(device), cfg.target)
     summary = {"gater": cfg.gater, "dataset": cfg.dataset, "steps": cfg.steps, "test_error_percent": error,
-               "open_fraction": cfg.target, "threshold": threshold, "train_seconds": seconds}
+               "open_fraction": cfg.target, "threshold": threshold,
+               "mean_field_test_error_percent": model.mean_field_error(test.images.to(device), test.labels.to(device)),
+               "train_seconds": seconds}
     with open(os.path.join(cfg.out, "summary.json"), "w") as fh:
         json.dump(summary, fh, indent=1)
     save_atomic({"step": cfg.steps, "model": model.state_dict(), "config": cfg.__dict__},

@@ -28,16 +28,19 @@ class EstimatorInfo:
     pathwise: bool
     cost: str
     min_samples: int
+    broadcast: bool
 
     def __str__(self) -> str:
+        """One line: unbiased?, how it works as a layer (pathwise / needs the broadcast L / expect only), cost."""
         kind = "unbiased" if self.unbiased else "biased"
-        route = "pathwise" if self.pathwise else "needs L"
+        route = "pathwise" if self.pathwise else "needs L" if self.broadcast else "expect"
         return f"{kind:8s} | {route:8s} | f evals: {self.cost:6s} | {self.description}"
 
 
 def estimators() -> dict[str, EstimatorInfo]:
     """Every registered estimator: name → :class:`EstimatorInfo` (one line when printed)."""
-    return {name: EstimatorInfo(name, cls.description, cls.unbiased, cls.pathwise, cls.cost, cls.min_samples)
+    return {name: EstimatorInfo(name, cls.description, cls.unbiased, cls.pathwise, cls.cost, cls.min_samples,
+                                cls.broadcast)
             for name, cls in REGISTRY.items()}
 
 

@@ -13,14 +13,19 @@ from ..sampling import bernoulli_from_uniform, uniform
 from .base import Estimator
 
 
-class ARM(Estimator):
-    name = "arm"
-    description = "ARM (Yin & Zhou 2019, Thm 1): (f(1[u>σ(-a)]) - f(1[u<σ(a)]))·(u - 1/2)"
+class _Antithetic(Estimator):
+    """Two evaluations of ``f`` per sample, at an antithetic pair built from one uniform vector."""
+
     unbiased = True
     cost = "2S"
 
     def evaluations(self, n, samples=1):
         return 2 * samples
+
+
+class ARM(_Antithetic):
+    name = "arm"
+    description = "ARM (Yin & Zhou 2019, Thm 1): (f(1[u>σ(-a)]) - f(1[u<σ(a)]))·(u - 1/2)"
 
     def estimate(self, f, logits, samples, generator):
         probs = torch.sigmoid(logits.detach())
@@ -31,15 +36,10 @@ class ARM(Estimator):
         return attach_gradient(losses.mean((0, 1)), logits, grad)
 
 
-class DisARM(Estimator):
+class DisARM(_Antithetic):
     name = "disarm"
     description = ("DisARM (Dong et al. 2020, Eq. 7): ½(f(b)-f(b~))·(-1)^b~·1[b≠b~]·σ(|a|), "
                    "b, b~ antithetic")
-    unbiased = True
-    cost = "2S"
-
-    def evaluations(self, n, samples=1):
-        return 2 * samples
 
     def estimate(self, f, logits, samples, generator):
         probs = torch.sigmoid(logits.detach())

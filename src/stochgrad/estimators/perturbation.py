@@ -18,14 +18,19 @@ from .base import Estimator
 
 
 class _Perturbation(Estimator):
+    """Two evaluations of ``f`` per sample (perturbed and reference) unless a subclass says otherwise."""
+
     unbiased = False
-    size_name = "step"
+    cost = "2S"
 
     def __init__(self, step: float = 0.1):
         super().__init__()
         if not step > 0:
             raise ValueError(f"step must be > 0, got {step}")
         self.step = step
+
+    def evaluations(self, n, samples=1):
+        return 2 * samples
 
     def extra_repr(self) -> str:
         return f"step={self.step}"
@@ -35,10 +40,6 @@ class SPSA(_Perturbation):
     name = "spsa"
     description = ("SPSA (Spall 1992): (F(a+cΔ) - F(a-cΔ))/(2cΔ_i), Δ Rademacher, common random numbers; "
                    "bias O(c²)")
-    cost = "2S"
-
-    def evaluations(self, n, samples=1):
-        return 2 * samples
 
     def estimate(self, f, logits, samples, generator):
         a, c = logits.detach(), self.step
@@ -76,10 +77,6 @@ class NodePerturbation(_Perturbation):
     name = "node_perturbation"
     description = ("node perturbation (Fiete & Seung 2006): (F(a+ξ) - F(a))·ξ/s², ξ ~ N(0, s²), "
                    "common random numbers; bias O(s²)")
-    cost = "2S"
-
-    def evaluations(self, n, samples=1):
-        return 2 * samples
 
     def estimate(self, f, logits, samples, generator):
         a, s = logits.detach(), self.step

@@ -168,6 +168,8 @@ def test_errors_in_the_network_view():
         graph.backward(torch.ones(4))
     with pytest.raises(ValueError, match="cannot be a layer"):
         sg.StochasticBinary("disarm")
+    with pytest.raises(ValueError, match="a layer draws one"):
+        sg.StochasticBinary("reinforce_loo")
     with pytest.raises(ValueError, match="local=True"):
         with sg.broadcast(local=True):
             sg.StochasticBinary("straight_through")(lin(torch.randn(5, 3)))

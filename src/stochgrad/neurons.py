@@ -38,6 +38,9 @@ class StochasticBinary(nn.Module):
             raise ValueError(f"estimator {self.estimator.name!r} evaluates the loss at several points per sample and "
                              "cannot be a layer: use a pathwise estimator (straight_through, gumbel_st, ...), a "
                              "broadcast one (reinforce*, learned), or sg.expect")
+        if self.estimator.min_samples > 1:
+            raise ValueError(f"estimator {self.estimator.name!r} needs {self.estimator.min_samples} samples per example; "
+                             "a layer draws one: use reinforce_optimal or reinforce_ma, or sg.expect")
         if eval_output not in ("threshold", "probability"):
             raise ValueError(f"eval_output must be 'threshold' or 'probability', got {eval_output!r}")
         self.eval_output, self.threshold, self.generator = eval_output, threshold, generator

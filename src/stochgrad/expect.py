@@ -10,6 +10,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from .sampling import Sharded
+
 LossFn = Callable[[Tensor], Tensor]
 
 
@@ -91,10 +93,11 @@ def expect(f: LossFn, logits: Tensor, estimator="reinforce", samples: int = 1,
         ``(*batch,)``: the estimate of ``E[f(b)]`` per example. ``value.sum().backward()`` leaves in
         ``logits.grad[k]`` the estimator's gradient of example ``k``'s expected loss.
     """
-    from .estimators import get_estimator
-    from .sampling import Sharded
+    if isinstance(estimator, str):
+        from .estimators import get_estimator  # here: stochgrad.estimators imports this module
 
-    est = get_estimator(estimator) if isinstance(estimator, str) else estimator
+        estimator = get_estimator(estimator)
+    est = estimator
     if not hasattr(est, "estimate"):
         raise TypeError(f"estimator must be a registered name or a stochgrad Estimator, got {type(estimator).__name__}")
     check_logits(logits)

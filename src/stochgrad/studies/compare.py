@@ -26,6 +26,7 @@ from .. import problems as P
 from ..checks import check_unbiased, sample_gradients
 from ..estimators import REGISTRY, get_estimator
 from ..exact import all_states, exact_expectation
+from .training import save_figure
 
 
 @dataclass
@@ -315,11 +316,8 @@ def plot(results, out_dir) -> dict:
         ax.set_ylabel("relative variance")
         ax.set_title(f"{loss} loss")
         ax.grid(True, which="both", alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
-    fig.tight_layout()
     files["scaling"] = "variance_vs_units.png"
-    fig.savefig(os.path.join(out_dir, files["scaling"]), dpi=110)
-    plt.close(fig)
+    save_figure(fig, axes[0], os.path.join(out_dir, files["scaling"]), legend=True)
 
     probs = list(next(iter(est.values()))["problems"])
     fig, axes = plt.subplots(1, len(probs), figsize=(4.5 * len(probs), 4.2), squeeze=False)
@@ -334,11 +332,8 @@ def plot(results, out_dir) -> dict:
         ax.set_ylabel("‖bias‖ (unbiased: noise floor)")
         ax.set_title(p)
         ax.grid(True, which="both", alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
-    fig.tight_layout()
     files["bias_variance"] = "bias_vs_variance.png"
-    fig.savefig(os.path.join(out_dir, files["bias_variance"]), dpi=110)
-    plt.close(fig)
+    save_figure(fig, axes[0], os.path.join(out_dir, files["bias_variance"]), legend=True)
 
     races = list(next(iter(est.values()))["race"])
     fig, axes = plt.subplots(2, len(races), figsize=(6 * len(races), 8), squeeze=False)
@@ -357,11 +352,8 @@ def plot(results, out_dir) -> dict:
         for i in range(2):
             axes[i][j].set_ylabel("E[L] − best state's L")
             axes[i][j].grid(True, which="both", alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
-    fig.tight_layout()
     files["race"] = "race.png"
-    fig.savefig(os.path.join(out_dir, files["race"]), dpi=110)
-    plt.close(fig)
+    save_figure(fig, axes[0], os.path.join(out_dir, files["race"]), legend=True)
     return files
 
 

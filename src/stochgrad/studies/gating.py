@@ -77,8 +77,10 @@ class GatingNet(nn.Module):
         self.expert = nn.Linear(x_dim, gates)
         self.out = nn.Linear(gates, classes)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.out(self.expert(x) * self.gate(self.gater(x)))
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Class logits ``(B, classes)`` and the gates' training outputs ``(B, gates)``."""
+        g = self.gate(self.gater(x))
+        return self.out(self.expert(x) * g), g
 
     def pre_activation(self, x: Tensor) -> Tensor:
         a = self.gater(x)
@@ -176,9 +178,7 @@ def train_gating(cfg: GatingConfig) -> dict:
         x, y = xs[idx], ys[idx]
         opt.zero_grad()
         with broadcast() as graph:
-            a = model.gater(x)
-            g = model.gate(a)
-            logits = model.out(model.expert(x) * g)
+            logits, g = model(x)
             ce = F.cross_entropy(logits, y, reduction="none")
         if cfg.gater.startswith("sigmoid"):
             rho = g.mean(0).clamp(1e-6, 1 - 1e-6)

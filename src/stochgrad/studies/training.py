@@ -99,6 +99,17 @@ def datasets_or_fail(name: str):
         fail(str(err))
 
 
+def save_figure(fig, axes, path: str, legend: bool = False, dpi: int = 110) -> None:
+    """Legend beside the last panel (if asked), tight layout, save, close."""
+    import matplotlib.pyplot as plt
+
+    if legend:
+        axes[-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+
+
 def plot_curves(path: str, rows: list[dict], x: str, ys: list[str], title: str) -> None:
     import matplotlib
 
@@ -116,6 +127,4 @@ def plot_curves(path: str, rows: list[dict], x: str, ys: list[str], title: str) 
         if y.endswith("variance") and pts and min(v for _, v in pts) > 0:
             ax.set_yscale("log")
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, axes[0], path, dpi=100)

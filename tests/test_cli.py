@@ -28,3 +28,27 @@ def test_estimators_lists_every_name(capsys):
     out = capsys.readouterr().out
     for name in ("disarm", "relax", "finite_difference", "node_perturbation"):
         assert name in out
+
+
+def test_threads_flag_sets_torch_and_is_recorded(tmp_path, capsys):
+    import json
+
+    import pytest
+    import torch
+
+    from stochgrad.cli import build_parser
+    from stochgrad.runinfo import write_json
+
+    before = torch.get_num_threads()
+    try:
+        assert main(["check", "--estimators", "reinforce", "--estimates", "200", "--threads", "1", "--quiet"]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    assert build_parser().parse_args(["train", "vae"]).threads == 1   # the default: one thread
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["compare", "--threads", "0"])
+    assert "--threads must be an integer >= 1" in capsys.readouterr().err
+    write_json(str(tmp_path / "summary.json"), {"x": 1.0})
+    env = json.loads((tmp_path / "summary.json").read_text())["environment"]
+    assert set(env) >= {"torch", "threads", "commit", "date"} and env["torch"] == torch.__version__

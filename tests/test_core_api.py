@@ -122,3 +122,16 @@ def test_exact_value_and_gradient_closed_form():
     d = 0.55 ** 2 - 0.45 ** 2
     assert math.isclose(value.item(), (s * 0.55 ** 2 + (1 - s) * 0.45 ** 2).sum().item(), rel_tol=1e-12)
     assert torch.allclose(grad, s * (1 - s) * d)
+
+
+def test_a_name_is_stateless_and_warns_for_stateful_estimators():
+    """expect(f, logits, name): stateless names share one object; stateful ones start afresh and say so."""
+    from stochgrad.estimators import resolve
+
+    assert resolve("reinforce") is resolve("reinforce") and not resolve("disarm").stateful
+    with pytest.warns(UserWarning, match="keeps no state between calls"):
+        first = resolve("reinforce_ma")
+    with pytest.warns(UserWarning):
+        assert first.stateful and resolve("reinforce_ma") is not first
+    est = sg.get_estimator("reinforce_ma")
+    assert resolve(est) is est

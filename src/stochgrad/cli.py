@@ -149,9 +149,27 @@ def cmd_estimators(args) -> int:
     return 0
 
 
+def _threads(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"--threads must be an integer >= 1, got {text!r}")
+    return value
+
+
+def _add_threads(p: argparse.ArgumentParser) -> None:
+    from .runinfo import DEFAULT_THREADS
+
+    p.add_argument("--threads", type=_threads, default=DEFAULT_THREADS,
+                   help=f"torch intra-op threads (default {DEFAULT_THREADS}: fastest for these small tensors)")
+
+
 def _trainer(sub, name: str, help: str, run, dataset: bool = True) -> argparse.ArgumentParser:
     """A ``stochgrad train NAME`` parser with the flags every trainer shares."""
     p = sub.add_parser(name, help=help)
+    _add_threads(p)
     if dataset:
         p.add_argument("--dataset", default="mnist", help="mnist, fashion-mnist or digits")
     p.add_argument("--seed", type=int, default=0)
@@ -174,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=4.0, help="largest |z| allowed of an unbiased estimator")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_threads(p)
     p.set_defaults(run=cmd_check)
 
     p = sub.add_parser("compare", help="the estimator study: bias, variance, cost, scaling with D, race")
@@ -183,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_threads(p)
     p.set_defaults(run=cmd_compare)
 
     train = sub.add_parser("train", help="train a model: vae, gating, rbm, hashing, bandit").add_subparsers(dest="model_kind", required=True)
@@ -240,6 +260,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "threads", None) is not None:
+        from .runinfo import set_threads
+
+        set_threads(args.threads)
     return args.run(args)
 
 

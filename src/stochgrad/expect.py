@@ -84,8 +84,13 @@ def expect(f: LossFn, logits: Tensor, estimator="reinforce", samples: int = 1,
             leading sample dimension (``samples``, antithetic pairs or relaxed points stacked on it) and
             may hold parameters of its own, which receive the ordinary pathwise gradient.
         logits: ``(*batch, n)``, float32 or float64, on any device.
-        estimator: a registered name (see :func:`stochgrad.estimators`) or an estimator object. Keep one
-            object per site for stateful estimators (baselines, learned corrections).
+        estimator: an estimator object, or a registered name (see :func:`stochgrad.estimators`).
+            **A name is stateless**: it never carries state from one call to the next. Stateless
+            estimators (``reinforce``, ``disarm``, ``straight_through``, ...) are built once and shared;
+            a stateful one named by a string (``reinforce_ma``, ``reinforce_optimal``, ``learned``,
+            ``rebar``, ``relax``) starts afresh on every call (no baseline yet, no tuning kept) and warns
+            once. To keep its state, build it once per call site, ``est = sg.get_estimator(name)``, and
+            pass ``est``: its state then lives in its buffers (``state_dict``, ``.to``, DDP).
         samples: Monte-Carlo samples per example (``>= 1``; ``reinforce_loo`` needs ``>= 2``).
         generator: source of all noise; pass one for exactly repeatable runs.
 
@@ -93,13 +98,11 @@ def expect(f: LossFn, logits: Tensor, estimator="reinforce", samples: int = 1,
         ``(*batch,)``: the estimate of ``E[f(b)]`` per example. ``value.sum().backward()`` leaves in
         ``logits.grad[k]`` the estimator's gradient of example ``k``'s expected loss.
     """
-    if isinstance(estimator, str):
-        from .estimators import get_estimator  # here: stochgrad.estimators imports this module
+    if isinstance(estimator, str) or not hasattr(estimator, "estimate"):
+        from .estimators import resolve  # here: stochgrad.estimators imports this module
 
-        estimator = get_estimator(estimator)
+        estimator = resolve(estimator)
     est = estimator
-    if not hasattr(est, "estimate"):
-        raise TypeError(f"estimator must be a registered name or a stochgrad Estimator, got {type(estimator).__name__}")
     check_logits(logits)
     if type(samples) is not int or samples != 1 or est.min_samples > 1:
         check_samples(samples, est.min_samples, est.name)

@@ -1,6 +1,7 @@
 """The estimator registry: names (DESIGN.md) to classes, and what each declares about itself."""
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 from .arm import ARM, DisARM
@@ -56,4 +57,34 @@ def get_estimator(name: str, **options) -> Estimator:
         raise TypeError(f"bad options for estimator {name!r}: {err}") from None
 
 
-__all__ = ["Estimator", "ScoreFunction", "EstimatorInfo", "REGISTRY", "estimators", "get_estimator"]
+_SHARED: dict[str, Estimator] = {}  # one instance per stateless name: they hold nothing, so sharing is exact
+
+
+def resolve(estimator) -> Estimator:
+    """What ``expect(f, logits, estimator)`` calls: an estimator object as it is; a name, statelessly.
+
+    A name is resolved to an estimator *without state carried between calls*: a stateless one (no
+    buffers or parameters: ``reinforce``, ``disarm``, ``straight_through``, ...) is built once and shared;
+    a stateful one (``reinforce_ma``, ``reinforce_optimal``, ``learned``, ``rebar``, ``relax``) is built
+    fresh on every call (so its baseline or tuning starts over each time) with a warning, once per name:
+    keep state by building the object once, ``est = sg.get_estimator(name)``, and passing ``est``.
+    """
+    if not isinstance(estimator, str):
+        if not hasattr(estimator, "estimate"):
+            raise TypeError(f"estimator must be a registered name or a stochgrad Estimator, got "
+                            f"{type(estimator).__name__}")
+        return estimator
+    shared = _SHARED.get(estimator)
+    if shared is not None:
+        return shared
+    est = get_estimator(estimator)
+    if est.stateful:
+        warnings.warn(f"expect(..., {estimator!r}): a name keeps no state between calls, so this {estimator} "
+                      "starts afresh on every call; build it once with sg.get_estimator and pass the object",
+                      stacklevel=3)
+        return est
+    _SHARED[estimator] = est
+    return est
+
+
+__all__ = ["Estimator", "ScoreFunction", "EstimatorInfo", "REGISTRY", "estimators", "get_estimator", "resolve"]

@@ -36,6 +36,11 @@ class Estimator(nn.Module, abc.ABC):
     needs_dl_dh: bool = False
     cost: str = "S"  # evaluations of f per example and estimate, in words (S = samples, n = units)
 
+    @property
+    def stateful(self) -> bool:
+        """Whether it carries state from call to call (buffers or parameters): then keep one object per site."""
+        return next(self.buffers(), None) is not None or next(self.parameters(), None) is not None
+
     def forward(self, f, logits: Tensor, samples: int = 1, generator: torch.Generator | None = None) -> Tensor:
         return expect(f, logits, self, samples, generator)
 

@@ -9,7 +9,6 @@ action equals the addressed data bit, else 0 (the optimal policy earns 1). Netwo
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections import deque
@@ -20,6 +19,7 @@ from torch import nn
 
 from ..graph import DelayedBroadcast
 from ..neurons import StochasticBinary
+from ..runinfo import write_json
 from .training import Metrics, fail, plot_curves
 
 ESTIMATORS = ("reinforce", "reinforce_ma", "reinforce_optimal")
@@ -86,8 +86,7 @@ def train_bandit(cfg: BanditConfig) -> dict:
     summary = {"estimator": cfg.estimator, "delay": cfg.delay, "steps": cfg.steps,
                "final_reward": rows[-1]["reward"], "greedy_reward": greedy, "optimal_reward": 1.0,
                "max_held_steps": held, "train_seconds": seconds}
-    with open(os.path.join(cfg.out, "summary.json"), "w") as fh:
-        json.dump(summary, fh, indent=1)
+    write_json(os.path.join(cfg.out, "summary.json"), summary)
     plot_curves(os.path.join(cfg.out, "curves.png"), rows, "step", ["reward"],
                 f"multiplexer, {cfg.estimator}, reward delayed {cfg.delay} steps")
     return summary

@@ -26,6 +26,7 @@ from .. import problems as P
 from ..checks import check_unbiased, sample_gradients
 from ..estimators import REGISTRY, get_estimator
 from ..exact import all_states, exact_expectation
+from ..runinfo import write_json
 from .training import save_figure
 
 
@@ -379,7 +380,6 @@ def run(cfg: Config, out_dir: str, progress: bool = True) -> dict:
     results["findings"] = findings(results)
     results["scaling_sentences"] = [scaling_sentence(n, e["scaling"]) for n, e in results["estimators"].items()]
     plots = plot(results, out_dir)
-    with open(os.path.join(out_dir, "results.json"), "w") as fh:
-        json.dump(results, fh, indent=1, default=float)
+    write_json(os.path.join(out_dir, "results.json"), results, default=float)
     write_report(results, out_dir, plots)
     return results

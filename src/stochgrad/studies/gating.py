@@ -23,7 +23,6 @@ set to leave 10% of the gates open; the test error is reported in percent.
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from torch import Tensor, nn
 
 from ..graph import broadcast
 from ..neurons import FiringRateControl, NoisyRectifier, StochasticBinary, StochasticTimesSmooth
+from ..runinfo import write_json
 from ..sampling import normal
 from .training import datasets_or_fail, Metrics, fail, plot_curves, save_atomic
 
@@ -207,8 +207,7 @@ def train_gating(cfg: GatingConfig) -> dict:
                "open_fraction": cfg.target, "threshold": threshold,
                "mean_field_test_error_percent": model.mean_field_error(test.images.to(device), test.labels.to(device)),
                "train_seconds": seconds}
-    with open(os.path.join(cfg.out, "summary.json"), "w") as fh:
-        json.dump(summary, fh, indent=1)
+    write_json(os.path.join(cfg.out, "summary.json"), summary)
     save_atomic({"step": cfg.steps, "model": model.state_dict(), "config": cfg.__dict__},
                 os.path.join(cfg.out, "model.pt"))
     plot_curves(os.path.join(cfg.out, "curves.png"), metrics.read(), "step", ["train_loss", "train_error", "gate_open"],

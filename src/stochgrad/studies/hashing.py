@@ -9,7 +9,6 @@ average precision over the full ranking (relevant = same label).
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from torch import Tensor, nn
 from ..estimators import REGISTRY
 from ..graph import broadcast
 from ..neurons import StochasticBinary
+from ..runinfo import write_json
 from .training import datasets_or_fail, Metrics, fail, plot_curves
 
 
@@ -127,8 +127,7 @@ def train_hashing(cfg: HashingConfig) -> dict:
                                             baseline_codes(train.images, db_x, cfg.bits, kind, gen), db_y)
     summary = {"dataset": cfg.dataset, "estimator": cfg.estimator, "bits": cfg.bits, "steps": cfg.steps,
                "train_seconds": seconds, "retrieval": results}
-    with open(os.path.join(cfg.out, "summary.json"), "w") as fh:
-        json.dump(summary, fh, indent=1)
+    write_json(os.path.join(cfg.out, "summary.json"), summary)
     plot_curves(os.path.join(cfg.out, "curves.png"), metrics.read(), "step", ["reconstruction_loss"],
                 f"semantic hashing, {cfg.bits} bits, {cfg.estimator}")
     return summary

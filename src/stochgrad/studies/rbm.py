@@ -3,7 +3,6 @@ reward correlation of seed §4.2 (:mod:`stochgrad.boltzmann`). At the end: the t
 (exact when a layer has ≤ 20 units, else AIS) and a grid of model samples."""
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -12,6 +11,7 @@ import torch
 
 from .. import data as D
 from ..boltzmann import RBM, ContrastiveDivergence, ais_log_partition
+from ..runinfo import write_json
 from ..sampling import bernoulli
 from .training import datasets_or_fail, Metrics, fail, plot_curves, save_atomic
 
@@ -86,8 +86,7 @@ def train_rbm(cfg: RBMConfig) -> dict:
         sample_grid(os.path.join(cfg.out, "samples.png"), rbm.visible_probs(h), train.shape)
     summary = {"dataset": cfg.dataset, "method": f"{cfg.method}-{cfg.k}", "hidden": cfg.hidden, "steps": cfg.steps,
                "test_log_likelihood": ll, "log_partition": log_z, "log_partition_method": how, "train_seconds": seconds}
-    with open(os.path.join(cfg.out, "summary.json"), "w") as fh:
-        json.dump(summary, fh, indent=1)
+    write_json(os.path.join(cfg.out, "summary.json"), summary)
     save_atomic({"step": cfg.steps, "model": rbm.state_dict()}, os.path.join(cfg.out, "model.pt"))
     plot_curves(os.path.join(cfg.out, "curves.png"), metrics.read(), "step", ["reconstruction_error"],
                 f"RBM {cfg.method}-{cfg.k} on {cfg.dataset}")

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from .. import data as D
 from ..estimators import REGISTRY, get_estimator
 from ..expect import expect
+from ..runinfo import write_json
 from ..sampling import Sharded, bernoulli
 from .training import (CheckpointError, datasets_or_fail, Metrics, all_mean, distributed_from_env, fail, load_checkpoint,
                        plot_curves, save_atomic)
@@ -134,8 +135,6 @@ class GradientVariance:
 
 def train_vae(cfg: VAEConfig) -> dict:
     """Trains (or resumes), evaluates the test bound, writes ``metrics.csv``, ``summary.json``, a plot."""
-    import json
-
     from tqdm import tqdm
 
     if cfg.estimator not in REGISTRY or cfg.estimator == "exact":
@@ -221,8 +220,7 @@ def train_vae(cfg: VAEConfig) -> dict:
     if not main:
         return {}
     summary = evaluate(model, x_train, test, cfg, device, seconds, step)
-    with open(os.path.join(cfg.out, "summary.json"), "w") as fh:
-        json.dump(summary, fh, indent=1)
+    write_json(os.path.join(cfg.out, "summary.json"), summary)
     rows = metrics.read()
     plot_curves(os.path.join(cfg.out, "curves.png"), rows, "step", ["train_elbo", "encoder_grad_variance"],
                 f"VAE {cfg.model} on {cfg.dataset}, {cfg.estimator}")

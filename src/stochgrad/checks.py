@@ -69,12 +69,13 @@ class UnbiasedCheck:
 
 
 def sample_gradients(estimator, f, logits: Tensor, estimates: int, batch: int | None = None, samples: int = 1,
-                     generator: torch.Generator | None = None, warmup: int = 0) -> Tensor:
+                     generator: torch.Generator | None = None, warmup: int = 0, distribution=None) -> Tensor:
     """``estimates`` independent gradient estimates, ``(estimates, *logits.shape)``.
 
     Each call estimates ``batch`` replicas of ``logits`` at once (stacked on a new leading dimension),
     so a stateful estimator updates its state ``estimates / batch`` times, using ``batch``-example
     means; ``batch=1`` is the sequential setting. ``warmup`` calls come first and are discarded.
+    ``distribution``: as in :func:`stochgrad.expect` (``"categorical"``: logits ``(*batch, n, K)``).
     """
     batch = estimates if batch is None else batch
     if batch < 1 or estimates < 1:
@@ -83,7 +84,7 @@ def sample_gradients(estimator, f, logits: Tensor, estimates: int, batch: int | 
     grads = []
     for call in range(warmup + calls):
         a = logits.detach().expand(batch, *logits.shape).clone().requires_grad_(True)
-        value = expect(f, a, estimator, samples, generator)
+        value = expect(f, a, estimator, samples, generator, distribution)
         (g,) = torch.autograd.grad(value.sum(), a)
         if call >= warmup:
             grads.append(g)
@@ -92,12 +93,13 @@ def sample_gradients(estimator, f, logits: Tensor, estimates: int, batch: int | 
 
 def check_unbiased(estimator, f, logits: Tensor, *, estimates: int = 4000, batch: int | None = None,
                    samples: int = 1, generator: torch.Generator | None = None, threshold: float = 4.0,
-                   warmup: int = 0) -> UnbiasedCheck:
+                   warmup: int = 0, distribution=None) -> UnbiasedCheck:
     """Compares ``estimates`` gradient estimates with the exact gradient of ``E[f]`` (enumeration).
 
     Args:
         estimator: a registered name or an estimator object (its state carries over between calls).
-        f, logits: as in :func:`stochgrad.expect`; ``logits`` ``(*batch, n)`` with ``n <= 20``.
+        f, logits: as in :func:`stochgrad.expect`; ``logits`` ``(*batch, n)`` with ``n <= 20``, or
+            ``(*batch, n, K)`` with ``distribution="categorical"`` and ``K^n <= 2^20``.
         estimates: how many estimates in all; ``batch``: how many per call (default: all in one call).
         threshold: the largest ``|z|`` per coordinate allowed of an unbiased estimator (4 ≈ p < 6e-5 each).
 
@@ -108,8 +110,8 @@ def check_unbiased(estimator, f, logits: Tensor, *, estimates: int = 4000, batch
 
     check_logits(logits)
     est = get_estimator(estimator) if isinstance(estimator, str) else estimator
-    exact = exact_gradient(f, logits)[1]
-    g = sample_gradients(est, f, logits, estimates, batch, samples, generator, warmup)
+    exact = exact_gradient(f, logits, distribution)[1]
+    g = sample_gradients(est, f, logits, estimates, batch, samples, generator, warmup, distribution)
     mean, var = g.mean(0), g.var(0)
     mse = (g - exact).square().sum(tuple(range(1, g.dim()))).mean().item()
     return UnbiasedCheck(est.name, est.unbiased, exact, mean, var, g.shape[0], threshold, mse)

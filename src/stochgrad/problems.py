@@ -2,6 +2,8 @@
 
 Each :class:`Problem` holds ``logits`` ``(n,)`` and a loss ``f`` mapping ``(*lead, n)`` samples to
 ``(*lead,)`` losses, polynomial or smooth in ``b`` so that pathwise estimators can differentiate it.
+Categorical problems (``distribution == "categorical"``) hold ``logits`` ``(n, K)`` and ``f`` maps one-hot
+samples ``(*lead, n, K)`` to ``(*lead,)``.
 """
 from __future__ import annotations
 
@@ -21,10 +23,12 @@ class Problem:
     description: str
     f: Callable[[Tensor], Tensor]
     logits: Tensor
+    distribution: str = "bernoulli"
 
     @property
     def n(self) -> int:
-        return self.logits.shape[-1]
+        """The number of units."""
+        return self.logits.shape[-1] if self.distribution == "bernoulli" else self.logits.shape[-2]
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -96,3 +100,47 @@ def suite(dtype=torch.float64, device="cpu") -> list[Problem]:
     """The built-in problems of ``stochgrad check``: separable, non-separable, decoder, two-layer."""
     return [separable(dtype=dtype, device=device), nonseparable(dtype=dtype, device=device),
             decoder(dtype=dtype, device=device), two_layer(dtype=dtype, device=device)]
+
+
+def categorical_separable(n: int = 3, K: int = 4, seed: int = 4, dtype=torch.float64, device="cpu") -> Problem:
+    """``L = Σ_i (w_i·h_i − t)²`` over one-hot ``h_i``: each unit alone, a smooth quadratic in ``h``."""
+    g = _gen(seed)
+    w = torch.randn(n, K, generator=g, dtype=torch.float64).to(dtype=dtype, device=device)
+    logits = torch.randn(n, K, generator=g, dtype=torch.float64).to(dtype=dtype, device=device)
+    return Problem("cat_separable", f"sum_i (w_i.h_i - 0.3)^2, n={n}, K={K}",
+                   lambda h: ((h * w).sum(-1) - 0.3).square().sum(-1), logits, "categorical")
+
+
+def categorical_nonseparable(n: int = 3, K: int = 4, seed: int = 5, dtype=torch.float64, device="cpu") -> Problem:
+    """``L = (Σ_i w_i·h_i − t)² + h_{0,0}·h_{1,1}·h_{2,2}``: units interact through a square and a product."""
+    g = _gen(seed)
+    w = torch.randn(n, K, generator=g, dtype=torch.float64).to(dtype=dtype, device=device)
+    logits = torch.randn(n, K, generator=g, dtype=torch.float64).to(dtype=dtype, device=device)
+    t = 0.5 * w.sum() / K
+
+    def f(h):
+        return ((h * w).sum((-2, -1)) - t).square() + h[..., 0, 0] * h[..., 1 % n, 1 % K] * h[..., 2 % n, 2 % K]
+
+    return Problem("cat_nonseparable", f"(sum_i w_i.h_i - t)^2 + h00 h11 h22, n={n}, K={K}", f, logits, "categorical")
+
+
+def categorical_decoder(n: int = 3, K: int = 4, d: int = 3, C: int = 5, seed: int = 6, dtype=torch.float64,
+                        device="cpu") -> Problem:
+    """Softmax decoder: ``L = −Σ_j log softmax(W_j·h + c_j)[x_j]``, ``d`` outputs of ``C`` classes, fixed ``x``."""
+    g = _gen(seed)
+    W = (1.5 * torch.randn(d, C, n * K, generator=g, dtype=torch.float64)).to(dtype=dtype, device=device)
+    c = torch.randn(d, C, generator=g, dtype=torch.float64).to(dtype=dtype, device=device)
+    x = torch.randint(C, (d,), generator=g).to(device)
+    logits = torch.randn(n, K, generator=g, dtype=torch.float64).to(dtype=dtype, device=device)
+
+    def f(h):
+        out = torch.einsum("dck,...k->...dc", W, h.flatten(-2)) + c          # (*lead, d, C)
+        return -out.log_softmax(-1).gather(-1, x.expand(*out.shape[:-1]).unsqueeze(-1)).squeeze(-1).sum(-1)
+
+    return Problem("cat_decoder", f"-log p(x|h), softmax decoder {n}x{K} -> {d}x{C}", f, logits, "categorical")
+
+
+def categorical_suite(dtype=torch.float64, device="cpu") -> list[Problem]:
+    """Categorical problems with exact gradients: separable, non-separable, softmax decoder."""
+    return [categorical_separable(dtype=dtype, device=device), categorical_nonseparable(dtype=dtype, device=device),
+            categorical_decoder(dtype=dtype, device=device)]

@@ -64,3 +64,8 @@ def bernoulli(probs: Tensor, lead: tuple[int, ...] = (), generator: torch.Genera
 def logistic_from_uniform(u: Tensor) -> Tensor:
     """Logistic noise ``log u − log(1 − u)``; ``1[a + logistic > 0]`` fires with probability σ(a)."""
     return torch.logit(u, eps=torch.finfo(u.dtype).eps)
+
+
+def gumbel_from_uniform(u: Tensor) -> Tensor:
+    """Gumbel noise ``−log(−log u)``; ``argmax(a + Gumbel)`` is class ``k`` with probability softmax(a)_k."""
+    return -torch.log(-torch.log(u.clamp_min(torch.finfo(u.dtype).tiny)))

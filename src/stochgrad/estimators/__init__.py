@@ -6,16 +6,20 @@ from dataclasses import dataclass
 
 from .arm import ARM, DisARM
 from .base import Estimator, ScoreFunction
+from .carms import CARMS
 from .exact import Exact
 from .gumbel import Gumbel, GumbelST
+from .gumbel_rao import GumbelRao
 from .learned import Learned
 from .perturbation import SPSA, FiniteDifference, NodePerturbation
 from .rebar import REBAR, RELAX
 from .reinforce import Reinforce, ReinforceLOO, ReinforceMA, ReinforceOptimal
+from .reinmax import ReinMax
 from .straight_through import StraightThrough, StraightThroughSigmoid
 
 _CLASSES = (Exact, StraightThrough, StraightThroughSigmoid, Reinforce, ReinforceMA, ReinforceOptimal,
             ReinforceLOO, Learned, ARM, DisARM, Gumbel, GumbelST, REBAR, RELAX, SPSA, FiniteDifference, NodePerturbation)
+_CLASSES += (GumbelRao, ReinMax, CARMS)  # made for categorical units; Bernoulli as their K = 2 case
 REGISTRY: dict[str, type[Estimator]] = {cls.name: cls for cls in _CLASSES}
 
 
@@ -30,18 +34,20 @@ class EstimatorInfo:
     cost: str
     min_samples: int
     broadcast: bool
+    distributions: tuple = ("bernoulli",)
 
     def __str__(self) -> str:
         """One line: unbiased?, how it works as a layer (pathwise / needs the broadcast L / expect only), cost."""
         kind = "unbiased" if self.unbiased else "biased"
         route = "pathwise" if self.pathwise else "needs L" if self.broadcast else "expect"
-        return f"{kind:8s} | {route:8s} | f evals: {self.cost:6s} | {self.description}"
+        units = "+categorical" if "categorical" in self.distributions else ""
+        return f"{kind:8s} | {route:8s} | f evals: {self.cost:6s} | {self.description}{' [' + units + ']' if units else ''}"
 
 
 def estimators() -> dict[str, EstimatorInfo]:
     """Every registered estimator: name → :class:`EstimatorInfo` (one line when printed)."""
     return {name: EstimatorInfo(name, cls.description, cls.unbiased, cls.pathwise, cls.cost, cls.min_samples,
-                                cls.broadcast)
+                                cls.broadcast, tuple(cls.distributions))
             for name, cls in REGISTRY.items()}
 
 

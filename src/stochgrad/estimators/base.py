@@ -6,8 +6,8 @@ import abc
 import torch
 from torch import Tensor, nn
 
+from ..distributions import BERNOULLI
 from ..expect import CheckedLoss, attach_gradient, expect, sample_mean
-from ..sampling import bernoulli
 
 
 class Estimator(nn.Module, abc.ABC):
@@ -22,6 +22,8 @@ class Estimator(nn.Module, abc.ABC):
     - ``min_samples``: the fewest samples per estimate it accepts.
     - ``broadcast``: as a layer, it takes the per-example loss from :func:`stochgrad.broadcast` through
       :meth:`score_gradient`; ``needs_dl_dh``: it also needs ``∂L/∂h`` (a backward pass to its output).
+    - ``distributions``: the units it supports (:mod:`stochgrad.distributions`); for any but Bernoulli,
+      :meth:`estimate` is called with the keyword ``dist``.
 
     Subclasses implement :meth:`estimate`; call them through :func:`stochgrad.expect` or as
     ``estimator(f, logits, samples, generator)``, which validates the input first.
@@ -34,8 +36,10 @@ class Estimator(nn.Module, abc.ABC):
     min_samples: int = 1
     broadcast: bool = False
     needs_dl_dh: bool = False
+    distributions: tuple[str, ...] = ("bernoulli",)
     cost: str = "S"  # evaluations of f per example and estimate, in words (S = samples, n = units)
 
+<<<<<<< HEAD
     @property
     def stateful(self) -> bool:
         """Whether it carries state from call to call (buffers or parameters): then keep one object per site."""
@@ -43,6 +47,11 @@ class Estimator(nn.Module, abc.ABC):
 
     def forward(self, f, logits: Tensor, samples: int = 1, generator: torch.Generator | None = None) -> Tensor:
         return expect(f, logits, self, samples, generator)
+=======
+    def forward(self, f, logits: Tensor, samples: int = 1, generator: torch.Generator | None = None,
+                distribution: str | None = None) -> Tensor:
+        return expect(f, logits, self, samples, generator, distribution)
+>>>>>>> 9554ab3 (Categorical units: a distribution axis (Bernoulli, OneHotCategorical) behind the same estimators; exact K^n enumeration, score-function family, straight-through, Gumbel, REBAR/RELAX for categorical; gumbel_rao, reinmax, carms; tests against enumeration)
 
     @abc.abstractmethod
     def estimate(self, f: CheckedLoss, logits: Tensor, samples: int,
@@ -58,11 +67,14 @@ class ScoreFunction(Estimator):
     """The score-function family: ``ĝ_i = mean_s (h_si − σ(a_i))·(L_s − c_si)`` (seed Theorem 1, Corollary 1).
 
     The baseline ``c`` is a :class:`stochgrad.baselines.Baseline`; the formula lives in
-    :meth:`score_gradient`, which the network view calls with the broadcast loss.
+    :meth:`score_gradient`, which the network view calls with the broadcast loss. Categorical units:
+    the score is ``onehot − softmax(a)`` (Williams 1992), the same ``h − probs``; the baselines see it
+    flattened to ``(S, *batch, n·K)``, so the optimal baseline of Eq. 7 is kept per unit and class.
     """
 
     unbiased = True
     broadcast = True
+    distributions = ("bernoulli", "categorical")
 
     def __init__(self, baseline):
         super().__init__()
@@ -81,9 +93,9 @@ class ScoreFunction(Estimator):
             self.baseline.update(score, losses)
         return grad
 
-    def estimate(self, f, logits, samples, generator):
-        probs = torch.sigmoid(logits.detach())
-        h = bernoulli(probs, (samples,), generator)
+    def estimate(self, f, logits, samples, generator, dist=BERNOULLI):
+        probs = dist.probs(logits.detach())
+        h = dist.sample(probs, (samples,), generator)
         losses = f(h)
-        grad = self.score_gradient(h, probs, losses, update=logits.requires_grad)
-        return attach_gradient(sample_mean(losses), logits, grad)
+        grad = self.score_gradient(dist.flat(h), dist.flat(probs), losses, update=logits.requires_grad)
+        return attach_gradient(sample_mean(losses), logits, grad.view_as(logits))

@@ -1,19 +1,21 @@
 """``exact``: enumeration of all 2^n states, the ground truth the checks compare against."""
 from __future__ import annotations
 
+from ..distributions import BERNOULLI
 from ..exact import MAX_UNITS, exact_expectation
 from .base import Estimator
 
 
 class Exact(Estimator):
     name = "exact"
-    description = f"enumerates all 2^n states (n <= {MAX_UNITS}): exact E[f] and exact gradient"
+    description = f"enumerates all 2^n states (n <= {MAX_UNITS}; K^n <= 2^20 categorical): exact E[f] and gradient"
     unbiased = True
     pathwise = True  # autograd through the enumeration
     cost = "2^n"
+    distributions = ("bernoulli", "categorical")
 
-    def estimate(self, f, logits, samples, generator):
-        return exact_expectation(f, logits)
+    def estimate(self, f, logits, samples, generator, dist=BERNOULLI):
+        return exact_expectation(f, logits, dist)
 
     def evaluations(self, n, samples=1):
         return 2 ** n

@@ -10,6 +10,10 @@ is unbiased for any ``c``. REBAR: ``c(z) = η·f(σ(z/λ))``; RELAX adds a small
 Because ``E[ĝ]`` does not depend on ``(η, λ, ρ)``, the gradient of ``E[ĝ²]`` is that of the variance:
 each training call takes one Adam step on it (``tune=True``), a step the estimator object owns.
 Costs 3 evaluations of ``f`` per sample (at ``b``, ``σ(z/λ)``, ``σ(z̃/λ)``).
+
+Categorical units (Tucker et al. 2017 §3.3 and appendix; Grathwohl et al. 2018 §3.3): ``z = a + Gumbel``,
+``b = onehot(argmax z)``, ``z̃`` the conditional Gumbel given ``b``, ``softmax(·/λ)`` for ``σ(·/λ)`` and the
+score ``onehot − softmax(a)``: the same formula through :mod:`stochgrad.distributions`.
 """
 from __future__ import annotations
 
@@ -18,21 +22,10 @@ import math
 import torch
 from torch import nn
 
+from ..distributions import BERNOULLI, conditional_logistic  # noqa: F401  (conditional_logistic: public here)
 from ..expect import attach_gradient
-from ..sampling import logistic_from_uniform, uniform
+from ..sampling import uniform
 from .base import Estimator
-
-
-def conditional_logistic(v, b, probs):
-    """``z̃ ~ p(z | b)`` for ``z = a + logistic``, from ``v ~ U[0,1)``; differentiable in ``probs = σ(a)``.
-
-    Tucker et al. 2017, appendix: ``z̃ = log(v/((1−v)(1−θ)) + 1)`` if ``b = 1``, ``−log(v/((1−v)θ) + 1)`` if ``b = 0``.
-    """
-    tiny = torch.finfo(v.dtype).tiny
-    odds = v / (1 - v).clamp_min(tiny)
-    on = torch.log1p(odds / (1 - probs).clamp_min(tiny))
-    off = -torch.log1p(odds / probs.clamp_min(tiny))
-    return torch.where(b > 0, on, off)
 
 
 class REBAR(Estimator):
@@ -40,6 +33,7 @@ class REBAR(Estimator):
     description = "REBAR (Tucker 2017): [f(b) - η f(σ(z~/λ))]·(b - σ(a)) + η ∂f(σ(z/λ)) - η ∂f(σ(z~/λ)); η, λ tuned"
     unbiased = True
     cost = "3S"
+    distributions = ("bernoulli", "categorical")
 
     def __init__(self, eta: float = 1.0, temperature: float = 0.5, tune: bool = True, lr: float = 1e-2):
         super().__init__()
@@ -57,37 +51,37 @@ class REBAR(Estimator):
         """The part of the control variate beyond ``η·f``: none for REBAR."""
         return 0.0
 
-    def estimate(self, f, logits, samples, generator):
-        probs = torch.sigmoid(logits.detach())
+    def estimate(self, f, logits, samples, generator, dist=BERNOULLI):
+        probs = dist.probs(logits.detach())
         shape = (samples, *logits.shape)
         u, v = uniform(shape, logits, generator), uniform(shape, logits, generator)
-        b = ((logits.detach() + logistic_from_uniform(u)) > 0).to(logits.dtype)
+        b = dist.hard(dist.perturb(logits.detach(), u))
         if not logits.requires_grad:
             return f(b).mean(0)
         with torch.enable_grad():
             a = logits.detach().requires_grad_(True)
-            p = torch.sigmoid(a)
             lam = self.log_temperature.exp().to(a.dtype)
-            soft_z = torch.sigmoid((a + logistic_from_uniform(u)) / lam)
-            soft_zt = torch.sigmoid(conditional_logistic(v, b, p) / lam)
+            soft_z = dist.soften(dist.perturb(a, u), lam)
+            soft_zt = dist.soften(dist.conditional(v, b, a), lam)
             f_b = f(b)                                   # (S, *batch): the value, and f's own gradient
             f_z, f_zt = f(torch.stack([soft_z, soft_zt]))  # the control variate's graph, kept apart
             eta = self.eta.to(a.dtype)
-            c_z = eta * f_z + self.extra(soft_z)
-            c_zt = eta * f_zt + self.extra(soft_zt)
+            c_z = eta * f_z + self.extra(dist.flat(soft_z))
+            c_zt = eta * f_zt + self.extra(dist.flat(soft_zt))
             tuning = self.tune and self.training
             (d_c,) = torch.autograd.grad((c_z - c_zt).sum(), a, create_graph=tuning)
-            grad = ((f_b.detach() - c_zt).unsqueeze(-1) * (b - probs)).mean(0) + d_c / samples
+            centred = (f_b.detach() - c_zt).reshape(*c_zt.shape, *([1] * dist.event_dims))
+            grad = (centred * (b - probs)).mean(0) + d_c / samples
             if tuning:
-                self._tune_step(grad)
+                self._tune_step(grad, dist.event_dims)
         return attach_gradient(f_b.mean(0), logits, grad.detach())
 
-    def _tune_step(self, grad):
+    def _tune_step(self, grad, event_dims=1):
         """One Adam step on ``mean ‖ĝ‖²`` (= variance + a constant) over the control variate's parameters."""
         params = [q for q in self.parameters() if q.requires_grad]
         if self._optimizer is None:
             self._optimizer = torch.optim.Adam(params, lr=self.lr)
-        objective = grad.square().sum(-1).mean()
+        objective = grad.square().flatten(grad.dim() - event_dims).sum(-1).mean()
         grads = torch.autograd.grad(objective, params, allow_unused=True)
         for q, g in zip(params, grads):
             q.grad = None if g is None else g.detach().to(q.dtype)

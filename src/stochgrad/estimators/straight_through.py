@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from ..distributions import BERNOULLI
 from ..expect import sample_mean
-from ..sampling import bernoulli
 from .base import Estimator
 
 
@@ -20,25 +20,28 @@ def straight_through(h, surrogate):
 
 class StraightThrough(Estimator):
     name = "straight_through"
-    description = "back-propagates through the threshold as if it were the identity (§3.2.1): mean = E[df/db]"
+    description = ("back-propagates through the threshold as if it were the identity (§3.2.1): mean = E[df/db]; "
+                   "categorical: one-hot forward, softmax probabilities backward")
     pathwise = True
+    distributions = ("bernoulli", "categorical")
 
-    def relax(self, logits):
-        """What the threshold is replaced by in the backward pass."""
-        return logits
+    def relax(self, logits, dist=BERNOULLI):
+        """What the threshold is replaced by in the backward pass: ``a`` (Bernoulli), ``softmax(a)`` (categorical)."""
+        return logits if dist is BERNOULLI else dist.probs(logits)
 
-    def sample(self, logits, lead=(), generator=None):
+    def sample(self, logits, lead=(), generator=None, dist=BERNOULLI):
         """Hard samples ``(*lead, *logits.shape)`` that back-propagate as ``self.relax(logits)``."""
-        h = bernoulli(torch.sigmoid(logits.detach()), lead, generator)
-        return straight_through(h, self.relax(logits))
+        h = dist.sample(dist.probs(logits.detach()), lead, generator)
+        return straight_through(h, self.relax(logits, dist))
 
-    def estimate(self, f, logits, samples, generator):
-        return sample_mean(f(self.sample(logits, (samples,), generator)))
+    def estimate(self, f, logits, samples, generator, dist=BERNOULLI):
+        return sample_mean(f(self.sample(logits, (samples,), generator, dist)))
 
 
 class StraightThroughSigmoid(StraightThrough):
     name = "straight_through_sigmoid"
     description = "straight-through scaled by σ'(a) (§3.2.1): mean = σ(a)(1-σ(a))·E[df/db]"
+    distributions = ("bernoulli",)  # categorical straight_through already goes through the probabilities
 
-    def relax(self, logits):
+    def relax(self, logits, dist=BERNOULLI):
         return torch.sigmoid(logits)

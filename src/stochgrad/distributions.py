@@ -1,0 +1,254 @@
+"""The distribution axis (DESIGN.md "Growing the design"): Bernoulli units and one-hot categorical units.
+
+An estimator's formula is written once against this small interface; each distribution supplies its
+sampling (from uniform noise, :mod:`stochgrad.sampling`), its score ``∇_a log p(h)``, the enumeration
+that ``exact`` needs, and the Gumbel relaxation.
+
+Shapes (``event`` = the trailing dimensions of one example):
+
+- :data:`BERNOULLI`: logits ``(*batch, n)``, samples ``h ∈ {0,1}`` of the same shape; ``P(h_i=1) = σ(a_i)``.
+- :data:`CATEGORICAL`: logits ``(*batch, n, K)``: ``n`` independent units of ``K ≥ 2`` classes each;
+  samples are one-hot ``(*batch, n, K)``; ``P(h_i = e_k) = softmax(a_i)_k``.
+
+A loss ``f`` maps samples ``(*lead, *batch, *event)`` to ``(*lead, *batch)``.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .sampling import bernoulli, bernoulli_from_uniform, gumbel_from_uniform, logistic_from_uniform, uniform
+
+MAX_STATES = 2 ** 20
+
+
+def all_states(n: int, like: Tensor) -> Tensor:
+    """All ``2^n`` binary vectors, ``(2^n, n)``, dtype and device of ``like``; row ``k`` is ``k`` in binary."""
+    if n > 20:
+        raise ValueError(f"exact enumeration needs n <= 20 units (2^n states); got n = {n}")
+    bits = torch.arange(n - 1, -1, -1, device=like.device)
+    return ((torch.arange(2 ** n, device=like.device).unsqueeze(-1) >> bits) & 1).to(like.dtype)
+
+
+def log_prob(b: Tensor, logits: Tensor) -> Tensor:
+    """``log P(b)`` under independent Bernoulli(σ(logits)) units, summed over the last dimension."""
+    return (b * F.logsigmoid(logits) + (1 - b) * F.logsigmoid(-logits)).sum(-1)
+
+
+def one_hot(index: Tensor, K: int, like: Tensor) -> Tensor:
+    """``(*shape)`` class indices to one-hot ``(*shape, K)`` in the dtype of ``like``."""
+    return (index.unsqueeze(-1) == torch.arange(K, device=index.device)).to(like.dtype)
+
+
+def conditional_logistic(v: Tensor, b: Tensor, probs: Tensor) -> Tensor:
+    """``z̃ ~ p(z | b)`` for ``z = a + logistic``, from ``v ~ U[0,1)``; differentiable in ``probs = σ(a)``.
+
+    Tucker et al. 2017, appendix: ``z̃ = log(v/((1−v)(1−θ)) + 1)`` if ``b = 1``, ``−log(v/((1−v)θ) + 1)`` if ``b = 0``.
+    """
+    tiny = torch.finfo(v.dtype).tiny
+    odds = v / (1 - v).clamp_min(tiny)
+    on = torch.log1p(odds / (1 - probs).clamp_min(tiny))
+    off = -torch.log1p(odds / probs.clamp_min(tiny))
+    return torch.where(b > 0, on, off)
+
+
+def conditional_gumbel(v: Tensor, h: Tensor, logits: Tensor) -> Tensor:
+    """``z̃ ~ p(z | argmax z = h)`` for ``z = a + Gumbel``, from ``v ~ U(0,1)^K``; differentiable in ``a``.
+
+    Tucker et al. 2017 (appendix), Paulus et al. 2021 (Alg. 2): with ``E = −log v ~ Exp(1)``, the
+    maximum is ``z̃_b = logsumexp(a) − log E_b`` and every other ``z̃_j = −log(E_j e^{−a_j} + E_b e^{−logsumexp(a)})``.
+    """
+    log_e = torch.log(-torch.log(v.clamp_min(torch.finfo(v.dtype).tiny)))     # log E
+    log_z = torch.logsumexp(logits, -1, keepdim=True)
+    log_e_top = (h * log_e).sum(-1, keepdim=True)
+    top = log_z - log_e_top
+    others = -torch.logaddexp(log_e - logits, log_e_top - log_z)
+    return torch.where(h > 0, top, others)
+
+
+class Distribution:
+    """What an estimator may ask of a distribution of independent discrete units (see the module doc)."""
+
+    name: str = ""
+    event_dims: int = 1  # trailing dimensions of the logits that make one example's units
+
+    def check(self, logits: Tensor, name: str = "logits") -> None:
+        """Shape check beyond :func:`stochgrad.expect.check_logits` (dtype, finiteness)."""
+
+    def probs(self, logits: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def sample(self, probs: Tensor, lead=(), generator=None) -> Tensor:
+        """Samples ``(*lead, *probs.shape)`` from one uniform per unit (:mod:`stochgrad.sampling`)."""
+        raise NotImplementedError
+
+    def perturb(self, logits: Tensor, u: Tensor) -> Tensor:
+        """``z = a + noise(u)``, ``u ~ U[0,1)`` of ``logits``' shape: the Gumbel-max / logistic trick."""
+        raise NotImplementedError
+
+    def hard(self, z: Tensor) -> Tensor:
+        """The sample a perturbed ``z`` selects: ``1[z > 0]`` or ``onehot(argmax z)``."""
+        raise NotImplementedError
+
+    def soften(self, z: Tensor, temperature) -> Tensor:
+        """The Concrete relaxation of ``hard(z)``: ``σ(z/τ)`` or ``softmax(z/τ)``."""
+        raise NotImplementedError
+
+    def conditional(self, v: Tensor, h: Tensor, logits: Tensor) -> Tensor:
+        """``z̃ ~ p(z | hard(z) = h)`` from uniforms ``v``, differentiable in ``logits``."""
+        raise NotImplementedError
+
+    def jacobian(self, p: Tensor, logits: Tensor) -> Tensor:
+        """A surrogate whose gradient in ``logits`` is the Jacobian of ``σ`` / ``softmax`` taken at the
+        (detached) probabilities ``p``: ``p(1−p)·a`` or ``p⊙a − p (p·a)``; its value carries no meaning."""
+        raise NotImplementedError
+
+    def log_prob(self, h: Tensor, logits: Tensor) -> Tensor:
+        """``log P(h)`` summed over the units: ``(*lead, *batch)``."""
+        raise NotImplementedError
+
+    def states(self, logits: Tensor) -> Tensor:
+        """Every state of one example's units, ``(N, *event)``, in the dtype of ``logits``."""
+        raise NotImplementedError
+
+    def flat(self, x: Tensor) -> Tensor:
+        """``(..., *event)`` to ``(..., units·classes)``: the per-coordinate view baselines work on."""
+        return x if self.event_dims == 1 else x.flatten(-self.event_dims)
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+class Bernoulli(Distribution):
+    name = "bernoulli"
+    event_dims = 1
+
+    def probs(self, logits):
+        return torch.sigmoid(logits)
+
+    def sample(self, probs, lead=(), generator=None):
+        return bernoulli(probs, lead, generator)
+
+    def perturb(self, logits, u):
+        return logits + logistic_from_uniform(u)
+
+    def hard(self, z):
+        return (z > 0).to(z.dtype)
+
+    def soften(self, z, temperature):
+        return torch.sigmoid(z / temperature)
+
+    def conditional(self, v, h, logits):
+        return conditional_logistic(v, h, torch.sigmoid(logits))
+
+    def jacobian(self, p, logits):
+        return p * (1 - p) * logits
+
+    def log_prob(self, h, logits):
+        return log_prob(h, logits)
+
+    def states(self, logits):
+        return all_states(logits.shape[-1], logits)
+
+
+class Categorical(Distribution):
+    """One-hot categorical units; class ``k`` of unit ``i`` has probability ``softmax(a_i)_k``."""
+
+    name = "categorical"
+    event_dims = 2
+
+    def check(self, logits, name="logits"):
+        if logits.dim() < 2:
+            raise ValueError(f"{name} of categorical units must have shape (*batch, n, K), got {tuple(logits.shape)}")
+        if logits.shape[-1] < 2:
+            raise ValueError(f"{name} of categorical units need K >= 2 classes in the last dimension, got shape "
+                             f"{tuple(logits.shape)} (K = {logits.shape[-1]})")
+
+    def probs(self, logits):
+        return torch.softmax(logits, -1)
+
+    def from_uniform(self, u: Tensor, probs: Tensor) -> Tensor:
+        """Inverse CDF with one uniform per unit: class ``k`` iff ``1 − P(≤k) ≤ u < 1 − P(<k)``.
+
+        ``u``: ``(*lead, *batch, n)``; ``probs``: ``(*batch, n, K)``. Ordered so that for ``K = 2`` the
+        sample is class 1 iff ``u < p_1``: the Bernoulli unit's ``1[u < σ(a_1 − a_0)]`` (seed Eq. 2).
+        """
+        below = probs.cumsum(-1)[..., :-1]
+        return one_hot((below < (1 - u).unsqueeze(-1)).sum(-1), probs.shape[-1], probs)
+
+    def sample(self, probs, lead=(), generator=None):
+        return self.from_uniform(uniform((*lead, *probs.shape[:-1]), probs, generator), probs)
+
+    def perturb(self, logits, u):
+        return logits + gumbel_from_uniform(u)
+
+    def hard(self, z):
+        return one_hot(z.argmax(-1), z.shape[-1], z)
+
+    def soften(self, z, temperature):
+        return torch.softmax(z / temperature, -1)
+
+    def conditional(self, v, h, logits):
+        return conditional_gumbel(v, h, logits)
+
+    def jacobian(self, p, logits):
+        return p * logits - p * (p * logits).sum(-1, keepdim=True)
+
+    def log_prob(self, h, logits):
+        return (h * torch.log_softmax(logits, -1)).sum((-2, -1))
+
+    def states(self, logits):
+        n, K = logits.shape[-2:]
+        if n * math.log2(K) > 20 + 1e-9:
+            raise ValueError(f"exact enumeration needs K^n <= 2^20 states; got n = {n} units of K = {K} classes")
+        radix = K ** torch.arange(n - 1, -1, -1, device=logits.device)
+        digits = torch.arange(K ** n, device=logits.device).unsqueeze(-1) // radix % K   # (K^n, n)
+        return one_hot(digits, K, logits)
+
+
+BERNOULLI = Bernoulli()
+CATEGORICAL = Categorical()
+DISTRIBUTIONS = {d.name: d for d in (BERNOULLI, CATEGORICAL)}
+
+
+def get_distribution(distribution) -> Distribution:
+    """``None`` or a name (``"bernoulli"``, ``"categorical"``) or a :class:`Distribution` to the distribution."""
+    if distribution is None:
+        return BERNOULLI
+    if isinstance(distribution, Distribution):
+        return distribution
+    if isinstance(distribution, str) and distribution in DISTRIBUTIONS:
+        return DISTRIBUTIONS[distribution]
+    raise ValueError(f"distribution must be one of {', '.join(DISTRIBUTIONS)}, got {distribution!r}")
+
+
+def resolve(logits, distribution=None) -> tuple[Tensor, Distribution]:
+    """``expect``'s second argument to ``(logits, distribution)``.
+
+    Accepts a logits tensor (Bernoulli unless ``distribution`` says otherwise), a
+    ``torch.distributions.Bernoulli``, or a ``torch.distributions.OneHotCategorical`` (its normalised
+    logits ``(*batch, n, K)``, through which the gradient reaches the tensor it was built from).
+    """
+    td = torch.distributions
+    if isinstance(logits, (td.Bernoulli, td.OneHotCategorical)):
+        dist = BERNOULLI if isinstance(logits, td.Bernoulli) else CATEGORICAL
+        if distribution is not None and get_distribution(distribution) is not dist:
+            raise ValueError(f"distribution={distribution!r} contradicts the {type(logits).__name__} passed as logits")
+        return logits.logits, dist
+    if isinstance(logits, td.Distribution):
+        raise TypeError(f"logits must be a tensor, a torch.distributions.Bernoulli or OneHotCategorical; got "
+                        f"{type(logits).__name__}")
+    return logits, get_distribution(distribution)
+
+
+def as_categorical(f, logits: Tensor):
+    """A Bernoulli problem as the K = 2 categorical one: logits ``[0, a]`` per unit, ``f`` of the class-1 column.
+
+    ``(f, a)`` with ``a`` ``(*batch, n)`` → ``(f2, a2)`` with ``a2`` ``(*batch, n, 2)``; ``a2`` is built from
+    ``a`` differentiably, so a gradient attached to ``a2`` reaches ``a`` as ``∂/∂a = ∂/∂a2[..., 1]``.
+    """
+    a2 = torch.stack([torch.zeros_like(logits), logits], -1)
+    return (lambda h: f(h[..., 1])), a2

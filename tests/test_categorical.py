@@ -1,0 +1,172 @@
+"""Categorical units (issue 10): the same estimators on one-hot samples, against exact enumeration of K^n states."""
+import pytest
+import torch
+
+import stochgrad as sg
+from stochgrad import problems
+from stochgrad.checks import sample_gradients
+from stochgrad.exact import exact_gradient
+
+CAT = "categorical"
+PROBLEMS = {"separable": problems.categorical_separable, "nonseparable": problems.categorical_nonseparable,
+            "decoder": problems.categorical_decoder}
+UNBIASED = [n for n, info in sg.estimators().items() if info.unbiased and n != "exact" and CAT in info.distributions]
+
+
+def test_unbiased_categorical_estimators_are_the_expected_ones():
+    assert {"reinforce", "reinforce_ma", "reinforce_optimal", "reinforce_loo", "rebar", "relax", "carms"} <= set(UNBIASED)
+    for name in ["exact", "straight_through", "gumbel", "gumbel_st", "gumbel_rao", "reinmax"]:
+        assert CAT in sg.estimators()[name].distributions
+
+
+@pytest.mark.parametrize("problem", PROBLEMS)
+@pytest.mark.parametrize("name", UNBIASED)
+def test_declared_unbiased_categorical_estimators_match_exact(name, problem, gen):
+    p = PROBLEMS[problem]()
+    est = sg.get_estimator(name)
+    estimates = 3000 if name in ("rebar", "relax") else 8000
+    r = sg.check_unbiased(est, p.f, p.logits, estimates=estimates, batch=400, samples=max(2, est.min_samples),
+                          generator=gen, warmup=3, distribution=CAT)
+    assert r.passed, f"{name} on {problem}: max |z| = {r.max_abs_z:.2f}, bias {r.bias}"
+    assert torch.isfinite(r.variance).all() and (r.variance > 0).any()
+
+
+@pytest.mark.parametrize("name", ["reinforce_ma", "reinforce_optimal"])
+def test_moving_baselines_unbiased_at_batch_one_over_sequential_calls(name, gen):
+    p = problems.categorical_decoder()
+    r = sg.check_unbiased(name, p.f, p.logits, estimates=2000, batch=1, generator=gen, warmup=20, distribution=CAT)
+    assert r.passed, f"{name}, batch 1: max |z| = {r.max_abs_z:.2f}"
+
+
+def test_torch_distributions_at_the_door(gen):
+    """OneHotCategorical and Bernoulli objects built from logits: the gradient reaches the tensor they came from."""
+    p = problems.categorical_decoder()
+    a = p.logits.clone().requires_grad_(True)
+    sg.expect(p.f, torch.distributions.OneHotCategorical(logits=a), "exact").backward()
+    assert torch.allclose(a.grad, exact_gradient(p.f, p.logits, CAT)[1])
+    b = torch.tensor([0.3, -1.0], dtype=torch.float64, requires_grad=True)
+    f = lambda h: (h - 0.2).square().sum(-1)
+    v = sg.expect(f, torch.distributions.Bernoulli(logits=b), "exact")
+    assert torch.allclose(v, sg.exact_expectation(f, b))
+    v.backward()
+    assert torch.allclose(b.grad, exact_gradient(f, b.detach())[1])
+
+
+def k2(f, a):
+    """The Bernoulli problem (f, a) as the K = 2 categorical one with logits (0, a)."""
+    return (lambda h: f(h[..., 1])), torch.stack([torch.zeros_like(a), a], -1)
+
+
+def test_two_classes_are_a_bernoulli_unit_with_logit_a1_minus_a0(gen):
+    """Expectation, exact gradient, and the score-function gradient sample by sample (same noise)."""
+    p = problems.nonseparable()
+    a2 = torch.stack([0.4 * torch.ones_like(p.logits), p.logits + 0.4], -1)      # a1 − a0 = logits
+    f2 = lambda h: p.f(h[..., 1])
+    v_b, g_b = exact_gradient(p.f, p.logits)
+    v_c, g_c = exact_gradient(f2, a2, CAT)
+    assert torch.allclose(v_b, v_c) and torch.allclose(g_c[..., 1], g_b) and torch.allclose(g_c[..., 0], -g_b)
+    for name in ["reinforce", "reinforce_loo"]:
+        gb = sample_gradients(name, p.f, p.logits, 50, samples=2, generator=torch.Generator().manual_seed(7))
+        gc = sample_gradients(name, f2, a2, 50, samples=2, generator=torch.Generator().manual_seed(7), distribution=CAT)
+        assert torch.allclose(gc[..., 1], gb) and torch.allclose(gc[..., 0], -gb), name
+
+
+def test_gumbel_rao_has_gumbel_st_mean_and_lower_variance(gen):
+    p = problems.categorical_nonseparable()
+    st = sample_gradients("gumbel_st", p.f, p.logits, 20000, generator=gen, distribution=CAT)
+    rao = sample_gradients("gumbel_rao", p.f, p.logits, 20000, generator=gen, distribution=CAT)
+    se = (st.var(0) / st.shape[0] + rao.var(0) / rao.shape[0]).sqrt()
+    assert ((st.mean(0) - rao.mean(0)).abs() / se).max() < 4
+    assert rao.var(0).sum() < 0.8 * st.var(0).sum()
+
+
+def test_reinmax_is_less_biased_than_straight_through_on_a_smooth_problem(gen):
+    """Quadratic in h (Liu et al. 2023, §4: ReinMax is second-order accurate, straight-through first-order)."""
+    p = problems.categorical_separable()
+    exact = exact_gradient(p.f, p.logits, CAT)[1]
+    bias = {}
+    for name in ["straight_through", "reinmax"]:
+        g = sample_gradients(name, p.f, p.logits, 20000, generator=gen, distribution=CAT)
+        bias[name] = (g.mean(0) - exact).norm().item()
+        se = (g.var(0).sum() / g.shape[0]).sqrt().item()
+        if name == "straight_through":
+            assert bias[name] > 6 * se          # its bias is real, not noise
+    assert bias["reinmax"] < 0.5 * bias["straight_through"]
+
+
+def test_gumbel_bias_falls_with_the_temperature(gen):
+    p = problems.categorical_decoder()
+    exact = exact_gradient(p.f, p.logits, CAT)[1]
+    bias = []
+    for t in [2.0, 1.0, 0.3]:
+        g = sample_gradients(sg.get_estimator("gumbel", temperature=t), p.f, p.logits, 20000, generator=gen,
+                             distribution=CAT)
+        bias.append(((g.mean(0) - exact).norm().item(), (g.var(0).sum() / g.shape[0]).sqrt().item()))
+    assert bias[0][0] > bias[1][0] + 3 * bias[1][1] and bias[1][0] > bias[2][0] + 3 * bias[2][1], bias
+
+
+def test_optimal_baseline_is_never_worse_than_the_moving_average(gen):
+    for p in problems.categorical_suite():
+        var = {n: sg.check_unbiased(n, p.f, p.logits, estimates=4000, batch=200, generator=gen, warmup=5,
+                                    distribution=CAT).variance.sum() for n in ["reinforce_ma", "reinforce_optimal"]}
+        assert var["reinforce_optimal"] <= var["reinforce_ma"] * 1.05, (p.name, var)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name", [n for n, i in sg.estimators().items() if CAT in i.distributions])
+def test_dtypes_shapes_and_determinism(name, dtype):
+    p = problems.categorical_decoder(dtype=dtype)
+    samples = max(2, sg.get_estimator(name).min_samples)
+
+    def grad(seed):
+        a = p.logits.expand(5, -1, -1).clone().requires_grad_(True)
+        v = sg.expect(p.f, a, name, samples, torch.Generator().manual_seed(seed), distribution=CAT)
+        assert v.shape == (5,) and v.dtype == dtype
+        v.sum().backward()
+        assert a.grad.dtype == dtype and torch.isfinite(a.grad).all()
+        return a.grad
+
+    assert torch.equal(grad(3), grad(3))
+
+
+def test_samples_are_one_hot_with_the_right_frequencies(gen):
+    a = torch.tensor([[0.0, 1.0, -1.0, 2.0]], dtype=torch.float64)
+    seen = []
+    sg.expect(lambda h: seen.append(h) or h.sum((-2, -1)) * 0, a, "reinforce", 40000, gen, distribution=CAT)
+    h = seen[0]
+    assert ((h == 0) | (h == 1)).all() and (h.sum(-1) == 1).all()
+    freq = h.mean(0)[0]
+    assert ((freq - a.softmax(-1)[0]).abs() < 4 * (0.25 / 40000) ** 0.5).all()
+
+
+def test_bad_categorical_input_is_a_clear_error():
+    f = lambda h: h.sum((-2, -1))
+    with pytest.raises(ValueError, match="K >= 2"):
+        sg.expect(f, torch.zeros(3, 1), distribution=CAT)
+    with pytest.raises(ValueError, match=r"\(\*batch, n, K\)"):
+        sg.expect(lambda h: h.sum(-1), torch.zeros(4), distribution=CAT)
+    with pytest.raises(ValueError, match="per-sample losses"):
+        sg.expect(lambda h: h.sum(-1), torch.zeros(3, 4), distribution=CAT)     # (.., n): not one-hot aware
+    with pytest.raises(ValueError, match="does not support categorical.*reinforce_optimal"):
+        sg.expect(f, torch.zeros(3, 4), "disarm", distribution=CAT)
+    with pytest.raises(ValueError, match="finite"):
+        sg.expect(f, torch.tensor([[0.0, float("nan")]]), distribution=CAT)
+    with pytest.raises(ValueError, match="finite"):
+        sg.expect(f, torch.tensor([[0.0, float("inf")]]).expand(2, 2, 2), "exact", distribution=CAT)
+    with pytest.raises(ValueError, match="distribution must be one of"):
+        sg.expect(f, torch.zeros(3, 4), distribution="poisson")
+    with pytest.raises(TypeError, match="torch.distributions"):
+        sg.expect(f, torch.distributions.Normal(0.0, 1.0))
+    with pytest.raises(ValueError, match="K\\^n <= 2\\^20"):
+        sg.exact_expectation(f, torch.zeros(11, 4), CAT)
+
+
+def test_a_stateful_estimator_is_unchanged_by_a_rejected_call():
+    est = sg.get_estimator("reinforce_optimal")
+    p = problems.categorical_decoder()
+    a = p.logits.clone().requires_grad_(True)
+    est(p.f, a, distribution=CAT)
+    before = {k: v.clone() for k, v in est.state_dict().items()}
+    with pytest.raises(ValueError):
+        est(p.f, torch.full_like(a, float("nan")), distribution=CAT)
+    assert all(torch.equal(v, est.state_dict()[k]) for k, v in before.items())

@@ -39,19 +39,14 @@ class Estimator(nn.Module, abc.ABC):
     distributions: tuple[str, ...] = ("bernoulli",)
     cost: str = "S"  # evaluations of f per example and estimate, in words (S = samples, n = units)
 
-<<<<<<< HEAD
     @property
     def stateful(self) -> bool:
         """Whether it carries state from call to call (buffers or parameters): then keep one object per site."""
         return next(self.buffers(), None) is not None or next(self.parameters(), None) is not None
 
-    def forward(self, f, logits: Tensor, samples: int = 1, generator: torch.Generator | None = None) -> Tensor:
-        return expect(f, logits, self, samples, generator)
-=======
     def forward(self, f, logits: Tensor, samples: int = 1, generator: torch.Generator | None = None,
                 distribution: str | None = None) -> Tensor:
         return expect(f, logits, self, samples, generator, distribution)
->>>>>>> 9554ab3 (Categorical units: a distribution axis (Bernoulli, OneHotCategorical) behind the same estimators; exact K^n enumeration, score-function family, straight-through, Gumbel, REBAR/RELAX for categorical; gumbel_rao, reinmax, carms; tests against enumeration)
 
     @abc.abstractmethod
     def estimate(self, f: CheckedLoss, logits: Tensor, samples: int,

@@ -120,7 +120,7 @@ def test_dtypes_shapes_and_determinism(name, dtype):
 
     def grad(seed):
         a = p.logits.expand(5, -1, -1).clone().requires_grad_(True)
-        v = sg.expect(p.f, a, name, samples, torch.Generator().manual_seed(seed), distribution=CAT)
+        v = sg.get_estimator(name)(p.f, a, samples, torch.Generator().manual_seed(seed), distribution=CAT)
         assert v.shape == (5,) and v.dtype == dtype
         v.sum().backward()
         assert a.grad.dtype == dtype and torch.isfinite(a.grad).all()

@@ -91,7 +91,8 @@ def cmd_train_vae(args) -> int:
                     batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device, out=args.out,
                     resume=args.resume, samples=args.samples, log_every=args.log_every,
                     checkpoint_every=args.checkpoint_every, test_samples=args.test_samples,
-                    test_examples=args.test_examples, progress=not args.quiet)
+                    test_examples=args.test_examples, progress=not args.quiet, categories=args.categories,
+                    latent=args.latents or (20 if args.categories else 200), max_seconds=args.max_seconds)
     summary = train_vae(cfg)
     if summary:
         _print_summary(summary)
@@ -219,6 +220,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=int, default=1000)
     p.add_argument("--test-samples", type=int, default=100, help="samples of the importance-weighted test bound")
     p.add_argument("--test-examples", type=int, default=0, help="test examples to evaluate (0: all)")
+    p.add_argument("--categories", type=int, default=0,
+                   help="0: Bernoulli latents; K >= 2: categorical latents of K classes (e.g. 10)")
+    p.add_argument("--latents", type=int, default=0, help="latent variables (default 200 Bernoulli, 20 categorical)")
+    p.add_argument("--max-seconds", type=float, default=0.0, help="stop training after this much time (0: never)")
 
     p = _trainer(train, "gating", "conditional computation: stochastic gates on MNIST", cmd_train_gating)
     p.add_argument("--gater", default="noisy_rectifier",

@@ -98,6 +98,8 @@ class VAEConfig:
     resume: bool = False
     samples: int = 1
     latent: int = 200
+    categories: int = 0          # 0: Bernoulli latents; K >= 2: `latent` categorical variables of K classes
+    max_seconds: float = 0.0     # stop (checkpoint, evaluate) once this much training time has passed; 0: never
     log_every: int = 100
     checkpoint_every: int = 1000
     test_samples: int = 100
@@ -157,7 +159,16 @@ def train_vae(cfg: VAEConfig) -> dict:
 
     torch.manual_seed(cfg.seed)
     x_train = train.images.to(device)
-    model = BernoulliVAE(train.dim, cfg.latent, cfg.model, pixel_mean=x_train.mean(0).cpu()).to(device)
+    if cfg.categories:
+        from .vae_categorical import CategoricalVAE  # the categorical latent layer (issue 10)
+
+        if "categorical" not in REGISTRY[cfg.estimator].distributions:
+            fail(f"estimator {cfg.estimator!r} does not support categorical latents; valid: "
+                 f"{', '.join(n for n, c in REGISTRY.items() if 'categorical' in c.distributions and n != 'exact')}")
+        model = CategoricalVAE(train.dim, cfg.latent, cfg.categories, model=cfg.model,
+                               pixel_mean=x_train.mean(0).cpu()).to(device)
+    else:
+        model = BernoulliVAE(train.dim, cfg.latent, cfg.model, pixel_mean=x_train.mean(0).cpu()).to(device)
     estimator = get_estimator(cfg.estimator).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
@@ -193,7 +204,7 @@ def train_vae(cfg: VAEConfig) -> dict:
 
     bar = tqdm(total=cfg.steps, initial=step, desc=f"vae {cfg.estimator}", disable=not (cfg.progress and main))
     window = []
-    while step < cfg.steps:
+    while step < cfg.steps and not (cfg.max_seconds and seconds >= cfg.max_seconds):
         t0 = time.perf_counter()
         idx = torch.randint(len(train), (cfg.batch_size,), generator=gen, device=device)[rank * local:(rank + 1) * local]
         x = D.binarize(x_train[idx], noise)
@@ -240,6 +251,7 @@ def evaluate(model, x_train, test, cfg, device, seconds, step) -> dict:
         train_bounds.append(model.iw_bound(D.binarize(chunk, gen), cfg.test_samples, gen))
     one = torch.cat([-model.loss(D.binarize(c, gen), "reinforce", 1, gen) for c in x_test.split(500)])
     return {"estimator": cfg.estimator, "model": cfg.model, "dataset": cfg.dataset, "steps": step,
+            "latents": cfg.latent, "categories": cfg.categories,
             "train_seconds": seconds, f"test_elbo_{cfg.test_samples}_samples": torch.cat(bounds).mean().item(),
             f"train_elbo_{cfg.test_samples}_samples": torch.cat(train_bounds).mean().item(),
             "test_elbo_1_sample": one.mean().item()}

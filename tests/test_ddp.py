@@ -75,7 +75,7 @@ def worker(rank, init_file, out_dir):
 def test_synchronised_state_and_training_match_one_process():
     with tempfile.TemporaryDirectory() as tmp:
         mp.spawn(worker, args=(os.path.join(tmp, "init"), tmp), nprocs=2, join=True)
-        ranks = [torch.load(os.path.join(tmp, f"rank{r}.pt")) for r in range(2)]
+        ranks = [torch.load(os.path.join(tmp, f"rank{r}.pt"), weights_only=True) for r in range(2)]
     for name in ("reinforce_ma", "reinforce_optimal", "learned"):
         single = run_state(name)
         for r in ranks:

@@ -8,6 +8,7 @@ import torch
 
 from stochgrad.cli import main
 from stochgrad.studies import vae
+from stochgrad.studies.training import load_checkpoint
 
 ARGS = ["--dataset", "digits", "--batch-size", "16", "--test-samples", "5", "--test-examples", "50",
         "--log-every", "5", "--checkpoint-every", "5", "--quiet"]
@@ -18,7 +19,7 @@ def run(out, steps, *extra):
 
 
 def params(out):
-    return torch.load(os.path.join(out, "checkpoint.pt"), weights_only=False)
+    return load_checkpoint(os.path.join(out, "checkpoint.pt"))
 
 
 @pytest.mark.parametrize("estimator", ["reinforce_optimal", "rebar"])

@@ -89,7 +89,8 @@ def cmd_train_vae(args) -> int:
 
     cfg = VAEConfig(dataset=args.dataset, model=args.model, estimator=args.estimator, steps=args.steps,
                     batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device, out=args.out,
-                    resume=args.resume, samples=args.samples, log_every=args.log_every,
+                    resume=args.resume or args.force_resume,
+                    force_resume=args.force_resume, samples=args.samples, log_every=args.log_every,
                     checkpoint_every=args.checkpoint_every, test_samples=args.test_samples,
                     test_examples=args.test_examples, progress=not args.quiet, categories=args.categories,
                     latent=args.latents or (20 if args.categories else 200), max_seconds=args.max_seconds)
@@ -216,6 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=1, help="samples per estimate (reinforce_loo: >= 2)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt")
+    p.add_argument("--force-resume", action="store_true",
+                   help="with --resume: continue even if the checkpoint's estimator/model/data/seed/lr/batch differ")
     p.add_argument("--log-every", type=int, default=100)
     p.add_argument("--checkpoint-every", type=int, default=1000)
     p.add_argument("--test-samples", type=int, default=100, help="samples of the importance-weighted test bound")

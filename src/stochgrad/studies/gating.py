@@ -35,7 +35,7 @@ from ..graph import broadcast
 from ..neurons import FiringRateControl, NoisyRectifier, StochasticBinary, StochasticTimesSmooth
 from ..runinfo import write_json
 from ..sampling import normal
-from .training import datasets_or_fail, Metrics, fail, plot_curves, save_atomic
+from .training import datasets_or_fail, Metrics, fail, plot_curves, save_checkpoint
 
 GATERS = ("noisy_rectifier", "straight_through", "stochastic_times_smooth", "reinforce_optimal", "rectifier",
           "sigmoid", "sigmoid_noise")
@@ -208,7 +208,7 @@ def train_gating(cfg: GatingConfig) -> dict:
                "mean_field_test_error_percent": model.mean_field_error(test.images.to(device), test.labels.to(device)),
                "train_seconds": seconds}
     write_json(os.path.join(cfg.out, "summary.json"), summary)
-    save_atomic({"step": cfg.steps, "model": model.state_dict(), "config": cfg.__dict__},
+    save_checkpoint({"step": cfg.steps, "model": model.state_dict(), "config": cfg.__dict__},
                 os.path.join(cfg.out, "model.pt"))
     plot_curves(os.path.join(cfg.out, "curves.png"), metrics.read(), "step", ["train_loss", "train_error", "gate_open"],
                 f"gating {cfg.gater} on {cfg.dataset}")

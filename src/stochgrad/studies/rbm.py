@@ -13,7 +13,7 @@ from .. import data as D
 from ..boltzmann import RBM, ContrastiveDivergence, ais_log_partition
 from ..runinfo import write_json
 from ..sampling import bernoulli
-from .training import datasets_or_fail, Metrics, fail, plot_curves, save_atomic
+from .training import datasets_or_fail, diverged, Metrics, fail, plot_curves, save_checkpoint
 
 
 @dataclass
@@ -73,6 +73,9 @@ def train_rbm(cfg: RBMConfig) -> dict:
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
             metrics.write(step=step + 1, reconstruction_error=sum(window) / len(window), seconds=seconds)
             window = []
+            bad = diverged(rbm)
+            if bad is not None:
+                fail(f"training diverged by step {step + 1}: parameter {bad}; lower --lr")
     with torch.no_grad():
         v_test = D.binarize(test.images, gen)
         if min(rbm.W.shape) <= 20:
@@ -87,7 +90,7 @@ def train_rbm(cfg: RBMConfig) -> dict:
     summary = {"dataset": cfg.dataset, "method": f"{cfg.method}-{cfg.k}", "hidden": cfg.hidden, "steps": cfg.steps,
                "test_log_likelihood": ll, "log_partition": log_z, "log_partition_method": how, "train_seconds": seconds}
     write_json(os.path.join(cfg.out, "summary.json"), summary)
-    save_atomic({"step": cfg.steps, "model": rbm.state_dict()}, os.path.join(cfg.out, "model.pt"))
+    save_checkpoint({"step": cfg.steps, "model": rbm.state_dict()}, os.path.join(cfg.out, "model.pt"))
     plot_curves(os.path.join(cfg.out, "curves.png"), metrics.read(), "step", ["reconstruction_error"],
                 f"RBM {cfg.method}-{cfg.k} on {cfg.dataset}")
     return summary

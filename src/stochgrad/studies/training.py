@@ -1,10 +1,26 @@
-"""What every ``stochgrad train ...`` command shares: atomic checkpoints, a metrics CSV, distributed
-set-up under ``torchrun``, and the plot of the curves."""
+"""What every ``stochgrad train ...`` command shares: safe checkpoints (atomic, checksummed, loaded without
+unpickling code, tied to the run's configuration), a metrics CSV, distributed set-up under ``torchrun``,
+and the plot of the curves.
+
+A trainer's checkpoint cycle, in four calls::
+
+    ckpt = prepare_out(cfg.out, cfg.resume)            # the folder; stale temp files gone; a fresh run
+                                                        # moves an earlier run's checkpoint aside
+    state = load_checkpoint(ckpt, asdict(cfg), IDENTITY, cfg.force_resume) if cfg.resume else None
+    ...
+    stop = diverged(model)                              # a parameter NaN, inf or past float resolution
+    save_checkpoint({"step": step, "model": ..., "config": asdict(cfg)}, ckpt)
+"""
 from __future__ import annotations
 
 import csv
+import errno
+import glob
+import hashlib
+import io
 import math
 import os
+import shutil
 import sys
 
 import torch
@@ -12,34 +28,215 @@ import torch.distributed as dist
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be read; it is left untouched."""
+    """A checkpoint that cannot be read or written; the file on disk is left untouched."""
+
+
+class NonFiniteError(CheckpointError):
+    """A state holding NaN or inf: it is never written as a checkpoint."""
+
+
+CHECKSUM_KEY = "sha256"
+
+
+def _walk(obj, key: str = ""):
+    """``(key path, leaf)`` for every leaf of nested dicts / lists / tuples."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _walk(v, f"{key}.{k}" if key else str(k))
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            yield from _walk(v, f"{key}[{i}]")
+    else:
+        yield key, obj
+
+
+def payload_digest(obj) -> str:
+    """SHA-256 of a checkpoint's contents: every key, every tensor's dtype, shape and bytes, every plain
+    value. Computed on what is saved and again on what is loaded, so any flipped byte that survives
+    ``torch.load`` is caught."""
+    h = hashlib.sha256()
+
+    def feed(x):
+        if isinstance(x, dict):
+            h.update(b"{%d" % len(x))
+            for k, v in x.items():
+                feed(k)
+                feed(v)
+        elif isinstance(x, (list, tuple)):
+            h.update(b"[%d" % len(x) if isinstance(x, list) else b"(%d" % len(x))
+            for v in x:
+                feed(v)
+        elif isinstance(x, torch.Tensor):
+            t = x.detach().cpu().contiguous()
+            h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        elif x is None or isinstance(x, (bool, int, float, str, bytes)):
+            h.update(f"{type(x).__name__}:{x!r};".encode())
+        else:
+            raise TypeError(f"a checkpoint holds tensors and plain values only; got {type(x).__name__}")
+
+    feed(obj)
+    return h.hexdigest()
+
+
+def first_non_finite(obj) -> str | None:
+    """The key path of the first NaN or inf (tensor or float) in nested ``obj``, or None."""
+    for key, x in _walk(obj):
+        if isinstance(x, torch.Tensor) and (x.is_floating_point() or x.is_complex()):
+            if not bool(torch.isfinite(x).all()):
+                return key
+        elif isinstance(x, float) and not math.isfinite(x):
+            return key
+    return None
+
+
+def diverged(module: torch.nn.Module) -> str | None:
+    """Names the first parameter that is NaN, inf, or so large (``|p| >= 1/eps`` of its dtype: 8.4e6 in
+    float32) that a unit step no longer changes it — a run past that point only produces garbage. None
+    when all are sane. One host synchronisation."""
+    params = [(n, p) for n, p in module.named_parameters() if p.is_floating_point()]
+    if not params:
+        return None
+    peaks = torch.stack([p.detach().abs().max().float() if p.numel() else p.new_zeros((), dtype=torch.float32)
+                         for _, p in params])
+    limits = torch.tensor([1 / torch.finfo(p.dtype).eps for _, p in params], device=peaks.device)
+    bad = ~(peaks < limits)  # NaN compares False
+    if not bool(bad.any()):
+        return None
+    i = int(bad.nonzero()[0])
+    return f"{params[i][0]} (largest |value| {peaks[i].item():.3g})"
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
 
 
 def save_atomic(obj, path: str) -> None:
-    """``torch.save`` to a temporary file beside ``path``, then an atomic rename: a kill mid-write leaves
-    the previous checkpoint intact, never a truncated one."""
+    """``torch.save`` to memory, then to a temporary file beside ``path``, fsync, atomic rename: a kill
+    mid-write leaves the previous file intact, never a truncated one. A failed write removes its
+    temporary file and raises :class:`CheckpointError` saying why in words ("no space left")."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    data = buf.getbuffer()
     tmp = f"{path}.tmp.{os.getpid()}"
-    torch.save(obj, tmp)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException as err:
+        _remove_quietly(tmp)
+        if isinstance(err, OSError):
+            folder = os.path.dirname(os.path.abspath(path))
+            if err.errno in (errno.ENOSPC, errno.EDQUOT):
+                free = shutil.disk_usage(folder).free
+                why = f"no space left on the device ({free} bytes free, {len(data)} needed)"
+            else:
+                why = err.strerror or str(err)
+            kept = f"the previous {os.path.basename(path)} is intact" if os.path.exists(path) else "nothing was written"
+            raise CheckpointError(f"could not write {path}: {why}; the temporary file was removed and {kept}") from None
+        raise
+    try:  # make the rename itself durable
+        fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
 
 
-def load_checkpoint(path: str) -> dict:
+def save_checkpoint(state: dict, path: str) -> None:
+    """Writes a checkpoint (a dict with ``"step"``) atomically, with the SHA-256 of its contents beside
+    them (key ``"sha256"``). Raises :class:`NonFiniteError` naming the entry, and writes nothing, when
+    any value is NaN or inf: a non-finite parameter is never checkpointed."""
+    bad = first_non_finite(state)
+    if bad is not None:
+        raise NonFiniteError(f"{bad} holds NaN or inf")
+    save_atomic({**state, CHECKSUM_KEY: payload_digest(state)}, path)
+
+
+def load_checkpoint(path: str, config: dict | None = None, identity: tuple = (), force: bool = False) -> dict:
+    """Loads a checkpoint written by :func:`save_checkpoint`, with ``weights_only=True`` (no code is ever
+    unpickled), and verifies its checksum. With ``config``, the entries named in ``identity`` must equal
+    the stored configuration's, unless ``force``. Every failure is a :class:`CheckpointError` naming the
+    file; the file is left as it is."""
     if not os.path.exists(path):
         raise CheckpointError(f"no checkpoint to resume from at {path}")
+    keep = "it was left as it is: remove it or point --out elsewhere"
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # torch raises several kinds for a damaged file
-        raise CheckpointError(f"checkpoint {path} is corrupted or unreadable ({type(err).__name__}: {err}); "
-                              "it was left as it is: remove it or point --out elsewhere") from None
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several kinds for a damaged or hostile file
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        if "weights_only" in str(err) or "Unsupported global" in str(err):
+            raise CheckpointError(f"checkpoint {path} holds objects other than tensors and plain values "
+                                  f"(possibly code); refused to load it ({keep})") from None
+        raise CheckpointError(f"checkpoint {path} is corrupted or unreadable ({type(err).__name__}: {first}); "
+                              f"{keep}") from None
     if not isinstance(state, dict) or "step" not in state:
-        raise CheckpointError(f"checkpoint {path} is not a stochgrad checkpoint")
+        raise CheckpointError(f"checkpoint {path} is not a stochgrad checkpoint; {keep}")
+    stored = state.pop(CHECKSUM_KEY, None)
+    if stored is None:
+        raise CheckpointError(f"checkpoint {path} has no checksum (not written by this version of stochgrad); {keep}")
+    try:
+        actual = payload_digest(state)
+    except TypeError as err:
+        raise CheckpointError(f"checkpoint {path} is corrupted ({err}); {keep}") from None
+    if actual != stored:
+        raise CheckpointError(f"checkpoint {path} is corrupted: its contents do not match the checksum stored "
+                              f"with them; {keep}")
+    if config is not None:
+        saved = state.get("config") or {}
+        diff = [k for k in identity if saved.get(k) != config.get(k)]
+        if diff and not force:
+            was = ", ".join(f"{k}={saved.get(k)!r}" for k in diff)
+            now = ", ".join(f"{k}={config.get(k)!r}" for k in diff)
+            raise CheckpointError(f"checkpoint {path} was written by a run with {was}; this command asks {now}: "
+                                  "resume with the same settings, or pass --force-resume to continue it with these")
     return state
 
 
+def prepare_out(out: str, resume: bool, main: bool = True, name: str = "checkpoint.pt") -> str:
+    """Creates the output folder and returns the checkpoint's path in it. The main process also removes
+    temporary files left by killed writers, and on a fresh run (``resume`` false) moves an earlier
+    run's checkpoint to ``<name>.previous``, so that a later ``--resume`` can never adopt it."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        fail(f"--out {out} is a file, not a folder")
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as err:
+        fail(f"--out {out}: cannot create the folder ({err.strerror})")
+    path = os.path.join(out, name)
+    if main:
+        for tmp in glob.glob(glob.escape(path) + ".tmp.*"):
+            pid = tmp.rsplit(".", 1)[-1]
+            if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+                _remove_quietly(tmp)
+        if not resume and os.path.exists(path):
+            os.replace(path, path + ".previous")
+            print(f"stochgrad: a fresh run in {out}: the earlier run's checkpoint was moved to {name}.previous",
+                  file=sys.stderr)
+    return path
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class Metrics:
-    """Rows appended to ``DIR/metrics.csv``; on resume, rows past the checkpoint's step are dropped."""
+    """Rows appended to ``DIR/metrics.csv``. A fresh run starts the file; a resumed one keeps exactly
+    the complete rows up to the checkpoint's step (a row cut short by a kill is dropped), rewritten
+    atomically."""
 
     def __init__(self, path: str, fields: list[str], resume_step: int | None = None, enabled: bool = True):
         self.path, self.fields, self.enabled = path, fields, enabled
@@ -47,12 +244,24 @@ class Metrics:
             return
         rows = []
         if resume_step is not None and os.path.exists(path):
-            with open(path) as fh:
-                rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= resume_step]
-        with open(path, "w", newline="") as fh:
+            with open(path, newline="") as fh:
+                text = fh.read()
+            lines = text.splitlines(keepends=True)
+            if lines and not lines[-1].endswith("\n"):
+                lines.pop()  # the last row was cut short
+            for r in csv.DictReader(lines):
+                try:
+                    complete = all(r.get(k) not in (None, "") for k in fields) and None not in r
+                    if complete and int(r["step"]) <= resume_step:
+                        rows.append(r)
+                except ValueError:
+                    pass
+        tmp = f"{path}.tmp.{os.getpid()}"
+        with open(tmp, "w", newline="") as fh:
             w = csv.DictWriter(fh, fieldnames=fields)
             w.writeheader()
             w.writerows(rows)
+        os.replace(tmp, path)
 
     def write(self, **row) -> None:
         if self.enabled:

@@ -23,8 +23,8 @@ from ..estimators import REGISTRY, get_estimator
 from ..expect import expect
 from ..runinfo import write_json
 from ..sampling import Sharded, bernoulli
-from .training import (CheckpointError, datasets_or_fail, Metrics, all_mean, distributed_from_env, fail, load_checkpoint,
-                       plot_curves, save_atomic)
+from .training import (CheckpointError, NonFiniteError, datasets_or_fail, Metrics, all_mean, distributed_from_env, diverged,
+                       fail, load_checkpoint, plot_curves, prepare_out, save_checkpoint)
 
 
 def bernoulli_kl(q_logits: Tensor, p_logits: Tensor) -> Tensor:
@@ -96,6 +96,7 @@ class VAEConfig:
     device: str = "cpu"
     out: str = "runs/vae"
     resume: bool = False
+    force_resume: bool = False   # resume even when the checkpoint's IDENTITY settings differ
     samples: int = 1
     latent: int = 200
     categories: int = 0          # 0: Bernoulli latents; K >= 2: `latent` categorical variables of K classes
@@ -105,6 +106,10 @@ class VAEConfig:
     test_samples: int = 100
     test_examples: int = 0   # 0: the whole test set
     progress: bool = True
+
+
+# the settings a resumed run must share with the run that wrote the checkpoint (--force-resume overrides)
+IDENTITY = ("dataset", "model", "estimator", "seed", "lr", "batch_size", "samples", "latent", "categories")
 
 
 class GradientVariance:
@@ -148,12 +153,11 @@ def train_vae(cfg: VAEConfig) -> dict:
     main = rank == 0
     device = torch.device(cfg.device)
     train, test = datasets_or_fail(cfg.dataset)
-    os.makedirs(cfg.out, exist_ok=True)
-    ckpt_path = os.path.join(cfg.out, "checkpoint.pt")
+    ckpt_path = prepare_out(cfg.out, cfg.resume, main)
     state = None
     if cfg.resume:
         try:
-            state = load_checkpoint(ckpt_path)
+            state = load_checkpoint(ckpt_path, asdict(cfg), IDENTITY, cfg.force_resume)
         except CheckpointError as err:
             fail(str(err))
 
@@ -173,14 +177,20 @@ def train_vae(cfg: VAEConfig) -> dict:
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     gvar = GradientVariance()
-    step, seconds = 0, 0.0
+    step, seconds, window = 0, 0.0, []
     if state is not None:
-        model.load_state_dict(state["model"])
-        estimator.load_state_dict(state["estimator"])
-        opt.load_state_dict(state["optimizer"])
+        try:
+            model.load_state_dict(state["model"])
+            estimator.load_state_dict(state["estimator"])
+            opt.load_state_dict(state["optimizer"])
+            for group in opt.param_groups:   # this command's lr (the same, unless --force-resume changed it)
+                group["lr"] = cfg.lr
+        except (RuntimeError, ValueError, KeyError) as err:
+            fail(f"checkpoint {ckpt_path} does not fit this command's model and estimator "
+                 f"({str(err).strip().splitlines()[0]}); it was left as it is")
         gen.set_state(state["generator"])
         gvar.load(state["gradient_variance"])
-        step, seconds = state["step"], state["seconds"]
+        step, seconds, window = state["step"], state["seconds"], list(state.get("log_window", []))
     net = model
     noise = gen
     if world > 1:
@@ -193,26 +203,43 @@ def train_vae(cfg: VAEConfig) -> dict:
 
     saved = step if state is not None else None
 
+    def stop(why: str):
+        bar.close()
+        kept = f"the last good checkpoint (step {saved}) is kept" if saved is not None else "no checkpoint was written"
+        fail(f"{why}: training stopped; {kept}")
+
+    def check_parameters():  # at log and checkpoint steps, not every step: one pass over the parameters
+        bad = diverged(model)
+        if bad is not None:
+            stop(f"training diverged by step {step}: parameter {bad} (lower --lr)")
+
     def checkpoint():
         nonlocal saved
-        saved = step
+        check_parameters()
         if main:
-            save_atomic({"step": step, "seconds": seconds, "model": model.state_dict(),
-                         "estimator": estimator.state_dict(), "optimizer": opt.state_dict(),
-                         "generator": gen.get_state(), "gradient_variance": gvar.state(),
-                         "config": asdict(cfg)}, ckpt_path)
+            try:
+                save_checkpoint({"step": step, "seconds": seconds, "model": model.state_dict(),
+                                 "estimator": estimator.state_dict(), "optimizer": opt.state_dict(),
+                                 "generator": gen.get_state(), "gradient_variance": gvar.state(),
+                                 "log_window": list(window), "config": asdict(cfg)}, ckpt_path)
+            except NonFiniteError as err:
+                stop(f"at step {step} {err}")
+            except CheckpointError as err:
+                stop(str(err))
+        saved = step
 
     bar = tqdm(total=cfg.steps, initial=step, desc=f"vae {cfg.estimator}", disable=not (cfg.progress and main))
-    window = []
     while step < cfg.steps and not (cfg.max_seconds and seconds >= cfg.max_seconds):
         t0 = time.perf_counter()
         idx = torch.randint(len(train), (cfg.batch_size,), generator=gen, device=device)[rank * local:(rank + 1) * local]
         x = D.binarize(x_train[idx], noise)
-        mean_loss = net(x, estimator, cfg.samples, noise).mean()
+        try:
+            mean_loss = net(x, estimator, cfg.samples, noise).mean()
+        except ValueError:  # non-finite logits: say why, if the parameters diverged
+            check_parameters()
+            raise
         if not torch.isfinite(mean_loss):
-            bar.close()
-            kept = f"the last good checkpoint (step {saved}) is kept" if saved is not None else "no checkpoint was written"
-            fail(f"the loss became {mean_loss.item()} at step {step + 1}: training stopped; {kept}")
+            stop(f"the loss became {mean_loss.item()} at step {step + 1}")
         opt.zero_grad()
         mean_loss.backward()
         gv = gvar.update(model.encoder.parameters())
@@ -224,6 +251,7 @@ def train_vae(cfg: VAEConfig) -> dict:
             metrics.write(step=step, train_elbo=sum(window) / len(window), seconds=seconds, encoder_grad_variance=gv)
             bar.set_postfix(elbo=f"{sum(window) / len(window):.2f}")
             window = []
+            check_parameters()
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             checkpoint()
         bar.update()

@@ -196,3 +196,104 @@ def test_categorical_vae_bound_and_kl_are_exact_on_a_tiny_model(gen):
     assert torch.allclose(kl, categorical_kl(q, p))
     with pytest.raises(ValueError, match="categories >= 2"):
         CategoricalVAE(10, 3, 1)
+
+
+# --- the network view: a categorical layer under a binary one, against enumeration of both ---------------
+NC, KC, NB = 2, 3, 2
+
+
+def categorical_net(est1, est2="reinforce_optimal", seed=0):
+    torch.manual_seed(seed)
+    net = torch.nn.Sequential(torch.nn.Linear(3, NC * KC),
+                              sg.StochasticCategorical(est1, categories=KC, generator=torch.Generator().manual_seed(1)),
+                              torch.nn.Linear(NC * KC, NB),
+                              sg.StochasticBinary(est2, generator=torch.Generator().manual_seed(2)),
+                              torch.nn.Linear(NB, 2)).double()
+    with torch.no_grad():
+        for m in net:
+            if isinstance(m, torch.nn.Linear):
+                m.weight.mul_(2)
+    return net
+
+
+def net_data():
+    g = torch.Generator().manual_seed(3)
+    return torch.randn(3, 3, generator=g, dtype=torch.float64), torch.randn(3, 2, generator=g, dtype=torch.float64)
+
+
+def exact_net_grads(net, x, y):
+    """Gradient of the mean over examples of E[L], enumerating the 3^2 categorical × 2^2 binary states."""
+    from stochgrad.distributions import CATEGORICAL, all_states, log_prob
+    s1 = CATEGORICAL.states(torch.zeros(NC, KC, dtype=x.dtype))                # (9, NC, KC)
+    a1 = net[0](x).unflatten(-1, (NC, KC))                                       # (E, NC, KC)
+    p1 = CATEGORICAL.log_prob(s1.unsqueeze(1), a1).exp()                        # (9, E)
+    s2 = all_states(NB, x)                                                       # (4, NB)
+    p2 = log_prob(s2.unsqueeze(1), net[2](s1.flatten(-2)).unsqueeze(0)).exp()   # (4, 9)
+    L = (net[4](s2).unsqueeze(1) - y).square().sum(-1)                          # (4, E)
+    expected = (p1.unsqueeze(0) * p2.unsqueeze(-1) * L.unsqueeze(1)).sum((0, 1))
+    return torch.cat([g.reshape(-1) for g in torch.autograd.grad(expected.mean(), list(net.parameters()))])
+
+
+def net_grads(net, x, y, calls, replicas, local=False):
+    X, Y, out = x.repeat(replicas, 1), y.repeat(replicas, 1), []
+    for _ in range(calls):
+        net.zero_grad()
+        with sg.broadcast(local=local) as graph:
+            loss = (net(X) - Y).square().sum(-1)
+        graph.backward(loss)
+        out.append(torch.cat([p.grad.reshape(-1) for p in net.parameters()]))
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("local", [False, True])
+def test_categorical_layer_reinforce_optimal_is_unbiased_in_a_two_layer_net(local):
+    net = categorical_net("reinforce_optimal")
+    x, y = net_data()
+    exact = exact_net_grads(net, x, y)
+    g = net_grads(net, x, y, calls=300, replicas=40, local=local)
+    z = (g.mean(0) - exact) / (g.std(0) / g.shape[0] ** 0.5).clamp_min(1e-12)
+    assert z.abs().max() < 4, z
+    assert net[1].estimator.baseline.numerator.shape == (NC * KC,)   # per unit and class, in a buffer
+    assert "1.estimator.baseline.numerator" in net.state_dict()
+
+
+def test_categorical_layer_straight_through_shows_its_bias_and_delayed_broadcast_works():
+    x, y = net_data()
+    net = categorical_net("straight_through")
+    exact = exact_net_grads(net, x, y)
+    g = net_grads(net, x, y, calls=200, replicas=40)
+    z = (g.mean(0) - exact) / (g.std(0) / g.shape[0] ** 0.5).clamp_min(1e-12)
+    assert z.abs().max() > 6
+    net = categorical_net("reinforce", "reinforce")
+    delayed = sg.DelayedBroadcast(delay=1)
+    for step in range(3):
+        with delayed.step():
+            loss = (net(x) - y).square().sum(-1).detach()
+        if step >= 1:
+            net.zero_grad()
+            delayed.deliver(loss)
+            assert net[0].weight.grad is not None and net[0].weight.grad.abs().sum() > 0
+
+
+def test_categorical_layer_shapes_eval_and_errors():
+    layer = sg.StochasticCategorical("gumbel_st")
+    a = torch.randn(5, 4, 3, requires_grad=True)
+    h = layer(a)
+    assert h.shape == a.shape and (h.sum(-1) == 1).all()
+    (h * torch.randn(5, 4, 3)).sum().backward()
+    assert a.grad.abs().sum() > 0
+    layer.eval()
+    assert torch.equal(layer(a).argmax(-1), a.argmax(-1))
+    flat = sg.StochasticCategorical("reinmax", categories=3, eval_output="probability").eval()
+    assert torch.allclose(flat(a.flatten(-2)), a.softmax(-1).flatten(-2))
+    with pytest.raises(ValueError, match="does not support categorical"):
+        sg.StochasticCategorical("learned")
+    with pytest.raises(ValueError, match="cannot be a layer"):
+        sg.StochasticCategorical("carms")
+    with pytest.raises(ValueError, match="K = 3"):
+        sg.StochasticCategorical("gumbel_st", categories=3)(torch.randn(2, 7))
+    with pytest.raises(ValueError, match="K >= 2"):
+        sg.StochasticCategorical("gumbel_st")(torch.randn(2, 7, 1))
+    with pytest.raises(ValueError, match="local=True"):
+        with sg.broadcast(local=True):
+            sg.StochasticCategorical("straight_through")(torch.randn(2, 3, 3))

@@ -4,9 +4,9 @@ from .estimators import Estimator, estimators, get_estimator
 from .exact import exact_expectation, exact_gradient
 from .expect import expect
 from .graph import DelayedBroadcast, broadcast
-from .neurons import FiringRateControl, NoisyRectifier, StochasticBinary, StochasticTimesSmooth
+from .neurons import FiringRateControl, NoisyRectifier, StochasticBinary, StochasticCategorical, StochasticTimesSmooth
 
 __version__ = "0.1.0"
-__all__ = ["expect", "broadcast", "DelayedBroadcast", "StochasticBinary", "NoisyRectifier", "StochasticTimesSmooth",
+__all__ = ["expect", "broadcast", "DelayedBroadcast", "StochasticBinary", "StochasticCategorical", "NoisyRectifier", "StochasticTimesSmooth",
            "FiringRateControl", "estimators", "get_estimator", "Estimator", "check_unbiased", "UnbiasedCheck",
            "exact_expectation", "exact_gradient"]

@@ -9,10 +9,27 @@ from torch import Tensor, nn
 
 from .baselines import ResizableBuffers
 from .distributed import mean_over_ranks
+from .distributions import CATEGORICAL, one_hot
 from .estimators import get_estimator
 from .expect import check_logits
 from .graph import Node, active_graph
 from .sampling import bernoulli, normal
+
+
+def layer_estimator(estimator, distribution: str = "bernoulli"):
+    """The estimator object of a stochastic layer, refused with a clear error if a layer cannot use it."""
+    est = get_estimator(estimator) if isinstance(estimator, str) else estimator
+    if not (est.pathwise and hasattr(est, "sample")) and not est.broadcast:
+        raise ValueError(f"estimator {est.name!r} evaluates the loss at several points per sample and "
+                         "cannot be a layer: use a pathwise estimator (straight_through, gumbel_st, ...), a "
+                         "broadcast one (reinforce*, learned), or sg.expect")
+    if est.min_samples > 1:
+        raise ValueError(f"estimator {est.name!r} needs {est.min_samples} samples per example; "
+                         "a layer draws one: use reinforce_optimal or reinforce_ma, or sg.expect")
+    if distribution not in getattr(est, "distributions", ("bernoulli",)):
+        raise ValueError(f"estimator {est.name!r} does not support {distribution} units; use straight_through, "
+                         "gumbel_st, gumbel_rao, reinmax, gumbel, or reinforce / reinforce_ma / reinforce_optimal")
+    return est
 
 
 class StochasticBinary(nn.Module):
@@ -33,14 +50,7 @@ class StochasticBinary(nn.Module):
     def __init__(self, estimator="straight_through", eval_output: str = "threshold", threshold: float = 0.5,
                  generator: torch.Generator | None = None):
         super().__init__()
-        self.estimator = get_estimator(estimator) if isinstance(estimator, str) else estimator
-        if not (self.estimator.pathwise and hasattr(self.estimator, "sample")) and not self.estimator.broadcast:
-            raise ValueError(f"estimator {self.estimator.name!r} evaluates the loss at several points per sample and "
-                             "cannot be a layer: use a pathwise estimator (straight_through, gumbel_st, ...), a "
-                             "broadcast one (reinforce*, learned), or sg.expect")
-        if self.estimator.min_samples > 1:
-            raise ValueError(f"estimator {self.estimator.name!r} needs {self.estimator.min_samples} samples per example; "
-                             "a layer draws one: use reinforce_optimal or reinforce_ma, or sg.expect")
+        self.estimator = layer_estimator(estimator)
         if eval_output not in ("threshold", "probability"):
             raise ValueError(f"eval_output must be 'threshold' or 'probability', got {eval_output!r}")
         self.eval_output, self.threshold, self.generator = eval_output, threshold, generator
@@ -76,6 +86,63 @@ class StochasticBinary(nn.Module):
 
     def extra_repr(self) -> str:
         return f"estimator={self.estimator.name}, eval_output={self.eval_output}"
+
+
+class StochasticCategorical(nn.Module):
+    """``n`` units of ``K`` classes each: one-hot samples, unit ``i`` in class ``k`` with probability
+    ``softmax(a_i)_k`` (issue 10), the categorical counterpart of :class:`StochasticBinary`.
+
+    Input logits ``(*batch, n, K)``, or ``(*batch, n·K)`` when ``categories=K`` is given (a ``Linear``
+    layer's output); the output has the input's shape, one-hot along the classes. Training: pathwise
+    estimators that support categorical units (``straight_through``, ``gumbel``, ``gumbel_st``,
+    ``gumbel_rao``, ``reinmax``) learn by autograd; ``reinforce*`` record a node in
+    :func:`stochgrad.broadcast` (``local=True`` and :class:`DelayedBroadcast` too) and learn from
+    ``(onehot − softmax(a))·(L − c)``; their baselines see the ``n·K`` coordinates, in buffers averaged
+    over ranks. Evaluation: the most probable class (``eval_output="argmax"``) or ``softmax(a)``
+    (``"probability"``).
+    """
+
+    def __init__(self, estimator="straight_through", categories: int | None = None, eval_output: str = "argmax",
+                 generator: torch.Generator | None = None):
+        super().__init__()
+        if eval_output not in ("argmax", "probability"):
+            raise ValueError(f"eval_output must be 'argmax' or 'probability', got {eval_output!r}")
+        if categories is not None and (isinstance(categories, bool) or not isinstance(categories, int) or categories < 2):
+            raise ValueError(f"categories must be an int >= 2 (or None for (*batch, n, K) input), got {categories!r}")
+        self.estimator = layer_estimator(estimator, "categorical")
+        self.categories, self.eval_output, self.generator = categories, eval_output, generator
+
+    def forward(self, a: Tensor) -> Tensor:
+        shape = a.shape
+        if self.categories is not None:
+            if a.dim() < 1 or a.shape[-1] % self.categories:
+                raise ValueError(f"StochasticCategorical(categories={self.categories}) needs input (*batch, n·K) with "
+                                 f"K = {self.categories}; got shape {tuple(shape)}")
+            a = a.unflatten(-1, (-1, self.categories))
+        check_logits(a, "StochasticCategorical input")
+        CATEGORICAL.check(a, "StochasticCategorical input")
+        if not self.training:
+            p = torch.softmax(a, -1)
+            out = p if self.eval_output == "probability" else one_hot(p.argmax(-1), a.shape[-1], a)
+            return out.reshape(shape)
+        graph = active_graph()
+        est = self.estimator
+        if est.pathwise:
+            if graph is not None and graph.local:
+                raise ValueError(f"StochasticCategorical(estimator={est.name!r}) learns by back-propagation, "
+                                 "which broadcast(local=True) forbids: use a reinforce* estimator")
+            return est.sample(a, (), self.generator, dist=CATEGORICAL).reshape(shape)
+        if graph is None:
+            raise RuntimeError(f"StochasticCategorical(estimator={est.name!r}) needs the loss broadcast in training: "
+                               "run the forward pass inside `with sg.broadcast() as graph:` and call "
+                               "graph.backward(per_example_losses)")
+        probs = torch.softmax(a.detach(), -1)
+        h = CATEGORICAL.sample(probs, (), self.generator)
+        graph.record(Node(est, a.flatten(-2), h.flatten(-2), probs.flatten(-2)))  # n·K coordinates per example
+        return h.reshape(shape)
+
+    def extra_repr(self) -> str:
+        return f"estimator={self.estimator.name}, categories={self.categories}, eval_output={self.eval_output}"
 
 
 class NoisyRectifier(nn.Module):

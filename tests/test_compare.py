@@ -80,3 +80,71 @@ def test_race_improves_the_decoder_loss(tiny):
         r = e["race"]["decoder"]   # (the separable toy's gradient is too weak to show in 20 steps)
         assert r["excess_loss"][-1] < r["excess_loss"][0] - 0.5
         assert r["seconds"] == sorted(r["seconds"]) and r["steps"][-1] == 20
+
+
+def test_results_record_environment_and_timing_spread(tiny):
+    results = json.loads((tiny / "results.json").read_text())
+    env = results["environment"]
+    assert env["torch"] and env["threads"] >= 1 and env["date"] and "python" in env and "commit" in env
+    repeats = results["config"]["timing_repeats"]
+    for e in results["estimators"].values():
+        for r in e["problems"].values():
+            assert len(r["seconds_all"]) == repeats
+            assert r["seconds_min"] <= r["seconds_per_estimate"] <= r["seconds_max"]
+            lo, hi = r["efficiency_range"]
+            assert lo <= r["efficiency"] <= hi
+            assert r["variance_se"] > 0
+    report = (tiny / "report.md").read_text()
+    assert "Environment: torch" in report and f"over {repeats} timings" in report
+
+
+def test_scaling_sentences_keep_the_losses_apart(tiny):
+    results = json.loads((tiny / "results.json").read_text())
+    for line in results["scaling_sentences"]:
+        assert ("(separable)" in line) != ("(coupled)" in line), line
+        assert ("floor" in line) == ("(separable)" in line), line   # the D − 1 floor is the separable loss's
+
+
+def _fake(names_k, quick=True):
+    """Results with only what the report's words read: exponents, variances, efficiencies."""
+    est = {}
+    for n, (k, var, eff_range) in names_k.items():
+        r = {"declared_unbiased": True, "variance": var, "variance_se": var / 100, "mse": var,
+             "efficiency": sum(eff_range) / 2, "efficiency_range": list(eff_range), "seconds_all": [1.0] * 5,
+             "max_abs_z": 0.5}
+        est[n] = {"declared_unbiased": True, "problems": {"p": r},
+                  "scaling": {"separable": {"exponent": k, "D": [1, 1024], "relative_variance": [1.0, 1023.0]}}}
+    return {"config": {"quick": quick}, "estimators": est}
+
+
+def test_quick_run_says_where_it_differs_from_the_full_run():
+    ref = compare.FULL_RUN_EXPONENTS
+    results = _fake({"reinforce": (ref["reinforce"]["separable"], 1.0, (1, 2)),   # agrees
+                     "rebar": (2.0, 1.0, (1, 2)),                                   # full run: about linear
+                     "not_in_reference": (1.0, 1.0, (1, 2))})
+    lines = compare.quick_vs_full(results)
+    assert any(line.startswith("`rebar` (separable): about quadratic in D here") and "about linear" in line
+               for line in lines)
+    assert not any("`reinforce`" in line for line in lines)
+    assert any("No full-run reference for `not_in_reference`" in line for line in lines)
+
+
+def test_efficiency_verdict_says_when_it_is_within_noise():
+    tied = compare.findings(_fake({"a": (1, 1.0, (9.0, 12.0)), "b": (1, 2.0, (8.0, 10.0))}))[0]
+    assert "most efficient per second is `a`" in tied and "`b` is within that noise of it" in tied
+    clear = compare.findings(_fake({"a": (1, 1.0, (9.0, 12.0)), "b": (1, 2.0, (2.0, 4.0))}))[0]
+    assert "ahead of the next, `b`" in clear and "beyond the noise" in clear
+
+
+def test_plot_styles_tell_every_estimator_apart():
+    from stochgrad.estimators import REGISTRY
+
+    names = {n: (1, 1.0, (1, 2)) for n in REGISTRY}
+    results = _fake(names)
+    for n, cls in REGISTRY.items():
+        results["estimators"][n]["declared_unbiased"] = cls.unbiased
+    st = compare.styles(results)
+    keys = {(s["color"], s["linestyle"], s["marker"]) for s in st.values()}
+    assert len(keys) == len(REGISTRY)                         # no two estimators drawn alike
+    for n, cls in REGISTRY.items():
+        assert st[n]["linestyle"] == ("-" if cls.unbiased else "--")

@@ -31,3 +31,18 @@ def test_no_baseline_grows_quadratically(gen):
     v4, v16 = relative_variance("reinforce", 4, gen), relative_variance("reinforce", 16, gen)
     slope = torch.log(torch.tensor(v16 / v4)) / torch.log(torch.tensor(4.0))
     assert 1.6 < slope.item() < 2.2
+
+
+def test_variance_standard_error_matches_the_spread_of_repeated_checks():
+    """``variance_se`` predicts how much ``variance.sum()`` moves between independent checks."""
+    import stochgrad as sg
+
+    f = lambda b: (b - torch.tensor([0.2, 0.7, 0.4])).square().sum(-1)
+    logits = torch.tensor([0.5, -1.0, 0.3], dtype=torch.float64)
+    gen = torch.Generator().manual_seed(3)
+    runs = [sg.check_unbiased("reinforce", f, logits, estimates=400, generator=gen) for _ in range(60)]
+    totals = torch.tensor([r.variance.sum().item() for r in runs], dtype=torch.float64)
+    predicted = torch.tensor([r.variance_se for r in runs]).mean().item()
+    ratio = totals.std().item() / predicted
+    # the sample std of 60 values has relative standard error about 1/sqrt(2·59) ≈ 0.092: 4 of them
+    assert abs(ratio - 1) < 4 * 0.092, ratio

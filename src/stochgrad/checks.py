@@ -15,6 +15,8 @@ class UnbiasedCheck:
     """Many estimates of ``∇ E[f]`` against the exact gradient, per coordinate (shapes of the logits).
 
     ``variance`` is that of a single estimate; ``z = bias / SE`` with ``SE = sqrt(variance / estimates)``.
+    ``variance_se`` is the standard error of ``variance.sum()`` (the spread of ``‖ĝ − mean‖²`` over the
+    estimates, divided by ``sqrt(estimates)``).
     """
 
     estimator: str
@@ -25,6 +27,7 @@ class UnbiasedCheck:
     estimates: int
     threshold: float = 4.0
     mse: float = field(default=float("nan"))
+    variance_se: float = field(default=float("nan"))
 
     @property
     def bias(self) -> Tensor:
@@ -113,5 +116,8 @@ def check_unbiased(estimator, f, logits: Tensor, *, estimates: int = 4000, batch
     exact = exact_gradient(f, logits, distribution)[1]
     g = sample_gradients(est, f, logits, estimates, batch, samples, generator, warmup, distribution)
     mean, var = g.mean(0), g.var(0)
-    mse = (g - exact).square().sum(tuple(range(1, g.dim()))).mean().item()
-    return UnbiasedCheck(est.name, est.unbiased, exact, mean, var, g.shape[0], threshold, mse)
+    dims = tuple(range(1, g.dim()))
+    mse = (g - exact).square().sum(dims).mean().item()
+    spread = (g - mean).square().sum(dims)  # one term per estimate; its mean is the total variance
+    variance_se = (spread.std() / g.shape[0] ** 0.5).item() if g.shape[0] > 1 else float("nan")
+    return UnbiasedCheck(est.name, est.unbiased, exact, mean, var, g.shape[0], threshold, mse, variance_se)

@@ -14,7 +14,6 @@ Outputs ``report.md``, ``results.json`` (keyed by estimator) and PNG plots in ``
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -26,7 +25,8 @@ from .. import problems as P
 from ..checks import check_unbiased, sample_gradients
 from ..estimators import REGISTRY, get_estimator
 from ..exact import all_states, exact_expectation
-from ..runinfo import write_json
+from ..runinfo import environment, write_json
+from .compare_reference import FULL_RUN_EXPONENTS, SOURCE as REFERENCE_SOURCE
 from .training import save_figure
 
 
@@ -42,6 +42,7 @@ class Config:
     scaling_warmup: int = 100   # calls before measuring: baselines settle, REBAR/RELAX/learned tune
     race_steps: int = 2000
     race_units: int = 10
+    timing_repeats: int = 5     # timings per estimator and problem, interleaved: median and spread
 
     @classmethod
     def make(cls, quick=False, estimators=None, device="cpu", seed=0, **over):
@@ -68,29 +69,52 @@ def _gen(cfg, salt=0):
 # ---- 1. problems ------------------------------------------------------------------------------------
 def measure_problems(cfg: Config, tick) -> dict:
     out: dict = {}
+    batch = min(500, cfg.problem_estimates)
     for k, p in enumerate(P.suite(device=cfg.device)):
+        objects = {}
         for name in cfg.estimators:
-            est = get_estimator(name).to(cfg.device)
-            batch = min(500, cfg.problem_estimates)
+            est = objects[name] = get_estimator(name).to(cfg.device)
             r = check_unbiased(est, p.f, p.logits, estimates=cfg.problem_estimates, batch=batch,
                                samples=_samples(name), generator=_gen(cfg, k), warmup=10)
-            # wall time per estimate, vectorised over a batch of replicas
-            a = p.logits.expand(batch, -1)
-            _sync(cfg.device)
-            t0 = time.perf_counter()
-            sample_gradients(est, p.f, a[0], batch, batch, _samples(name), _gen(cfg, 99))
-            _sync(cfg.device)
-            seconds = (time.perf_counter() - t0) / batch
-            variance = r.variance.sum().item()
             out.setdefault(name, {})[p.name] = {
                 "bias_norm": r.bias.norm().item(), "bias_se_norm": r.standard_error.norm().item(),
-                "max_abs_z": r.max_abs_z, "variance": variance, "relative_variance": r.relative_variance,
-                "mse": r.mse, "seconds_per_estimate": seconds,
+                "max_abs_z": r.max_abs_z, "variance": r.variance.sum().item(), "variance_se": r.variance_se,
+                "relative_variance": r.relative_variance, "mse": r.mse,
                 "evaluations": est.evaluations(p.n, _samples(name)),
-                "efficiency": 1.0 / (variance * seconds) if variance > 0 else math.inf,
                 "declared_unbiased": r.declared_unbiased, "verdict": r.verdict, "n": p.n}
             tick()
+        for name, seconds in time_estimators(cfg, objects, p, batch).items():
+            out[name][p.name].update(timing_summary(seconds, out[name][p.name]))
     return out
+
+
+def time_estimators(cfg: Config, objects: dict, p, batch: int) -> dict[str, list[float]]:
+    """Seconds per estimate (one call on ``batch`` replicas), ``cfg.timing_repeats`` times each; the
+    order of the estimators rotates every round so that a slow spell of a shared machine is spread over
+    all of them instead of landing on one."""
+    names = list(objects)
+    seconds: dict[str, list[float]] = {n: [] for n in names}
+    for rnd in range(cfg.timing_repeats):
+        for name in names[rnd % len(names):] + names[:rnd % len(names)]:
+            _sync(cfg.device)
+            t0 = time.perf_counter()
+            sample_gradients(objects[name], p.f, p.logits, batch, batch, _samples(name), _gen(cfg, 99 + rnd))
+            _sync(cfg.device)
+            seconds[name].append((time.perf_counter() - t0) / batch)
+    return seconds
+
+
+def timing_summary(seconds: list[float], r: dict) -> dict:
+    """Median time and its range over the repeats; efficiency ``1 / (variance × time)`` at the median, and
+    the range it spans over the timings' range and the variance's ± 2 standard errors."""
+    ts = sorted(seconds)
+    med = ts[len(ts) // 2] if len(ts) % 2 else 0.5 * (ts[len(ts) // 2 - 1] + ts[len(ts) // 2])
+    var, se = r["variance"], r["variance_se"] if math.isfinite(r["variance_se"]) else 0.0
+    eff = 1.0 / (var * med) if var > 0 else math.inf
+    lo = 1.0 / ((var + 2 * se) * ts[-1]) if var > 0 else math.inf
+    hi = 1.0 / ((var - 2 * se) * ts[0]) if var - 2 * se > 0 else math.inf
+    return {"seconds_per_estimate": med, "seconds_min": ts[0], "seconds_max": ts[-1], "seconds_all": seconds,
+            "efficiency": eff, "efficiency_range": [lo, hi]}
 
 
 # ---- 2. scaling -------------------------------------------------------------------------------------
@@ -209,15 +233,61 @@ def _fmt(x):
     return str(x)
 
 
-def scaling_sentence(name, fits) -> str:
-    """One sentence: the fitted growth per loss, and where the separable loss ends against the D − 1 floor."""
-    parts = [f"~D^{fit['exponent']:.2f} on the {loss} loss" for loss, fit in fits.items()]
-    sep = fits.get("separable", next(iter(fits.values())))
-    k, D, top = sep["exponent"], sep["D"][-1], sep["relative_variance"][-1]
-    kind = ("about linear in D" if abs(k - 1) < 0.25 else "about quadratic in D" if abs(k - 2) < 0.3 else
-            "flat in D" if abs(k) < 0.25 else f"a power {k:.2f} of D")
-    return (f"**{name}**: relative variance grows {' and '.join(parts)}, {kind}; at D = {D} on the separable "
-            f"loss it is {top:.3g}, {top / max(D - 1, 1):.3g}× the floor D − 1 of any sample-independent baseline.")
+def growth_class(k: float) -> str:
+    """The class of a fitted exponent ``k`` of relative variance against D."""
+    if math.isnan(k):
+        return "not fitted"
+    return ("flat" if abs(k) < 0.25 else "linear" if abs(k - 1) < 0.25 else "quadratic" if abs(k - 2) < 0.3
+            else "falling" if k < 0 else "power")
+
+
+def growth(k: float) -> str:
+    """Words for a fitted exponent ``k`` of relative variance against D."""
+    c = growth_class(k)
+    return {"flat": "flat in D", "linear": "about linear in D", "quadratic": "about quadratic in D",
+            "falling": f"falling like D^{k:.2f}", "power": f"growing like D^{k:.2f}"}.get(c, c)
+
+
+def scaling_sentence(name: str, loss: str, fit: dict) -> str:
+    """One sentence about one estimator on one loss; on the separable loss, also where it ends against
+    the D − 1 floor (the analytic variance of any sample-independent baseline on that loss only)."""
+    k = fit["exponent"]
+    text = f"**{name}** ({loss}): ~D^{k:.2f}, {growth(k)}"
+    if loss == "separable":
+        D, top = fit["D"][-1], fit["relative_variance"][-1]
+        text += f"; at D = {D} it is {top:.3g}, {top / max(D - 1, 1):.3g}× the floor D − 1"
+    return text + "."
+
+
+def scaling_sentences(results) -> dict[str, list[str]]:
+    """Loss -> one sentence per estimator (the losses are kept apart: their exponents differ)."""
+    est = results["estimators"]
+    losses = next(iter(est.values()))["scaling"]
+    return {loss: [scaling_sentence(n, loss, e["scaling"][loss]) for n, e in est.items()] for loss in losses}
+
+
+def quick_vs_full(results) -> list[str]:
+    """Where a quick run's growth with D differs from the full run's (:mod:`.compare_reference`): another
+    class (flat, linear, quadratic, falling, other power) or exponents more than 0.35 apart."""
+    lines, missing = [], []
+    for n, e in results["estimators"].items():
+        ref = FULL_RUN_EXPONENTS.get(n)
+        if ref is None:
+            missing.append(n)
+            continue
+        for loss, fit in e["scaling"].items():
+            k, k_full = fit["exponent"], ref.get(loss, float("nan"))
+            if growth_class(k) != growth_class(k_full) or abs(k - k_full) > 0.35:
+                lines.append(f"`{n}` ({loss}): {growth(k)} here (k = {k:.2f}), {growth(k_full)} in the full "
+                             f"run (k = {k_full:.2f}).")
+    if missing:
+        lines.append(f"No full-run reference for {', '.join(f'`{n}`' for n in missing)}: run the full study.")
+    return lines
+
+
+def _within(x: dict, y: dict) -> bool:
+    lo, hi = y["efficiency_range"]
+    return x["efficiency_range"][1] >= lo and x["efficiency_range"][0] <= hi
 
 
 def findings(results) -> list[str]:
@@ -229,9 +299,25 @@ def findings(results) -> list[str]:
         allp = {n: e["problems"][p] for n, e in est.items()}
         if unb:
             lo = min(unb, key=lambda n: unb[n]["variance"])
+            r = unb[lo]
+            tied = [n for n in unb if n != lo and unb[n]["variance"] - 2 * unb[n]["variance_se"]
+                    <= r["variance"] + 2 * r["variance_se"]]
+            text = (f"On **{p}**, the lowest-variance unbiased estimator is `{lo}` (variance {_fmt(r['variance'])}"
+                    f" ± {_fmt(r['variance_se'])})")
+            text += (f", within 2 standard errors of {', '.join(f'`{n}`' for n in tied)}" if tied else "") + "; "
             eff = max(unb, key=lambda n: unb[n]["efficiency"])
-            lines.append(f"On **{p}**, the lowest-variance unbiased estimator is `{lo}` (variance "
-                         f"{_fmt(unb[lo]['variance'])}); the most efficient per second is `{eff}`.")
+            e_lo, e_hi = unb[eff]["efficiency_range"]
+            tied = [n for n in unb if n != eff and _within(unb[n], unb[eff])]
+            text += (f"the most efficient per second is `{eff}` ({_fmt(unb[eff]['efficiency'])}, range "
+                     f"{_fmt(e_lo)} … {_fmt(e_hi)} over {len(unb[eff]['seconds_all'])} timings and the variance's "
+                     "± 2 SE)")
+            if tied:
+                text += f", but {', '.join(f'`{n}`' for n in tied)} {'is' if len(tied) == 1 else 'are'} within that noise of it."
+            else:
+                nxt = max((n for n in unb if n != eff), key=lambda n: unb[n]["efficiency"], default=None)
+                text += (f", ahead of the next, `{nxt}` ({_fmt(unb[nxt]['efficiency'])}), beyond the noise."
+                         if nxt else ".")
+            lines.append(text)
         best_mse = min(allp, key=lambda n: allp[n]["mse"])
         lines.append(f"On **{p}**, the lowest mean squared error to the exact gradient is `{best_mse}` "
                      f"({_fmt(allp[best_mse]['mse'])}).")
@@ -242,46 +328,74 @@ def findings(results) -> list[str]:
     return lines
 
 
+def _env_line(env: dict) -> str:
+    keys = ("torch", "python", "threads", "cuda", "commit", "dirty", "date")
+    return "Environment: " + ", ".join(f"{k} {env[k]}" for k in keys if env.get(k) is not None) + "."
+
+
 def write_report(results, out_dir, plots):
     est = results["estimators"]
     cfg = results["config"]
     L = ["# stochgrad compare", "",
          f"Estimators: {', '.join(est)}. Device: {cfg['device']}. Seed: {cfg['seed']}. "
          f"{'Quick run.' if cfg['quick'] else 'Full run.'} Wall time: {results['wall_seconds']:.0f} s.", "",
+         _env_line(results["environment"]), "",
          "## Findings", ""]
     L += [f"- {s}" for s in results["findings"]]
+    if cfg["quick"]:
+        L += ["", "## This quick run against the full run", "",
+              f"The quick run makes {cfg['scaling_warmup']} warm-up calls instead of {Config.scaling_warmup} (so REBAR, RELAX and "
+              f"`learned`, which tune online, are measured less tuned) and {cfg['scaling_estimates']} estimates per "
+              f"point instead of {Config.scaling_estimates}, on D = {', '.join(map(str, cfg['scaling_D']))}. Where its words for the "
+              f"growth with D differ from the full run's ({REFERENCE_SOURCE}), trust the full run:", ""]
+        L += [f"- {s}" for s in results["quick_vs_full"]] or ["- none: the same conclusions."]
     L += ["", "## How variance scales with the number of stochastic units (seed §5)", "",
           "Relative variance = Σ_i Var(ĝ_i) / ‖∇E[L]‖², one sample per estimate (two for `reinforce_loo`), "
           f"all logits equal to 1, exact gradients in closed form; estimators with state first make "
-          f"{cfg['scaling_warmup']} warm-up calls (baselines settle, REBAR/RELAX/learned tune). Exponent: least-squares slope of "
-          "log relative variance on log D for D ≥ 4.", ""]
-    L += [f"- {s}" for s in results["scaling_sentences"]]
+          f"{cfg['scaling_warmup']} warm-up calls (baselines settle, REBAR/RELAX/learned tune). Exponent k: "
+          "least-squares slope of log relative variance on log D for D ≥ 4. Two losses, kept apart: "
+          "**separable** Σ_i (b_i − 0.45)², where each other unit only adds its own variance, so any baseline "
+          "that ignores the current sample has relative variance D − 1 at best (the floor); **coupled** "
+          "(Σ_i b_i − 0.45 D)² / D, where every unit interacts with every other.", ""]
+    for loss, sentences in scaling_sentences(results).items():
+        L += [f"### {loss} loss", ""] + [f"- {s}" for s in sentences] + [""]
     losses = list(next(iter(est.values()))["scaling"].keys())
-    L += ["", "| estimator | " + " | ".join(f"exponent ({l})" for l in losses) +
+    L += ["| estimator | " + " | ".join(f"k ({l})" for l in losses) +
           " | " + " | ".join(f"rel. var. D={d} ({losses[0]})" for d in (cfg["scaling_D"][0], cfg["scaling_D"][-1])) + " |",
           "|---|" + "---|" * (len(losses) + 2)]
     for n, e in est.items():
         s = e["scaling"]
         L.append(f"| {n} | " + " | ".join(_fmt(s[l]["exponent"]) for l in losses) + " | " +
                  f"{_fmt(s[losses[0]]['relative_variance'][0])} | {_fmt(s[losses[0]]['relative_variance'][-1])} |")
-    L += ["", f"![variance against D]({plots['scaling']})", ""]
+    L += ["", f"![variance against D]({plots['scaling']})", "",
+          "Top row: estimators declared unbiased (solid lines, filled markers); bottom row: biased ones "
+          "(dashed lines, open markers). Legend: exponent k on the separable / coupled loss.", ""]
     L += ["## Bias, variance and cost on problems with exact gradients", "",
-          "bias: ‖mean − exact‖ (± its standard error); max |z| per coordinate; variance: Σ_i Var(ĝ_i) of one "
-          "estimate; time: seconds per estimate, vectorised over 500 replicas; efficiency: 1/(variance × time).", ""]
+          "bias: ‖mean − exact‖ (± the norm of its per-coordinate standard errors); max |z| per coordinate; "
+          "variance: Σ_i Var(ĝ_i) of one estimate (± its standard error); time: median seconds per estimate "
+          f"over {cfg['timing_repeats']} timings (interleaved across estimators, one call on 500 replicas each; "
+          "min … max in brackets); efficiency: 1/(variance × median time).", ""]
     for p in next(iter(est.values()))["problems"]:
-        L += [f"### {p}", "", "| estimator | unbiased? | bias (± se) | max abs z | variance | rel. var. | MSE | "
-              "µs / estimate | f evals | efficiency | verdict |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+        L += [f"### {p}", "", "| estimator | unbiased? | bias (± se) | max abs z | variance (± se) | rel. var. | "
+              "MSE | µs / estimate [min … max] | f evals | efficiency | verdict |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
         for n, e in est.items():
             r = e["problems"][p]
             L.append(f"| {n} | {'yes' if r['declared_unbiased'] else 'no'} | {_fmt(r['bias_norm'])} ± "
-                     f"{_fmt(r['bias_se_norm'])} | {_fmt(r['max_abs_z'])} | {_fmt(r['variance'])} | "
-                     f"{_fmt(r['relative_variance'])} | {_fmt(r['mse'])} | {_fmt(1e6 * r['seconds_per_estimate'])} | "
-                     f"{r['evaluations']} | {_fmt(r['efficiency'])} | {r['verdict']} |")
+                     f"{_fmt(r['bias_se_norm'])} | {_fmt(r['max_abs_z'])} | {_fmt(r['variance'])} ± "
+                     f"{_fmt(r['variance_se'])} | {_fmt(r['relative_variance'])} | {_fmt(r['mse'])} | "
+                     f"{_fmt(1e6 * r['seconds_per_estimate'])} [{_fmt(1e6 * r['seconds_min'])} … "
+                     f"{_fmt(1e6 * r['seconds_max'])}] | {r['evaluations']} | {_fmt(r['efficiency'])} | {r['verdict']} |")
         L.append("")
     L += [f"![bias against variance]({plots['bias_variance']})", "",
+          "Filled circles: estimators declared unbiased, whose ‖bias‖ is only Monte-Carlo noise (it should sit "
+          "within about one standard error of zero); open squares: estimators declared biased. Bars: ± one "
+          "standard error of ‖bias‖ (vertical) and of the variance (horizontal); a bar that would reach zero is cut "
+          "at a tenth of the value (log axes). Colours are those of the other plots.", "",
           "## Optimisation race", "",
           f"Adam (lr 0.05) on the logits of {cfg['race_units']} units from σ = ½, {cfg['race_steps']} steps, "
-          "one estimate per step; the curve is the exact expected loss minus the loss of the best state.", "",
+          "one estimate per step; the curve is the exact expected loss minus the loss of the best state. The "
+          "time axis is one run's clock: read it for orders of magnitude, the table above for timing spread.", "",
           "| estimator | " + " | ".join(f"final excess loss ({p})" for p in next(iter(est.values()))["race"]) + " |",
           "|---|" + "---|" * len(next(iter(est.values()))["race"])]
     for n, e in est.items():
@@ -291,70 +405,132 @@ def write_report(results, out_dir, plots):
         fh.write("\n".join(L))
 
 
+MARKERS = "osD^vP*Xhp"   # unbiased from "o", biased from "s"; the next one for a group's eleventh member
+
+
+def styles(results) -> dict[str, dict]:
+    """Matplotlib style per estimator, the same on every plot: unbiased ones solid with filled markers,
+    biased ones dashed with open markers; colours from the 10 distinct of ``tab10`` within each group,
+    the marker changing when a group has more than ten."""
+    import matplotlib.pyplot as plt
+
+    colours = plt.get_cmap("tab10").colors
+    out, count = {}, {True: 0, False: 0}
+    for n, e in results["estimators"].items():
+        u = bool(e["declared_unbiased"])
+        i = count[u]
+        count[u] += 1
+        c = colours[i % 10]
+        marker = MARKERS[(i // 10 + (0 if u else 1)) % len(MARKERS)]
+        out[n] = dict(color=c, linestyle="-" if u else "--", marker=marker,
+                      markerfacecolor=c if u else "none", markeredgecolor=c)
+    return out
+
+
 def plot(results, out_dir) -> dict:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
     est = results["estimators"]
     names = list(est)
-    cmap = plt.get_cmap("tab20")
-    color = {n: cmap(i % 20) for i, n in enumerate(names)}
+    style = styles(results)
+    groups = [("declared unbiased", [n for n in names if est[n]["declared_unbiased"]]),
+              ("biased", [n for n in names if not est[n]["declared_unbiased"]])]
+    groups = [g for g in groups if g[1]]
     files = {}
 
     losses = list(next(iter(est.values()))["scaling"])
-    fig, axes = plt.subplots(1, len(losses), figsize=(6 * len(losses), 4.8), squeeze=False)
-    for ax, loss in zip(axes[0], losses):
-        for n in names:
-            s = est[n]["scaling"][loss]
-            pts = [(d, v) for d, v in zip(s["D"], s["relative_variance"]) if v > 0]
-            if pts:
-                ax.loglog(*zip(*pts), "o-", ms=3, color=color[n], label=f"{n} (k={s['exponent']:.2f})")
-        D = est[names[0]]["scaling"][loss]["D"]
-        ax.loglog(D[1:], [d - 1 for d in D[1:]], "k--", lw=1, label="D − 1 floor (separable)")
-        ax.set_xlabel("units D")
-        ax.set_ylabel("relative variance")
-        ax.set_title(f"{loss} loss")
-        ax.grid(True, which="both", alpha=0.3)
+    fig, axes = plt.subplots(len(groups), len(losses), figsize=(5.2 * len(losses) + 3.2, 4.2 * len(groups)),
+                             squeeze=False, sharex=True)
+    for row, (title, members) in enumerate(groups):
+        for col, loss in enumerate(losses):
+            ax = axes[row][col]
+            for n in members:
+                s = est[n]["scaling"][loss]
+                pts = [(d, v) for d, v in zip(s["D"], s["relative_variance"]) if v > 0]
+                if pts:
+                    ks = " / ".join(f"{est[n]['scaling'][l]['exponent']:.2f}" for l in losses)
+                    ax.loglog(*zip(*pts), ms=4, lw=1.4, label=f"{n}  (k {ks})", **style[n])
+            if loss == "separable":
+                D = est[names[0]]["scaling"][loss]["D"]
+                ax.loglog(D[1:], [d - 1 for d in D[1:]], color="k", lw=1.2, linestyle=":", zorder=5,
+                          label="D − 1 (separable): floor of any sample-independent baseline")
+            ax.set_ylabel("relative variance")
+            ax.set_title(f"{loss} loss: {title}")
+            ax.grid(True, which="both", alpha=0.3)
+            if row == len(groups) - 1:
+                ax.set_xlabel("units D")
+        handles, labels = [], []
+        for ax in axes[row]:
+            for h, lab in zip(*ax.get_legend_handles_labels()):
+                if lab not in labels:
+                    handles.append(h)
+                    labels.append(lab)
+        axes[row][-1].legend(handles, labels, fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5),
+                             title=f"k: {' / '.join(losses)}", title_fontsize=7)
+    if results["config"]["quick"]:
+        fig.suptitle("quick run: where its growth with D differs from the full run's, report.md says so", fontsize=9)
     files["scaling"] = "variance_vs_units.png"
-    save_figure(fig, axes[0], os.path.join(out_dir, files["scaling"]), legend=True)
+    save_figure(fig, axes[0], os.path.join(out_dir, files["scaling"]))
 
     probs = list(next(iter(est.values()))["problems"])
-    fig, axes = plt.subplots(1, len(probs), figsize=(4.5 * len(probs), 4.2), squeeze=False)
+    cols = min(2, len(probs))
+    rows = -(-len(probs) // cols)
+    fig, grid = plt.subplots(rows, cols, figsize=(5.0 * cols + 2.8, 4.2 * rows), squeeze=False)
+    axes = [[ax for row in grid for ax in row]]
+    for ax in axes[0][len(probs):]:
+        ax.set_visible(False)
     for ax, p in zip(axes[0], probs):
         for n in names:
             r = est[n]["problems"][p]
-            ax.scatter(max(r["variance"], 1e-12), max(r["bias_norm"], 1e-6), color=color[n],
-                       marker="o" if r["declared_unbiased"] else "x", label=n)
+            x, y = max(r["variance"], 1e-12), max(r["bias_norm"], 1e-6)
+            xe, ye = r["variance_se"] if math.isfinite(r["variance_se"]) else 0.0, r["bias_se_norm"]
+            st = style[n]
+            ax.errorbar(x, y, xerr=[[min(xe, 0.9 * x)], [xe]], yerr=[[min(ye, 0.9 * y)], [ye]],
+                        marker="o" if r["declared_unbiased"] else "s", ms=6, color=st["color"],
+                        markerfacecolor=st["color"] if r["declared_unbiased"] else "none",
+                        elinewidth=0.8, capsize=2, linestyle="none", label=n)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("variance of one estimate")
-        ax.set_ylabel("‖bias‖ (unbiased: noise floor)")
+        ax.set_ylabel("‖mean − exact‖")
         ax.set_title(p)
         ax.grid(True, which="both", alpha=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    key = [Line2D([], [], marker="o", color="grey", linestyle="none", label="filled: declared unbiased (‖bias‖ is noise)"),
+           Line2D([], [], marker="s", color="grey", markerfacecolor="none", linestyle="none",
+                  label="open: declared biased"),
+           Line2D([], [], color="grey", lw=0.8, label="bars: ± 1 standard error")]
+    grid[0][-1].legend(key + handles, [h.get_label() for h in key] + labels, fontsize=7, loc="upper left",
+                       bbox_to_anchor=(1.02, 1.0))
     files["bias_variance"] = "bias_vs_variance.png"
-    save_figure(fig, axes[0], os.path.join(out_dir, files["bias_variance"]), legend=True)
+    save_figure(fig, axes[0], os.path.join(out_dir, files["bias_variance"]))
 
     races = list(next(iter(est.values()))["race"])
-    fig, axes = plt.subplots(2, len(races), figsize=(6 * len(races), 8), squeeze=False)
+    fig, axes = plt.subplots(2, len(races), figsize=(5.2 * len(races) + 2.6, 8), squeeze=False)
     for j, p in enumerate(races):
         for n in names:
             r = est[n]["race"][p]
             y = [max(v, 1e-8) for v in r["excess_loss"]]
-            axes[0][j].semilogy(r["steps"], y, color=color[n], label=n)
+            line = dict(color=style[n]["color"], linestyle=style[n]["linestyle"], lw=1.4)
+            axes[0][j].semilogy(r["steps"], y, label=n, **line)
             timed = [(t, v) for t, v in zip(r["seconds"], y) if t > 0]
             if timed:
-                axes[1][j].loglog(*zip(*timed), color=color[n], label=n)
+                axes[1][j].loglog(*zip(*timed), label=n, **line)
         axes[0][j].set_title(f"race on {p}: against steps")
-        axes[1][j].set_title(f"race on {p}: against wall time")
+        axes[1][j].set_title(f"race on {p}: against wall time (one run)")
         axes[0][j].set_xlabel("step")
         axes[1][j].set_xlabel("seconds (estimator + optimiser only)")
         for i in range(2):
             axes[i][j].set_ylabel("E[L] − best state's L")
             axes[i][j].grid(True, which="both", alpha=0.3)
     files["race"] = "race.png"
-    save_figure(fig, axes[0], os.path.join(out_dir, files["race"]), legend=True)
+    axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5),
+                       title="solid: unbiased, dashed: biased", title_fontsize=7)
+    save_figure(fig, axes[0], os.path.join(out_dir, files["race"]))
     return files
 
 
@@ -373,12 +549,15 @@ def run(cfg: Config, out_dir: str, progress: bool = True) -> dict:
     race = run_race(cfg, tick)
     bar.close()
     results = {"config": {**cfg.__dict__, "estimators": list(cfg.estimators), "scaling_D": list(cfg.scaling_D)},
+               "environment": environment(),
                "estimators": {n: {"declared_unbiased": REGISTRY[n].unbiased, "cost": REGISTRY[n].cost,
                                   "problems": problems[n], "scaling": scaling[n], "race": race[n]}
                               for n in cfg.estimators},
                "wall_seconds": time.perf_counter() - t0}
     results["findings"] = findings(results)
-    results["scaling_sentences"] = [scaling_sentence(n, e["scaling"]) for n, e in results["estimators"].items()]
+    by_loss = scaling_sentences(results)
+    results["scaling_sentences"] = [s for sentences in by_loss.values() for s in sentences]
+    results["quick_vs_full"] = quick_vs_full(results) if cfg.quick else []
     plots = plot(results, out_dir)
     write_json(os.path.join(out_dir, "results.json"), results, default=float)
     write_report(results, out_dir, plots)

@@ -297,3 +297,22 @@ def test_categorical_layer_shapes_eval_and_errors():
     with pytest.raises(ValueError, match="local=True"):
         with sg.broadcast(local=True):
             sg.StochasticCategorical("straight_through")(torch.randn(2, 3, 3))
+
+
+def test_compare_categorical_section(tmp_path):
+    from stochgrad.studies import compare, compare_categorical as cc
+    for K in (2, 5):   # the scaling losses' closed forms against enumeration
+        a = torch.linspace(-1, 1, K, dtype=torch.float64).expand(3, K).contiguous()
+        for f, mean in cc.scaling_losses(K).values():
+            assert torch.allclose(sg.exact_expectation(f, a, CAT), mean(a))
+    cfg = compare.Config.make(quick=True, estimators=["reinforce", "gumbel_st", "disarm"], problem_estimates=300,
+                              scaling_estimates=100)
+    res = cc.measure_categorical(cfg, lambda: None)
+    assert set(res["units"]) == {"reinforce", "gumbel_st"}                     # disarm: Bernoulli only
+    assert set(res["problems"]["reinforce"]) == {"cat_separable", "cat_nonseparable", "cat_decoder"}
+    assert res["problems"]["reinforce"]["cat_decoder"]["verdict"] == "unbiased: ok"
+    (tmp_path / "report.md").write_text("# report\n")
+    cc.categorical_report(res, cfg, str(tmp_path))
+    text = (tmp_path / "report.md").read_text()
+    assert "## Categorical units" in text and "exponent in K" in text
+    assert (tmp_path / "categorical_scaling.png").stat().st_size > 5000

@@ -67,15 +67,21 @@ def _gen(cfg, salt=0):
 
 
 # ---- 1. problems ------------------------------------------------------------------------------------
-def measure_problems(cfg: Config, tick) -> dict:
+def _dist(p):
+    """The problem's distribution as ``expect`` takes it (``None``: Bernoulli logits, the fast path)."""
+    return None if p.distribution == "bernoulli" else p.distribution
+
+
+def measure_problems(cfg: Config, tick, problems=None, names=None) -> dict:
+    """Per estimator and problem: bias, variance, cost. Default: the Bernoulli suite and ``cfg.estimators``."""
     out: dict = {}
     batch = min(500, cfg.problem_estimates)
-    for k, p in enumerate(P.suite(device=cfg.device)):
+    for k, p in enumerate(P.suite(device=cfg.device) if problems is None else problems):
         objects = {}
-        for name in cfg.estimators:
+        for name in cfg.estimators if names is None else names:
             est = objects[name] = get_estimator(name).to(cfg.device)
             r = check_unbiased(est, p.f, p.logits, estimates=cfg.problem_estimates, batch=batch,
-                               samples=_samples(name), generator=_gen(cfg, k), warmup=10)
+                               samples=_samples(name), generator=_gen(cfg, k), warmup=10, distribution=_dist(p))
             out.setdefault(name, {})[p.name] = {
                 "bias_norm": r.bias.norm().item(), "bias_se_norm": r.standard_error.norm().item(),
                 "max_abs_z": r.max_abs_z, "variance": r.variance.sum().item(), "variance_se": r.variance_se,
@@ -98,7 +104,8 @@ def time_estimators(cfg: Config, objects: dict, p, batch: int) -> dict[str, list
         for name in names[rnd % len(names):] + names[:rnd % len(names)]:
             _sync(cfg.device)
             t0 = time.perf_counter()
-            sample_gradients(objects[name], p.f, p.logits, batch, batch, _samples(name), _gen(cfg, 99 + rnd))
+            sample_gradients(objects[name], p.f, p.logits, batch, batch, _samples(name), _gen(cfg, 99 + rnd),
+                             distribution=_dist(p))
             _sync(cfg.device)
             seconds[name].append((time.perf_counter() - t0) / batch)
     return seconds
@@ -547,6 +554,8 @@ def run(cfg: Config, out_dir: str, progress: bool = True) -> dict:
     problems = measure_problems(cfg, tick)
     scaling = measure_scaling(cfg, tick)
     race = run_race(cfg, tick)
+    from .compare_categorical import measure_categorical, categorical_report  # issue 10: categorical units
+    categorical = measure_categorical(cfg, tick)
     bar.close()
     results = {"config": {**cfg.__dict__, "estimators": list(cfg.estimators), "scaling_D": list(cfg.scaling_D)},
                "environment": environment(),
@@ -561,4 +570,6 @@ def run(cfg: Config, out_dir: str, progress: bool = True) -> dict:
     plots = plot(results, out_dir)
     write_json(os.path.join(out_dir, "results.json"), results, default=float)
     write_report(results, out_dir, plots)
+    results["categorical"] = categorical
+    categorical_report(categorical, cfg, out_dir)   # appends its section to report.md, adds results_categorical.json
     return results

@@ -31,8 +31,9 @@ class StraightThrough(Estimator):
 
     def sample(self, logits, lead=(), generator=None, dist=BERNOULLI):
         """Hard samples ``(*lead, *logits.shape)`` that back-propagate as ``self.relax(logits)``."""
-        h = dist.sample(dist.probs(logits.detach()), lead, generator)
-        return straight_through(h, self.relax(logits, dist))
+        r = self.relax(logits, dist)
+        probs = dist.probs(logits.detach()) if r is logits else r.detach()   # relaxed to the probabilities
+        return straight_through(dist.sample(probs, lead, generator), r)
 
     def estimate(self, f, logits, samples, generator, dist=BERNOULLI):
         return sample_mean(f(self.sample(logits, (samples,), generator, dist)))

@@ -109,7 +109,7 @@ def test_optimal_baseline_is_never_worse_than_the_moving_average(gen):
     for p in problems.categorical_suite():
         var = {n: sg.check_unbiased(n, p.f, p.logits, estimates=4000, batch=200, generator=gen, warmup=5,
                                     distribution=CAT).variance.sum() for n in ["reinforce_ma", "reinforce_optimal"]}
-        assert var["reinforce_optimal"] <= var["reinforce_ma"] * 1.05, (p.name, var)
+        assert var["reinforce_optimal"] < var["reinforce_ma"], (p.name, var)   # measured: 0.73-0.90 of it
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

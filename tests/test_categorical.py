@@ -316,3 +316,12 @@ def test_compare_categorical_section(tmp_path):
     text = (tmp_path / "report.md").read_text()
     assert "## Categorical units" in text and "exponent in K" in text
     assert (tmp_path / "categorical_scaling.png").stat().st_size > 5000
+
+
+def test_check_command_on_categorical_problems(capsys):
+    from stochgrad.cli import main
+    assert main(["check", "--categorical", "--estimators", "reinforce,disarm,straight_through", "--estimates", "1000",
+                 "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "cat_decoder" in out and "reinforce " in out and "disarm" not in out.split("problems:")[0]
+    assert "biased, as declared" in out

@@ -23,10 +23,14 @@ def cmd_check(args) -> int:
 
     from . import problems
     from .checks import check_unbiased
-    from .estimators import get_estimator
+    from .estimators import REGISTRY, get_estimator
 
     names = _estimator_names(args.estimators)
     suite = problems.suite()
+    dist = None
+    if getattr(args, "categorical", False):  # issue 10: the categorical problems, the estimators made for them
+        suite, dist = problems.categorical_suite(), "categorical"
+        names = [n for n in names if "categorical" in REGISTRY[n].distributions]
     rows, failed = [], []
     bar = tqdm(total=len(names) * len(suite), desc="check", unit="case", file=sys.stderr, disable=args.quiet)
     for name in names:
@@ -36,7 +40,7 @@ def cmd_check(args) -> int:
             results.append(check_unbiased(est, p.f, p.logits, estimates=args.estimates, batch=args.batch,
                                           samples=max(args.samples, est.min_samples),
                                           generator=torch.Generator().manual_seed(args.seed),
-                                          threshold=args.threshold, warmup=args.warmup))
+                                          threshold=args.threshold, warmup=args.warmup, distribution=dist))
             bar.update()
         if est.unbiased:
             ok = all(r.passed for r in results)
@@ -190,6 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("check", help="test every estimator against exact enumeration")
+    p.add_argument("--categorical", action="store_true",
+                   help="the categorical problems (3 units of 4 classes) and the estimators that support them")
     p.add_argument("--estimators", help="comma-separated names (default: all)")
     p.add_argument("--estimates", type=int, default=10000, help="gradient estimates per problem")
     p.add_argument("--batch", type=int, default=500, help="estimates per call (stateful estimators update per call)")

@@ -1,170 +1,279 @@
-"""Time per gradient estimate of every estimator, as ratios (noisy shared machine: never absolute claims).
+"""Cost of a gradient estimate through stochgrad, as same-round ratios (a shared machine: never absolute claims).
 
-1. Core estimators against a hand-written plain-torch version of the same formula, run in the same
-   process, interleaved: ratio = stochgrad time / plain time (target <= 1.2).
-2. Every estimator relative to ``reinforce`` (same f, same shapes).
+Method (robust on a loaded machine): every candidate of one size is timed in *rounds*; within a round the
+candidates run in a freshly shuffled order, each for a block of calls, timed in **process CPU time**
+(``time.process_time``; on CUDA, wall time with a synchronisation at the end of each block). A ratio is
+taken *within* each round (the neighbours shared the machine's state) and the table reports the median
+of the rounds' ratios with its spread (the interquartile range). The control row times the hand-written
+reinforce against itself (two candidates, same function): it must read 1.00 ± noise, and its spread is
+the resolution of the whole table.
+
+1. Core estimators against a hand-written plain-torch version of the same formula (target <= 1.1).
+2. REBAR and RELAX, default settings (tuning every ``tune_every`` calls), against plain reinforce
+   (target <= 5).
+3. (``--all``) every estimator against stochgrad's reinforce.
 
 f is the separable quadratic ``Σ (b − 0.45)²`` so that the estimator's own work dominates.
-Run: ``python benchmarks/overhead.py [--quick]``.
+Run: ``python benchmarks/overhead.py [--quick] [--device cuda] [--json out.json]``.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import random
 import statistics
 import time
 
 import torch
 
 import stochgrad as sg
+from stochgrad.runinfo import environment, set_threads
+
+SIZES = [(10, 1), (10, 1024), (1000, 1), (1000, 1024)]
+CORE = ["straight_through", "straight_through_sigmoid", "reinforce", "reinforce_ma", "reinforce_optimal",
+        "reinforce_loo", "arm", "disarm", "gumbel_st"]
 
 
 def f(b):
     return (b - 0.45).square().sum(-1)
 
 
-# ---- hand-written references: what a careful user would write without the library ----------------
+# ---- hand-written references: what a careful user writes without the library, one formula each ----------
+def _rand(shape, a, gen):
+    return torch.rand(shape, generator=gen, dtype=a.dtype, device=a.device)
+
+
+def _attach(value, a, g):
+    s = (g * a).sum(-1)
+    (value + s - s.detach()).sum().backward()
+
+
 def plain_reinforce(a, gen, baseline=None):
     p = torch.sigmoid(a.detach())
-    h = (torch.rand(p.shape, generator=gen, dtype=a.dtype) < p).to(a.dtype)
+    h = (_rand(p.shape, a, gen) < p).to(a.dtype)
     L = f(h)
     score = h - p
     c = 0.0 if baseline is None else baseline(score, L)
-    g = score * (L.unsqueeze(-1) - c)
-    surrogate = (g * a).sum(-1)
-    (L + surrogate - surrogate.detach()).sum().backward()
+    _attach(L, a, score * (L.unsqueeze(-1) - c))
 
 
 class PlainMA:
+    """A bias-corrected moving average of the loss, as a tensor (Corollary 1)."""
+
     def __init__(self):
-        self.mean, self.weight = 0.0, 0.0
+        self.mean, self.steps = None, 0
 
     def __call__(self, score, L):
-        c = self.mean / self.weight if self.weight else 0.0
-        self.mean = 0.9 * self.mean + 0.1 * L.mean()
-        self.weight = 0.9 * self.weight + 0.1
+        if self.mean is None:
+            self.mean = torch.zeros((), dtype=L.dtype, device=L.device)
+        c = self.mean / (1 - 0.9 ** self.steps) if self.steps else 0.0
+        self.mean.mul_(0.9).add_(0.1 * L.mean())
+        self.steps += 1
         return c
 
 
 class PlainOptimal:
+    """Eq. 7's per-unit baseline from moving numerator and denominator."""
+
     def __init__(self):
         self.num = self.den = None
 
     def __call__(self, score, L):
         w = score.square()
         if self.num is None:
-            self.num = self.den = torch.zeros(score.shape[-1], dtype=score.dtype)
-        c = torch.where(self.den > 0, self.num / self.den.clamp_min(1e-300), 0.0)
-        self.num = 0.9 * self.num + 0.1 * (w * L.unsqueeze(-1)).reshape(-1, w.shape[-1]).mean(0)
-        self.den = 0.9 * self.den + 0.1 * w.reshape(-1, w.shape[-1]).mean(0)
+            self.num = torch.zeros(score.shape[-1], dtype=score.dtype, device=score.device)
+            self.den = torch.zeros_like(self.num)
+        c = torch.where(self.den > 0, self.num / self.den.clamp_min(1e-30), 0.0)
+        self.num.mul_(0.9).add_(0.1 * (w * L.unsqueeze(-1)).reshape(-1, w.shape[-1]).mean(0))
+        self.den.mul_(0.9).add_(0.1 * w.reshape(-1, w.shape[-1]).mean(0))
         return c
 
 
 def plain_loo(a, gen, S=2):
     p = torch.sigmoid(a.detach())
-    h = (torch.rand((S, *p.shape), generator=gen, dtype=a.dtype) < p).to(a.dtype)
+    h = (_rand((S, *p.shape), a, gen) < p).to(a.dtype)
     L = f(h)
     c = (L.sum(0, keepdim=True) - L) / (S - 1)
-    g = ((h - p) * (L - c).unsqueeze(-1)).mean(0)
-    surrogate = (g * a).sum(-1)
-    (L.mean(0) + surrogate - surrogate.detach()).sum().backward()
+    _attach(L.mean(0), a, ((h - p) * (L - c).unsqueeze(-1)).mean(0))
 
 
 def plain_straight_through(a, gen, sigmoid=False):
     p = torch.sigmoid(a.detach())
-    h = (torch.rand(p.shape, generator=gen, dtype=a.dtype) < p).to(a.dtype)
+    h = (_rand(p.shape, a, gen) < p).to(a.dtype)
     r = torch.sigmoid(a) if sigmoid else a
     f(h + r - r.detach()).sum().backward()
 
 
-def plain_exact(a, gen):
-    n = a.shape[-1]
-    states = ((torch.arange(2 ** n).unsqueeze(-1) >> torch.arange(n - 1, -1, -1)) & 1).to(a.dtype)
-    states = states.reshape(2 ** n, *([1] * (a.dim() - 1)), n)
-    logp = (states * torch.nn.functional.logsigmoid(a) + (1 - states) * torch.nn.functional.logsigmoid(-a)).sum(-1)
-    (logp.exp() * f(states)).sum(0).sum().backward()
+def plain_arm(a, gen):
+    p = torch.sigmoid(a.detach())
+    u = _rand(p.shape, a, gen)
+    L = f(torch.stack([(1 - u < p).to(a.dtype), (u < p).to(a.dtype)]))
+    _attach(L.mean(0), a, (L[0] - L[1]).unsqueeze(-1) * (u - 0.5))
 
 
-PLAIN = {
-    "exact": plain_exact,
-    "straight_through": plain_straight_through,
-    "straight_through_sigmoid": lambda a, g: plain_straight_through(a, g, sigmoid=True),
-    "reinforce": plain_reinforce,
-    "reinforce_ma": None,  # stateful: built per run below
-    "reinforce_optimal": None,
-    "reinforce_loo": plain_loo,
-}
+def plain_disarm(a, gen):
+    p = torch.sigmoid(a.detach())
+    u = _rand(p.shape, a, gen)
+    b, bt = (u < p).to(a.dtype), (1 - u < p).to(a.dtype)
+    L = f(torch.stack([b, bt]))
+    w = (1 - 2 * bt) * (b != bt).to(a.dtype) * torch.sigmoid(a.detach().abs())
+    _attach(L.mean(0), a, 0.5 * (L[0] - L[1]).unsqueeze(-1) * w)
 
 
-def timed(fn, a, repeats):
-    """Median seconds per call over blocks of calls."""
-    blocks = []
-    for _ in range(5):
-        t = time.perf_counter()
-        for _ in range(repeats):
+def plain_gumbel_st(a, gen, tau=0.5):
+    u = _rand(a.shape, a, gen)
+    z = (a + torch.logit(u, eps=torch.finfo(a.dtype).eps)) / tau
+    soft = torch.sigmoid(z)
+    f((z > 0).to(a.dtype) + soft - soft.detach()).sum().backward()
+
+
+def reference(name, gen):
+    """The hand-written step for a core estimator: a callable ``a -> None`` (stateful ones get their state)."""
+    if name == "reinforce_ma":
+        state = PlainMA()
+        return lambda a: plain_reinforce(a, gen, state)
+    if name == "reinforce_optimal":
+        state = PlainOptimal()
+        return lambda a: plain_reinforce(a, gen, state)
+    plain = {"straight_through": plain_straight_through,
+             "straight_through_sigmoid": lambda a, g: plain_straight_through(a, g, sigmoid=True),
+             "reinforce": plain_reinforce, "reinforce_loo": plain_loo, "arm": plain_arm, "disarm": plain_disarm,
+             "gumbel_st": plain_gumbel_st}[name]
+    return lambda a: plain(a, gen)
+
+
+def ours(name, gen):
+    est = sg.get_estimator(name).to(gen.device)
+    samples = max(1, est.min_samples)
+    return lambda a: sg.expect(f, a, est, samples, gen).sum().backward()
+
+
+# ---- the method ------------------------------------------------------------------------------------------
+def clock(device):
+    if device.type == "cuda":
+        def now():
+            torch.cuda.synchronize()
+            return time.perf_counter()
+        return now
+    return time.process_time
+
+
+def rounds(candidates: dict, a, reps: int, n_rounds: int, now, rng: random.Random) -> dict[str, list[float]]:
+    """Seconds per call of every candidate, one entry per round; shuffled order within each round."""
+    for fn in candidates.values():  # warm up (and let stateful estimators settle)
+        for _ in range(3):
             a.grad = None
             fn(a)
-        blocks.append((time.perf_counter() - t) / repeats)
-    return statistics.median(blocks)
+    out = {k: [] for k in candidates}
+    for _ in range(n_rounds):
+        order = list(candidates)
+        rng.shuffle(order)
+        for k in order:
+            fn = candidates[k]
+            t = now()
+            for _ in range(reps):
+                a.grad = None
+                fn(a)
+            out[k].append((now() - t) / reps)
+    return out
 
 
-def run(quick: bool):
+def ratio(times: dict, num: str, den: str) -> tuple[float, float, float]:
+    """Median, first and third quartile of the within-round ratios ``num / den``."""
+    r = sorted(x / y for x, y in zip(times[num], times[den]))
+    if len(r) < 4:
+        return statistics.median(r), r[0], r[-1]
+    q = statistics.quantiles(r, n=4)
+    return statistics.median(r), q[0], q[2]
+
+
+def cell(r) -> str:
+    return f"{r[0]:.2f} [{r[1]:.2f}, {r[2]:.2f}]"
+
+
+def reps_for(D, B, quick, device):
+    if device.type == "cuda":
+        return 20 if quick else 100
+    big = D * B >= 100000
+    return (3 if big else 30) if quick else (10 if big else 150)
+
+
+def run(quick: bool, device: torch.device, n_rounds: int, everything: bool) -> dict:
     torch.manual_seed(0)
-    sizes = [(10, 1), (10, 1024), (1000, 1), (1000, 1024)]
-    gen = torch.Generator().manual_seed(0)
-    print("## stochgrad vs hand-written plain torch (ratio = stochgrad / plain; target <= 1.2)\n")
-    print("| estimator | " + " | ".join(f"D={D}, batch={B}" for D, B in sizes) + " |")
-    print("|---|" + "---|" * len(sizes))
-    worst = 0.0
-    for name, plain in PLAIN.items():
-        cells = []
-        for D, B in sizes:
-            if name == "exact" and D > 10:
-                cells.append("n/a")
-                continue
-            a = torch.randn(B, D, requires_grad=True)
-            reps = 20 if quick else (100 if D * B < 100000 else 20)
-            if name == "exact":
-                reps = max(2, reps // 10)
-            est = sg.get_estimator(name)
-            samples = 2 if name == "reinforce_loo" else 1
-            ours = lambda x: est(f, x, samples, gen).sum().backward()  # noqa: E731
-            if plain is None:
-                state = PlainMA() if name == "reinforce_ma" else PlainOptimal()
-                ref = lambda x, s=state: plain_reinforce(x, gen, s)  # noqa: E731
-            else:
-                ref = lambda x, p=plain: p(x, gen)  # noqa: E731
-            ours(a), ref(a)  # warm up
-            t_ours, t_ref = [], []
-            for _ in range(3 if quick else 4):  # interleave to share the machine's noise
-                t_ours.append(timed(ours, a, reps))
-                t_ref.append(timed(ref, a, reps))
-            ratio = min(t_ours) / min(t_ref)
-            worst = max(worst, ratio)
-            cells.append(f"{ratio:.2f}")
-        print(f"| {name} | " + " | ".join(cells) + " |")
-    print(f"\nworst ratio: {worst:.2f}\n")
+    rng = random.Random(0)
+    now = clock(device)
+    gen = torch.Generator(device=device).manual_seed(0)
+    results: dict = {"method": "median of within-round ratios [quartiles], process CPU time (CUDA: wall time "
+                               "with a synchronisation per block), candidates shuffled within each round",
+                     "device": str(device), "rounds": n_rounds, "core": {}, "rebar_relax": {}, "all": {}}
+    header = "| " + " | ".join(f"D={D}, b={B}" for D, B in SIZES) + " |"
+    print(f"# stochgrad overhead ({device}, {torch.get_num_threads()} thread(s), {n_rounds} rounds)\n")
+    print("## 1. stochgrad / hand-written plain torch (median [quartiles] of within-round ratios; target <= 1.1)\n")
+    print("| estimator " + header)
+    print("|---|" + "---|" * len(SIZES))
+    table: dict[str, list] = {name: [] for name in ["control: plain reinforce / itself", *CORE]}
+    table_rr: dict[str, list] = {"rebar": [], "relax": []}
+    for D, B in SIZES:
+        a = torch.randn(B, D, device=device, requires_grad=True)
+        cands = {"plain reinforce": reference("reinforce", gen), "plain reinforce (again)": reference("reinforce", gen)}
+        for name in CORE:
+            cands[name] = ours(name, gen)
+            cands["plain " + name] = reference(name, gen)
+        times = rounds(cands, a, reps_for(D, B, quick, device), n_rounds, now, rng)
+        table["control: plain reinforce / itself"].append(ratio(times, "plain reinforce (again)", "plain reinforce"))
+        for name in CORE:
+            table[name].append(ratio(times, name, "plain " + name))
+        rr = {"plain reinforce": reference("reinforce", gen), "rebar": ours("rebar", gen), "relax": ours("relax", gen)}
+        times = rounds(rr, a, max(2, reps_for(D, B, quick, device) // 3), n_rounds, now, rng)
+        for name in table_rr:
+            table_rr[name].append(ratio(times, name, "plain reinforce"))
+    for name, cells in table.items():
+        print(f"| {name} | " + " | ".join(cell(c) for c in cells) + " |")
+        results["core"][name] = {f"D={D},b={B}": c for (D, B), c in zip(SIZES, cells)}
+    worst = max(c[0] for name in CORE for c in table[name])
+    print(f"\nworst median ratio of a core estimator: {worst:.2f}\n")
+    print("## 2. REBAR and RELAX (default settings) / hand-written plain reinforce (target <= 5)\n")
+    print("| estimator " + header)
+    print("|---|" + "---|" * len(SIZES))
+    for name, cells in table_rr.items():
+        print(f"| {name} | " + " | ".join(cell(c) for c in cells) + " |")
+        results["rebar_relax"][name] = {f"D={D},b={B}": c for (D, B), c in zip(SIZES, cells)}
+    results["worst_core"] = worst
+    if everything:
+        print("\n## 3. every estimator / stochgrad reinforce (samples = 1; loo 2)\n")
+        print("| estimator | f evals " + header)
+        print("|---|---|" + "---|" * len(SIZES))
+        for name, info in sg.estimators().items():
+            cells = []
+            for D, B in SIZES:
+                if name == "exact" and D > 10 or name == "finite_difference" and D * D * B > 2e6:
+                    cells.append("n/a")
+                    continue
+                a = torch.randn(B, D, device=device, requires_grad=True)
+                times = rounds({"reinforce": ours("reinforce", gen), name: ours(name, gen)}, a,
+                               max(2, reps_for(D, B, quick, device) // 3), max(3, n_rounds // 2), now, rng)
+                cells.append(f"{ratio(times, name, 'reinforce')[0]:.2f}")
+            results["all"][name] = cells
+            print(f"| {name} | {info.cost} | " + " | ".join(cells) + " |")
+    return results
 
-    print("## every estimator, time per estimate relative to reinforce (samples=1; loo 2)\n")
-    print("| estimator | f evals | " + " | ".join(f"D={D}, batch={B}" for D, B in sizes) + " |")
-    print("|---|---|" + "---|" * len(sizes))
-    for name, info in sg.estimators().items():
-        cells = []
-        for D, B in sizes:
-            if name == "exact" and D > 10 or name == "finite_difference" and D * D * B > 2e6:
-                cells.append("n/a")
-                continue
-            a = torch.randn(B, D, requires_grad=True)
-            reps = 10 if quick else 50
-            est, base = sg.get_estimator(name), sg.get_estimator("reinforce")
-            s = max(1, est.min_samples)
-            ours = lambda x: est(f, x, s, gen).sum().backward()  # noqa: E731
-            ref = lambda x: base(f, x, 1, gen).sum().backward()  # noqa: E731
-            ours(a), ref(a)
-            cells.append(f"{min(timed(ours, a, reps) for _ in range(2)) / min(timed(ref, a, reps) for _ in range(2)):.2f}")
-        print(f"| {name} | {info.cost} | " + " | ".join(cells) + " |")
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer calls per block (a smoke test)")
+    parser.add_argument("--rounds", type=int, default=0, help="rounds (default 9; quick 5)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--all", action="store_true", help="also every estimator against stochgrad's reinforce")
+    parser.add_argument("--json", help="write the figures to this file")
+    args = parser.parse_args(argv)
+    set_threads(args.threads)
+    results = run(args.quick, torch.device(args.device), args.rounds or (5 if args.quick else 9), args.all)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({**results, "environment": environment()}, fh, indent=1)
+    return results
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true")
-    run(parser.parse_args().quick)
+    main()

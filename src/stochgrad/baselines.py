@@ -1,11 +1,14 @@
 """Baselines for the score-function estimator (seed Corollary 1): explicit state, read before update.
 
-A baseline maps ``(score, losses)`` of one estimate, ``score = h − σ(a)`` of shape ``(S, *batch, n)``
-and ``losses`` ``(S, *batch)``, to ``c`` broadcastable to ``score``, used in ``(h − σ(a))·(L − c)``.
+A baseline maps ``(score, losses)`` of one estimate, ``score = h − σ(a)`` of shape ``(*lead, *batch, n)``
+and ``losses`` ``(*lead, *batch)`` (``lead`` empty for one sample, else ``(S,)``), to ``c`` broadcastable
+to ``score`` (``None`` for no baseline), used in ``(h − σ(a))·(L − c)``.
 Corollary 1 keeps the estimator unbiased only if ``c`` does not depend on the current sample, so :meth:`Baseline.forward` reads state built from past
 losses (or, for leave-one-out, from the *other* samples), and :meth:`Baseline.update` folds the
-current losses in afterwards. State lives in buffers: ``state_dict``, ``.to(device)`` and checkpoints
-work, and every statistic is averaged over ranks under ``torch.distributed``.
+current losses in afterwards, guarded (:func:`stochgrad.guard.fold_`): a call whose statistics are
+NaN/inf, or an empty batch, changes nothing; ``update`` returns the device flag for the caller's verdict.
+State lives in buffers: ``state_dict``, ``.to(device)`` and checkpoints work, and every statistic is
+averaged over ranks under ``torch.distributed``.
 """
 from __future__ import annotations
 
@@ -13,6 +16,14 @@ import torch
 from torch import Tensor, nn
 
 from .distributed import mean_over_ranks
+from .guard import finite, fold_
+
+
+def check_decay(decay, name: str = "decay") -> float:
+    """A moving average's decay: a float in ``[0, 1)`` (1 would never learn; NaN never compares)."""
+    if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0.0 <= decay < 1.0:
+        raise ValueError(f"{name} must be a number in [0, 1), got {decay!r}")
+    return float(decay)
 
 
 class ResizableBuffers(nn.Module):
@@ -54,11 +65,12 @@ class ResizableBuffers(nn.Module):
 class Baseline(ResizableBuffers):
     """No baseline: ``c = 0`` (seed Theorem 1)."""
 
-    def forward(self, score: Tensor, losses: Tensor) -> Tensor | float:
-        return 0.0
+    def forward(self, score: Tensor, losses: Tensor) -> Tensor | None:
+        return None
 
-    def update(self, score: Tensor, losses: Tensor) -> None:
-        pass
+    def update(self, score: Tensor, losses: Tensor) -> Tensor | None:
+        """Folds the current losses in; returns the 0-dim ``ok`` flag of the guard, ``None`` if nothing was folded."""
+        return None
 
 
 class MovingAverage(Baseline):
@@ -69,9 +81,7 @@ class MovingAverage(Baseline):
 
     def __init__(self, decay: float = 0.9):
         super().__init__()
-        if not 0.0 <= decay < 1.0:
-            raise ValueError(f"decay must be in [0, 1), got {decay}")
-        self.decay = decay
+        self.decay = check_decay(decay)
         self.register_buffer("mean", torch.zeros(()))
         self.register_buffer("weight", torch.zeros(()))  # 1 − decay^steps: the bias correction
 
@@ -82,9 +92,15 @@ class MovingAverage(Baseline):
 
     @torch.no_grad()
     def update(self, score, losses):
-        m = mean_over_ranks(losses.mean(), losses.numel())
-        self.mean.mul_(self.decay).add_((1 - self.decay) * m)
-        self.weight.mul_(self.decay).add_(1 - self.decay)
+        count = losses.numel()
+        if count == 0:
+            return None
+        m = mean_over_ranks(losses.mean(), count)
+        ok = finite(m)
+        step = ok * (1 - self.decay)   # 0 for a rejected call: both moments stay bitwise as they were
+        self.mean.lerp_(torch.where(ok, m, 0.0), step)
+        self.weight.add_(step * (1 - self.weight))
+        return ok
 
     def extra_repr(self) -> str:
         return f"decay={self.decay}"
@@ -100,9 +116,7 @@ class OptimalBaseline(Baseline):
 
     def __init__(self, decay: float = 0.9):
         super().__init__()
-        if not 0.0 <= decay < 1.0:
-            raise ValueError(f"decay must be in [0, 1), got {decay}")
-        self.decay = decay
+        self.decay = check_decay(decay)
         self.register_buffer("numerator", torch.zeros(0))
         self.register_buffer("denominator", torch.zeros(0))
 
@@ -111,14 +125,28 @@ class OptimalBaseline(Baseline):
         den = self.denominator
         return torch.where(den > 0, self.numerator / den.clamp_min(torch.finfo(den.dtype).tiny), 0.0)
 
-    @torch.no_grad()
-    def update(self, score, losses):
+    def statistics(self, score, losses) -> tuple[Tensor, Tensor] | None:
+        """This call's ``(E[(h − σ)² L], E[(h − σ)²])`` per unit over the examples of all ranks; ``None`` if empty."""
         per_unit = score.square().reshape(-1, score.shape[-1])
         count = per_unit.shape[0]
-        num = mean_over_ranks((per_unit * losses.reshape(-1, 1)).mean(0), count)
-        den = mean_over_ranks(per_unit.mean(0), count)
-        self.numerator.mul_(self.decay).add_((1 - self.decay) * num)
-        self.denominator.mul_(self.decay).add_((1 - self.decay) * den)
+        if count == 0:
+            return None
+        both = mean_over_ranks(torch.stack([(per_unit * losses.reshape(-1, 1)).mean(0), per_unit.mean(0)]), count)
+        return both[0], both[1]
+
+    def fold(self, stats, ok) -> None:
+        d = self.decay
+        fold_(ok, (self.numerator, self.numerator * d + (1 - d) * stats[0]),
+              (self.denominator, self.denominator * d + (1 - d) * stats[1]))
+
+    @torch.no_grad()
+    def update(self, score, losses):
+        stats = self.statistics(score, losses)
+        if stats is None:
+            return None
+        ok = finite(stats[0] + stats[1])
+        self.fold(stats, ok)
+        return ok
 
     def extra_repr(self) -> str:
         return f"decay={self.decay}, units={self.numerator.numel()}"

@@ -12,13 +12,16 @@ import torch.distributed as dist
 from torch import Tensor
 
 
+_AVAILABLE = dist.is_available()
+
+
 def is_distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    return _AVAILABLE and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def mean_over_ranks(local_mean: Tensor, local_count: int) -> Tensor:
     """Mean over all ranks' examples, given this rank's mean over ``local_count`` examples."""
-    if not is_distributed():
+    if not (_AVAILABLE and dist.is_initialized()) or dist.get_world_size() == 1:
         return local_mean
     packed = torch.cat([local_mean.reshape(-1) * local_count,
                         torch.tensor([float(local_count)], dtype=local_mean.dtype, device=local_mean.device)])

@@ -14,22 +14,29 @@ from torch import Tensor
 
 from .distributions import BERNOULLI
 from .distributions import resolve as as_distribution
+from .guard import check_finite_logits
 from .sampling import Sharded
 
 LossFn = Callable[[Tensor], Tensor]
 
 
-def check_logits(logits, name: str = "logits") -> Tensor:
-    """Raises a clear error unless ``logits`` is a finite floating tensor with a unit dimension."""
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def check_logits(logits, name: str = "logits", verdict=None) -> Tensor:
+    """Raises a clear error unless ``logits`` is a finite floating tensor with a unit dimension.
+
+    Structure (type, dtype, shape) is checked at once; finiteness as :mod:`stochgrad.guard` says: at once
+    on the CPU, through the site's ``verdict`` (a later call, no synchronisation) on an accelerator.
+    """
     if not isinstance(logits, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of shape (*batch, n), got {type(logits).__name__}")
     if not logits.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor (float32 or float64), got dtype {logits.dtype}")
+        raise TypeError(f"{name} must be a floating-point tensor (float32 or float64; float16 and bfloat16 are "
+                        f"sampled in float32), got dtype {logits.dtype}")
     if logits.dim() < 1 or logits.shape[-1] < 1:
         raise ValueError(f"{name} must have shape (*batch, n) with n >= 1 units, got {tuple(logits.shape)}")
-    # one reduction: a NaN or inf anywhere makes the sum non-finite (confirmed element-wise before raising)
-    if not torch.isfinite(logits.detach().sum()) and not torch.isfinite(logits).all():
-        raise ValueError(f"{name} must be finite; got NaN or inf in a tensor of shape {tuple(logits.shape)}")
+    check_finite_logits(logits, name, verdict)
     return logits
 
 
@@ -44,29 +51,51 @@ def check_samples(samples, minimum: int = 1, who: str = "") -> int:
 
 class CheckedLoss:
     """Wraps the user's ``f`` and checks that every output has shape ``(*lead, *batch)`` = ``b.shape[:-1]``
-    (``b.shape[:-2]`` for categorical samples ``(*lead, *batch, n, K)``: ``event_dims = 2``)."""
+    (``b.shape[:-2]`` for categorical samples ``(*lead, *batch, n, K)``: ``event_dims = 2``).
 
-    __slots__ = ("f", "event_dims")
+    One sample is drawn without a sample dimension (the fast path) and ``f`` sees ``(*batch, *event)``;
+    only unbatched logits (``dim == event_dims``) get a leading ``(1,)``, so that ``f``'s output shape
+    still tells a loss per sample from a reduction over everything. ``dtype``: for low-precision logits,
+    the samples (computed in float32) are handed to ``f`` in the logits' dtype (0 and 1 are exact there)
+    and its losses come back in float32.
+    """
 
-    def __init__(self, f: LossFn, event_dims: int = 1):
+    __slots__ = ("f", "event_dims", "unbatched", "dtype")
+
+    def __init__(self, f: LossFn, event_dims: int = 1, dim: int = 2, dtype: torch.dtype | None = None):
         if not callable(f):
             raise TypeError(f"f must be callable, mapping (*lead, *batch, n) samples to (*lead, *batch) losses; got {type(f).__name__}")
-        self.f, self.event_dims = f, event_dims
+        self.f, self.event_dims, self.unbatched, self.dtype = f, event_dims, dim == event_dims, dtype
 
     def __call__(self, b: Tensor) -> Tensor:
-        out = self.f(b)
-        if not isinstance(out, Tensor) or out.shape != b.shape[:b.dim() - self.event_dims]:
+        single = self.unbatched and b.dim() == self.event_dims
+        x = b.unsqueeze(0) if single else b
+        out = self.f(x if self.dtype is None else x.to(self.dtype))
+        if not isinstance(out, Tensor) or out.shape != x.shape[:x.dim() - self.event_dims]:
             got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
             units = "n" if self.event_dims == 1 else "n, K"
             raise ValueError(f"f must return per-sample losses of shape (*lead, *batch) = "
-                             f"{tuple(b.shape[:b.dim() - self.event_dims])} for samples (*lead, *batch, {units}) of "
-                             f"shape {tuple(b.shape)}; got {got}")
-        return out
+                             f"{tuple(x.shape[:x.dim() - self.event_dims])} for samples (*lead, *batch, {units}) of "
+                             f"shape {tuple(x.shape)}; got {got}")
+        if self.dtype is not None:
+            out = out.to(b.dtype)
+        return out[0] if single else out
 
 
 def sample_mean(x: Tensor) -> Tensor:
     """Mean over the leading sample dimension (a free view when there is one sample)."""
     return x[0] if x.shape[0] == 1 else x.mean(0)
+
+
+def lead(samples: int) -> tuple[int, ...]:
+    """The leading sample shape of an estimator's draw: none for one sample (the fast path: no sample
+    dimension to select from or average over), ``(samples,)`` otherwise."""
+    return () if samples == 1 else (samples,)
+
+
+def over_samples(x: Tensor, samples: int) -> Tensor:
+    """Mean over the leading sample dimension that :func:`lead` gave ``x`` (none for one sample)."""
+    return x if samples == 1 else x.mean(0)
 
 
 def attach_gradient(value: Tensor, logits: Tensor, grad: Tensor) -> Tensor:
@@ -78,7 +107,7 @@ def attach_gradient(value: Tensor, logits: Tensor, grad: Tensor) -> Tensor:
     """
     if not logits.requires_grad:
         return value
-    surrogate = (grad.detach() * logits).flatten(value.dim()).sum(-1)
+    surrogate = ((grad.detach() if grad.requires_grad else grad) * logits).flatten(value.dim()).sum(-1)
     return value + (surrogate - surrogate.detach())
 
 
@@ -92,10 +121,13 @@ def expect(f: LossFn, logits: Tensor, estimator="reinforce", samples: int = 1,
     is the same as its logits.
 
     Args:
-        f: maps samples ``(*lead, *batch, n)`` in {0, 1} to losses ``(*lead, *batch)``. It is called with a
-            leading sample dimension (``samples``, antithetic pairs or relaxed points stacked on it) and
-            may hold parameters of its own, which receive the ordinary pathwise gradient.
-        logits: ``(*batch, n)``, float32 or float64, on any device.
+        f: maps samples ``(*lead, *batch, n)`` in {0, 1} to losses ``(*lead, *batch)``, for any leading
+            dimensions: ``samples``, antithetic pairs or relaxed points are stacked on them; one sample of
+            batched logits comes with none (the fast path). It may hold parameters of its own, which
+            receive the ordinary pathwise gradient.
+        logits: ``(*batch, n)``, float32 or float64, on any device. float16 and bfloat16 logits are
+            sampled and scored in float32 (their own grid would bias ``P(h = 1)``: at logit −7 bfloat16
+            fires ~4× too often); ``f`` gets its samples, and the result comes back, in their dtype.
         estimator: an estimator object, or a registered name (see :func:`stochgrad.estimators`).
             **A name is stateless**: it never carries state from one call to the next. Stateless
             estimators (``reinforce``, ``disarm``, ``straight_through``, ...) are built once and shared;
@@ -106,6 +138,12 @@ def expect(f: LossFn, logits: Tensor, estimator="reinforce", samples: int = 1,
         samples: Monte-Carlo samples per example (``>= 1``; ``reinforce_loo`` needs ``>= 2``).
         generator: source of all noise; pass one for exactly repeatable runs.
         distribution: ``None`` (from ``logits``: Bernoulli for a tensor), ``"bernoulli"`` or ``"categorical"``.
+
+    Checks: types, shapes and options raise before anything runs. Values never cost a host-device
+    synchronisation (:mod:`stochgrad.guard`): NaN/inf logits raise at once on the CPU and from a later
+    call of the same estimator on an accelerator; losses of NaN/inf never enter an estimator's state
+    (baselines, tuned control variates, learned moments) and raise the same way, or are skipped when
+    ``estimator.skip_nonfinite = True``.
 
     Returns:
         ``(*batch,)``: the estimate of ``E[f(b)]`` per example. ``value.sum().backward()`` leaves in
@@ -120,17 +158,24 @@ def expect(f: LossFn, logits: Tensor, estimator="reinforce", samples: int = 1,
         logits, dist = as_distribution(logits, distribution)
     else:
         dist = BERNOULLI
-    check_logits(logits)
+    check_logits(logits, "logits", getattr(est, "verdict", None))
     if type(samples) is not int or samples != 1 or est.min_samples > 1:
         check_samples(samples, est.min_samples, est.name)
     if generator is not None and not isinstance(generator, (torch.Generator, Sharded)):
         raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    if dist is not BERNOULLI:
+        dist.check(logits)
+        if dist.name not in getattr(est, "distributions", ("bernoulli",)):
+            raise ValueError(unsupported(est, dist))
+    if logits.dtype in LOW_PRECISION:  # sample and score in float32: the low-precision grid biases P(h = 1)
+        loss = CheckedLoss(f, dist.event_dims, logits.dim(), logits.dtype)
+        work = logits.float()
+        value = est.estimate(loss, work, samples, generator) if dist is BERNOULLI else \
+            est.estimate(loss, work, samples, generator, dist=dist)
+        return value.to(logits.dtype)
     if dist is BERNOULLI:
-        return est.estimate(CheckedLoss(f), logits, samples, generator)
-    dist.check(logits)
-    if dist.name not in getattr(est, "distributions", ("bernoulli",)):
-        raise ValueError(unsupported(est, dist))
-    return est.estimate(CheckedLoss(f, dist.event_dims), logits, samples, generator, dist=dist)
+        return est.estimate(CheckedLoss(f, 1, logits.dim()), logits, samples, generator)
+    return est.estimate(CheckedLoss(f, dist.event_dims, logits.dim()), logits, samples, generator, dist=dist)
 
 
 def unsupported(est, dist) -> str:

@@ -12,12 +12,15 @@ forward passes (threads, asyncio tasks) each see their own.
 from __future__ import annotations
 
 import contextvars
+import math
 from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from .guard import reads_at_once
 
 _ACTIVE: contextvars.ContextVar["Graph | None"] = contextvars.ContextVar("stochgrad_graph", default=None)
 
@@ -55,8 +58,8 @@ class Graph:
         if loss.dim() == 0:
             raise ValueError("graph.backward needs per-example losses of shape (batch,), got a scalar: "
                              "pass the loss before the mean (e.g. reduction='none')")
-        if not torch.isfinite(loss.detach().sum()):
-            raise ValueError("graph.backward got a NaN or inf loss")
+        if reads_at_once(loss) and not math.isfinite(loss.detach().sum().item()):
+            raise ValueError("graph.backward got a NaN or inf loss")  # elsewhere: the estimators' guards (guard.py)
         for node in self.nodes:
             batch = node.h.shape[:-1]
             if batch[: loss.dim()] != loss.shape:
@@ -76,8 +79,7 @@ class Graph:
             batch = node.h.shape[:-1]
             L = loss.detach().reshape(*loss.shape, *([1] * (len(batch) - loss.dim()))).expand(batch)
             probe = dl_dh.get(id(node.probe))
-            g = node.estimator.score_gradient(node.h.unsqueeze(0), node.probs, L.unsqueeze(0), update=True,
-                                              dl_dh=None if probe is None else probe.unsqueeze(0))
+            g = node.estimator.score_gradient(node.h, node.probs, L, update=True, dl_dh=probe)
             if node.logits.requires_grad:
                 roots.append(node.logits)
                 grads.append(g / count)  # the gradient of the mean loss

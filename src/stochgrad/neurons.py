@@ -4,14 +4,16 @@ Every layer takes pre-activations ``a`` of shape ``(*batch, n)`` and returns ``(
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
-from .baselines import ResizableBuffers
+from .baselines import ResizableBuffers, check_decay
 from .distributed import mean_over_ranks
 from .distributions import CATEGORICAL, one_hot
 from .estimators import get_estimator
-from .expect import check_logits
+from .expect import LOW_PRECISION, check_logits
 from .graph import Node, active_graph
 from .sampling import bernoulli, normal
 
@@ -30,6 +32,18 @@ def layer_estimator(estimator, distribution: str = "bernoulli"):
         raise ValueError(f"estimator {est.name!r} does not support {distribution} units; use straight_through, "
                          "gumbel_st, gumbel_rao, reinmax, gumbel, or reinforce / reinforce_ma / reinforce_optimal")
     return est
+
+
+def check_number(value, name: str, low: float, high: float = math.inf, low_open: bool = False,
+                 high_open: bool = False) -> float:
+    """A real number (not bool, not NaN) in ``[low, high]`` (ends open as asked); returns it as a float."""
+    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and not math.isnan(value)
+    if ok:
+        ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+    if not ok:
+        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        raise ValueError(f"{name} must be a number in {interval}, got {value!r}")
+    return float(value)
 
 
 class StochasticBinary(nn.Module):
@@ -53,13 +67,21 @@ class StochasticBinary(nn.Module):
         self.estimator = layer_estimator(estimator)
         if eval_output not in ("threshold", "probability"):
             raise ValueError(f"eval_output must be 'threshold' or 'probability', got {eval_output!r}")
-        self.eval_output, self.threshold, self.generator = eval_output, threshold, generator
+        self.eval_output, self.threshold, self.generator = eval_output, check_number(threshold, "threshold", 0, 1), generator
 
     def forward(self, a: Tensor) -> Tensor:
-        check_logits(a, "StochasticBinary input")
+        """``a``: ``(*batch, n)`` → ``(*batch, n)``. float16/bfloat16 inputs are sampled in float32 (a
+        low-precision grid biases ``P(h = 1)``) and returned in their dtype."""
+        est = self.estimator
+        check_logits(a, "StochasticBinary input", est.verdict)
         if not self.training:
             p = torch.sigmoid(a)
             return p if self.eval_output == "probability" else (p > self.threshold).to(a.dtype)
+        if a.dtype in LOW_PRECISION:
+            return self._train(a.float()).to(a.dtype)
+        return self._train(a)
+
+    def _train(self, a: Tensor) -> Tensor:
         graph = active_graph()
         est = self.estimator
         if est.pathwise:
@@ -119,7 +141,7 @@ class StochasticCategorical(nn.Module):
                 raise ValueError(f"StochasticCategorical(categories={self.categories}) needs input (*batch, n·K) with "
                                  f"K = {self.categories}; got shape {tuple(shape)}")
             a = a.unflatten(-1, (-1, self.categories))
-        check_logits(a, "StochasticCategorical input")
+        check_logits(a, "StochasticCategorical input", self.estimator.verdict)
         CATEGORICAL.check(a, "StochasticCategorical input")
         if not self.training:
             p = torch.softmax(a, -1)
@@ -154,9 +176,7 @@ class NoisyRectifier(nn.Module):
 
     def __init__(self, sigma: float = 1.0, generator: torch.Generator | None = None):
         super().__init__()
-        if not sigma >= 0:
-            raise ValueError(f"sigma must be >= 0, got {sigma}")
-        self.sigma, self.generator = sigma, generator
+        self.sigma, self.generator = check_number(sigma, "sigma", 0, math.inf, high_open=True), generator
 
     def forward(self, a: Tensor) -> Tensor:
         if self.training and self.sigma > 0:
@@ -177,7 +197,7 @@ class StochasticTimesSmooth(nn.Module):
 
     def __init__(self, threshold: float = 0.5, generator: torch.Generator | None = None):
         super().__init__()
-        self.threshold, self.generator = threshold, generator
+        self.threshold, self.generator = check_number(threshold, "threshold", 0, 1), generator
 
     def forward(self, a: Tensor) -> Tensor:
         smooth = torch.sigmoid(a).sqrt()
@@ -199,9 +219,9 @@ class FiringRateControl(ResizableBuffers):
 
     def __init__(self, neuron: nn.Module, target: float = 0.1, gain: float = 0.5, decay: float = 0.9):
         super().__init__()
-        if not 0 < target < 1:
-            raise ValueError(f"target must be in (0, 1), got {target}")
-        self.neuron, self.target, self.gain, self.decay = neuron, target, gain, decay
+        target = check_number(target, "target", 0, 1, low_open=True, high_open=True)
+        gain = check_number(gain, "gain", 0, math.inf, low_open=True, high_open=True)
+        self.neuron, self.target, self.gain, self.decay = neuron, target, gain, check_decay(decay)
         self.register_buffer("offset", torch.zeros(0))
         self.register_buffer("rate", torch.zeros(0))
         self.register_buffer("weight", torch.zeros(()))  # 1 − decay^steps: bias correction of rate
@@ -213,9 +233,10 @@ class FiringRateControl(ResizableBuffers):
 
     def forward(self, a: Tensor) -> Tensor:
         out = self.neuron(self.shifted(a))
-        if self.training:
+        if self.training and a.numel() > 0:  # an empty batch changes nothing
             with torch.no_grad():
                 fired = (out != 0).to(a.dtype).reshape(-1, a.shape[-1])
+                # a mean of 0/1 indicators is finite whatever a holds (NaN != 0 counts as fired): nothing to guard
                 now = mean_over_ranks(fired.mean(0), fired.shape[0])
                 self.rate.mul_(self.decay).add_((1 - self.decay) * now)
                 self.weight.mul_(self.decay).add_(1 - self.decay)

@@ -38,6 +38,8 @@ def uniform(shape, like: Tensor, generator: "torch.Generator | Sharded | None" =
     """U[0, 1) noise of ``shape`` with the dtype and device of ``like``."""
     if isinstance(generator, Sharded):
         return generator.draw(torch.rand, shape, like)
+    if generator is None:  # no generator=None keyword: torch.compile's dynamic shapes reject it
+        return torch.rand(shape, dtype=like.dtype, device=like.device)
     return torch.rand(shape, generator=generator, dtype=like.dtype, device=like.device)
 
 
@@ -45,6 +47,8 @@ def normal(shape, like: Tensor, generator: "torch.Generator | Sharded | None" = 
     """N(0, 1) noise of ``shape`` with the dtype and device of ``like``."""
     if isinstance(generator, Sharded):
         return generator.draw(torch.randn, shape, like)
+    if generator is None:
+        return torch.randn(shape, dtype=like.dtype, device=like.device)
     return torch.randn(shape, generator=generator, dtype=like.dtype, device=like.device)
 
 

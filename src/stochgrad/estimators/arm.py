@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from ..expect import attach_gradient
+from ..expect import attach_gradient, lead, over_samples
 from ..sampling import bernoulli_from_uniform, uniform
 from .base import Estimator
 
@@ -29,11 +29,11 @@ class ARM(_Antithetic):
 
     def estimate(self, f, logits, samples, generator):
         probs = torch.sigmoid(logits.detach())
-        u = uniform((samples, *logits.shape), logits, generator)
+        u = uniform((*lead(samples), *logits.shape), logits, generator)
         # the antithetic pair 1[1 − u < σ(a)] = 1[u > σ(−a)] and 1[u < σ(a)], each ~ Bernoulli(σ(a))
         losses = f(torch.stack([bernoulli_from_uniform(1 - u, probs), bernoulli_from_uniform(u, probs)]))
-        grad = ((losses[0] - losses[1]).detach().unsqueeze(-1) * (u - 0.5)).mean(0)
-        return attach_gradient(losses.mean((0, 1)), logits, grad)
+        grad = over_samples((losses[0] - losses[1]).detach().unsqueeze(-1) * (u - 0.5), samples)
+        return attach_gradient(over_samples(losses.mean(0), samples), logits, grad)
 
 
 class DisARM(_Antithetic):
@@ -43,9 +43,9 @@ class DisARM(_Antithetic):
 
     def estimate(self, f, logits, samples, generator):
         probs = torch.sigmoid(logits.detach())
-        u = uniform((samples, *logits.shape), logits, generator)
+        u = uniform((*lead(samples), *logits.shape), logits, generator)
         b, b_anti = bernoulli_from_uniform(u, probs), bernoulli_from_uniform(1 - u, probs)  # both ~ Bernoulli(σ(a))
-        losses = f(torch.stack([b, b_anti]))                 # (2, S, *batch)
+        losses = f(torch.stack([b, b_anti]))                 # (2, *lead, *batch)
         weight = (1 - 2 * b_anti) * (b != b_anti).to(b.dtype) * torch.sigmoid(logits.detach().abs())
-        grad = (0.5 * (losses[0] - losses[1]).detach().unsqueeze(-1) * weight).mean(0)
-        return attach_gradient(losses.mean((0, 1)), logits, grad)
+        grad = over_samples(0.5 * (losses[0] - losses[1]).detach().unsqueeze(-1) * weight, samples)
+        return attach_gradient(over_samples(losses.mean(0), samples), logits, grad)

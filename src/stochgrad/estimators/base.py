@@ -7,7 +7,15 @@ import torch
 from torch import Tensor, nn
 
 from ..distributions import BERNOULLI
-from ..expect import CheckedLoss, attach_gradient, expect, sample_mean
+from ..expect import CheckedLoss, attach_gradient, expect, lead, over_samples
+from ..guard import LOSSES, Verdict
+
+
+def check_positive(value, name: str) -> float:
+    """An estimator option that must be a finite number > 0 (a temperature, a step): NaN and inf are errors."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
 
 
 class Estimator(nn.Module, abc.ABC):
@@ -38,6 +46,16 @@ class Estimator(nn.Module, abc.ABC):
     needs_dl_dh: bool = False
     distributions: tuple[str, ...] = ("bernoulli",)
     cost: str = "S"  # evaluations of f per example and estimate, in words (S = samples, n = units)
+    skip_nonfinite: bool = False  # True: a call whose losses are NaN/inf is skipped (state unchanged), not raised
+
+    @property
+    def verdict(self) -> Verdict:
+        """Where this site's value checks surface (:mod:`stochgrad.guard`); a plain attribute, not state."""
+        v = self.__dict__.get("_verdict")
+        if v is None:
+            v = self.__dict__["_verdict"] = Verdict()
+        v.skip = self.skip_nonfinite
+        return v
 
     @property
     def stateful(self) -> bool:
@@ -76,21 +94,30 @@ class ScoreFunction(Estimator):
         self.baseline = baseline
 
     def score_gradient(self, h: Tensor, probs: Tensor, losses: Tensor, update: bool = True, dl_dh=None) -> Tensor:
-        """``h``, ``probs``: ``(S, *batch, n)`` / ``(*batch, n)``; ``losses``: ``(S, *batch)`` → ``(*batch, n)``.
+        """``h``: ``(*lead, *batch, n)``, ``probs``: ``(*batch, n)``, ``losses``: ``(*lead, *batch)`` → ``(*batch, n)``,
+        ``lead`` empty (one sample) or ``(S,)`` (averaged over).
 
-        Reads the baseline first, then (if ``update``) folds in the current losses: Corollary 1.
+        Reads the baseline first, then (if ``update``) folds in the current losses: Corollary 1. A call
+        whose losses are NaN/inf leaves the baseline as it was (:mod:`stochgrad.guard`).
         """
-        losses, score = losses.detach(), h - probs
+        losses, score = losses.detach() if losses.requires_grad else losses, h - probs
         c = self.baseline.forward(score, losses)
-        centred = losses.unsqueeze(-1) if isinstance(c, float) and c == 0.0 else losses.unsqueeze(-1) - c
-        grad = sample_mean(score * centred)
+        centred = losses.unsqueeze(-1) if c is None else losses.unsqueeze(-1) - c
+        grad = score * centred
+        if h.dim() > probs.dim():
+            grad = grad.mean(0)
         if update:
-            self.baseline.update(score, losses)
+            ok = self.baseline.update(score, losses)
+            if ok is not None:
+                self.verdict.report(ok, LOSSES)
         return grad
 
     def estimate(self, f, logits, samples, generator, dist=BERNOULLI):
         probs = dist.probs(logits.detach())
-        h = dist.sample(probs, (samples,), generator)
+        h = dist.sample(probs, lead(samples), generator)
         losses = f(h)
-        grad = self.score_gradient(dist.flat(h), dist.flat(probs), losses, update=logits.requires_grad)
-        return attach_gradient(sample_mean(losses), logits, grad.view_as(logits))
+        if dist is BERNOULLI:
+            grad = self.score_gradient(h, probs, losses, update=logits.requires_grad)
+        else:
+            grad = self.score_gradient(dist.flat(h), dist.flat(probs), losses, update=logits.requires_grad).view_as(logits)
+        return attach_gradient(over_samples(losses, samples), logits, grad)

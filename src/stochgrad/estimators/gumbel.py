@@ -9,9 +9,9 @@ the hard sample and back-propagates through the relaxed one.
 from __future__ import annotations
 
 from ..distributions import BERNOULLI
-from ..expect import sample_mean
+from ..expect import lead, over_samples
 from ..sampling import uniform
-from .base import Estimator
+from .base import Estimator, check_positive
 from .straight_through import straight_through
 
 
@@ -23,9 +23,7 @@ class Gumbel(Estimator):
 
     def __init__(self, temperature: float = 0.5):
         super().__init__()
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        self.temperature = temperature
+        self.temperature = check_positive(temperature, "temperature")
 
     def relaxed(self, logits, lead=(), generator=None, dist=BERNOULLI):
         """``(z, soft)``: ``z = a + noise`` and its relaxation, ``(*lead, *logits.shape)``, differentiable in ``logits``."""
@@ -37,7 +35,7 @@ class Gumbel(Estimator):
         return self.relaxed(logits, lead, generator, dist)[1]
 
     def estimate(self, f, logits, samples, generator, dist=BERNOULLI):
-        return sample_mean(f(self.sample(logits, (samples,), generator, dist)))
+        return over_samples(f(self.sample(logits, lead(samples), generator, dist)), samples)
 
     def extra_repr(self) -> str:
         return f"temperature={self.temperature}"

@@ -18,9 +18,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..baselines import OptimalBaseline, ResizableBuffers
+from ..baselines import OptimalBaseline, ResizableBuffers, check_decay
 from ..distributed import mean_over_ranks
-from ..expect import attach_gradient, sample_mean
+from ..expect import attach_gradient, lead, over_samples
+from ..guard import LOSSES, finite, fold_
 from ..sampling import bernoulli
 from .base import Estimator
 
@@ -44,9 +45,10 @@ class Learned(Estimator, ResizableBuffers):
 
     def __init__(self, decay: float = 0.99, ridge: float = 1e-4, baseline_decay: float = 0.9):
         super().__init__()
-        if not 0.0 <= decay < 1.0:
-            raise ValueError(f"decay must be in [0, 1), got {decay}")
-        self.decay, self.ridge = decay, ridge
+        self.decay = check_decay(decay)
+        if isinstance(ridge, bool) or not isinstance(ridge, (int, float)) or not 0 < ridge < float("inf"):
+            raise ValueError(f"ridge must be a finite number > 0, got {ridge!r}")
+        self.ridge = float(ridge)
         self.baseline = OptimalBaseline(baseline_decay)
         self.register_buffer("xx", torch.zeros(0, FEATURES, FEATURES))  # running E[x xᵀ] per unit
         self.register_buffer("xy", torch.zeros(0, FEATURES))            # running E[x y] per unit
@@ -55,10 +57,15 @@ class Learned(Estimator, ResizableBuffers):
         """``(n, 4)``: the ridge least-squares solution per unit from the current moments."""
         eye = torch.eye(FEATURES, dtype=self.xx.dtype, device=self.xx.device)
         scale = self.xx.diagonal(dim1=-2, dim2=-1).mean(-1, keepdim=True).unsqueeze(-1).clamp_min(1e-12)
-        return torch.linalg.solve(self.xx + self.ridge * scale * eye, self.xy.unsqueeze(-1)).squeeze(-1)
+        # solve_ex: no error check read back from the device (a ridge term keeps the systems regular)
+        return torch.linalg.solve_ex(self.xx + self.ridge * scale * eye, self.xy.unsqueeze(-1)).result.squeeze(-1)
 
     def score_gradient(self, h, probs, losses, update: bool = True, dl_dh=None):
-        """``h``, ``dl_dh``: ``(S, *batch, n)``; ``probs``: ``(*batch, n)``; ``losses``: ``(S, *batch)``."""
+        """``h``, ``dl_dh``: ``(*lead, *batch, n)``; ``probs``: ``(*batch, n)``; ``losses``: ``(*lead, *batch)``.
+
+        Reads the moments first, then (if ``update``) folds the current call in, guarded as one: NaN/inf
+        anywhere (losses, ``dl_dh``) leaves the moments and the baseline as they were.
+        """
         if dl_dh is None:
             raise ValueError("the learned estimator needs dL/dh, the straight-through gradient at its output")
         losses, score = losses.detach(), h - probs
@@ -66,27 +73,33 @@ class Learned(Estimator, ResizableBuffers):
         self._sized(n, losses, "xx", "xy")
         y = score * (losses.unsqueeze(-1) - self.baseline.forward(score, losses))
         x = features(dl_dh.detach(), score, probs)
-        trained = bool(self.xx[..., -1, -1].gt(0).all())
-        grad = sample_mean((x * self.weights()).sum(-1)) if trained else sample_mean(y)
+        trained = self.xx[:, -1, -1] > 0   # (n,): moments exist (E[1·1] > 0); chosen on the device, no sync
+        grad = torch.where(trained, (x * self.weights()).sum(-1), y)
+        if h.dim() > probs.dim():
+            grad = grad.mean(0)
         if update:
-            self.baseline.update(score, losses)
             flat_x, flat_y = x.reshape(-1, n, FEATURES), y.reshape(-1, n)
             count = flat_x.shape[0]
-            xx = mean_over_ranks(torch.einsum("bni,bnj->nij", flat_x, flat_x) / count, count)
-            xy = mean_over_ranks(torch.einsum("bni,bn->ni", flat_x, flat_y) / count, count)
-            self.xx.mul_(self.decay).add_((1 - self.decay) * xx)
-            self.xy.mul_(self.decay).add_((1 - self.decay) * xy)
+            base = self.baseline.statistics(score, losses)
+            if base is not None:
+                xx = mean_over_ranks(torch.einsum("bni,bnj->nij", flat_x, flat_x) / count, count)
+                xy = mean_over_ranks(torch.einsum("bni,bn->ni", flat_x, flat_y) / count, count)
+                ok = finite(xx.sum() + xy.sum() + base[0].sum() + base[1].sum())
+                self.baseline.fold(base, ok)
+                d = self.decay
+                fold_(ok, (self.xx, self.xx * d + (1 - d) * xx), (self.xy, self.xy * d + (1 - d) * xy))
+                self.verdict.report(ok, LOSSES)
         return grad
 
     def estimate(self, f, logits, samples, generator):
         probs = torch.sigmoid(logits.detach())
-        h = bernoulli(probs, (samples,), generator)
+        h = bernoulli(probs, lead(samples), generator)
         with torch.enable_grad():
             b = h.clone().requires_grad_(True)
             losses = f(b)
             (dl_dh,) = torch.autograd.grad(losses.sum(), b, retain_graph=losses.requires_grad)
         grad = self.score_gradient(h, probs, losses, update=logits.requires_grad, dl_dh=dl_dh)
-        return attach_gradient(sample_mean(losses), logits, grad)
+        return attach_gradient(over_samples(losses, samples), logits, grad)
 
     def extra_repr(self) -> str:
         return f"decay={self.decay}, ridge={self.ridge}, units={self.xy.shape[0]}"

@@ -14,7 +14,7 @@ import torch
 
 from ..expect import attach_gradient
 from ..sampling import bernoulli_from_uniform, normal, uniform
-from .base import Estimator
+from .base import Estimator, check_positive
 
 
 class _Perturbation(Estimator):
@@ -25,9 +25,7 @@ class _Perturbation(Estimator):
 
     def __init__(self, step: float = 0.1):
         super().__init__()
-        if not step > 0:
-            raise ValueError(f"step must be > 0, got {step}")
-        self.step = step
+        self.step = check_positive(step, "step")
 
     def evaluations(self, n, samples=1):
         return 2 * samples

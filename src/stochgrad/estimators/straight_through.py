@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from ..distributions import BERNOULLI
-from ..expect import sample_mean
+from ..expect import lead, over_samples
 from .base import Estimator
 
 
@@ -36,7 +36,7 @@ class StraightThrough(Estimator):
         return straight_through(dist.sample(probs, lead, generator), r)
 
     def estimate(self, f, logits, samples, generator, dist=BERNOULLI):
-        return sample_mean(f(self.sample(logits, (samples,), generator, dist)))
+        return over_samples(f(self.sample(logits, lead(samples), generator, dist)), samples)
 
 
 class StraightThroughSigmoid(StraightThrough):

@@ -1,0 +1,147 @@
+"""Nothing non-finite enters state, and no value crosses to the host per call: the one design for the call
+path's value checks (finite logits, finite losses) shared by ``expect``, the baselines, the layers and
+every estimator with state.
+
+Checks come in two kinds:
+
+- **Structure** (types, dtypes, shapes, options) is metadata: checked in Python on every call, before
+  anything runs, at no synchronisation cost.
+- **Values** are checked on the tensor's device, never by a Python branch on a device tensor:
+
+  1. *Guarded updates* (:func:`fold_`): every running statistic is updated as
+     ``buffer ← where(ok, new, buffer)`` with ``ok = finite(statistics folded in)``, a 0-dim device
+     flag. A call whose losses (or logits) are NaN/inf leaves every buffer bitwise as it was, on any
+     device, without a synchronisation; an empty batch (a shape, so known on the host) updates nothing.
+  2. *Verdicts* (:class:`Verdict`, one per site): the flag still has to become an error. Where reading a
+     value costs nothing (``HOST_READS``: the CPU, whose tensors live in host memory) the failing call
+     itself raises ``ValueError``. On an accelerator the flag is copied to pinned host memory without
+     blocking and looked at by a later call of the same site once the copy has landed (a CUDA event's
+     non-blocking ``query``): the error is raised one or a few calls late, the state having been guarded
+     meanwhile, and the GPU pipeline never stalls.
+
+A user who would rather drop bad calls than stop sets ``estimator.skip_nonfinite = True``: non-finite
+losses are then skipped (the state is unchanged) instead of raised; non-finite logits always raise.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+HOST_READS = frozenset({"cpu"})  # device types whose values the host reads without synchronising
+
+_ACCUMULATE = {torch.float16: torch.float32, torch.bfloat16: torch.float32}  # no overflow of the check's sum
+LOGITS, LOSSES = 1, 2  # the problems a verdict can carry (bits)
+MESSAGES = {LOGITS: "must be finite; got NaN or inf", LOSSES: "f returned NaN or inf losses"}
+
+
+def finite(x: Tensor) -> Tensor:
+    """0-dim bool on ``x``'s device (detached): all of ``x`` is finite (one reduction; an overflowing sum
+    counts as not)."""
+    s = x if x.dim() == 0 else x.sum(dtype=_ACCUMULATE.get(x.dtype))
+    return (s - s) == 0  # inf − inf and NaN − NaN are NaN; no graph: called on detached statistics
+
+
+def fold_(ok: Tensor, *pairs: tuple[Tensor, Tensor]) -> None:
+    """``buffer ← new`` for each ``(buffer, new)`` where ``ok``, else unchanged (bitwise). No synchronisation."""
+    for buffer, new in pairs:
+        buffer.copy_(torch.where(ok, new, buffer))
+
+
+def reads_at_once(x: Tensor) -> bool:
+    """Whether the host may read ``x``'s values now at no synchronisation cost (its device is in HOST_READS)."""
+    return x.device.type in HOST_READS
+
+
+def check_finite_logits(logits: Tensor, name: str, verdict: "Verdict | None") -> None:
+    """Raises at once (CPU) or through ``verdict`` (accelerators) when ``logits`` holds NaN or inf.
+
+    Inside ``torch.compile`` nothing is read (a read would break the graph): the guarded updates remain.
+    """
+    if torch.compiler.is_compiling():
+        return
+    if reads_at_once(logits):
+        if not math.isfinite(logits.detach().sum(dtype=_ACCUMULATE.get(logits.dtype)).item()):
+            raise ValueError(f"{name} must be finite; got NaN or inf in a tensor of shape {tuple(logits.shape)}")
+    elif verdict is not None:
+        verdict.report(finite(logits.detach()), LOGITS, name)
+
+
+class Verdict:
+    """Turns a site's device-side check flags into errors without synchronising (see the module docstring).
+
+    ``report(ok, problem, name)``: ``ok`` a 0-dim bool tensor, ``problem`` :data:`LOGITS` or :data:`LOSSES`.
+    ``skip``: losses problems are dropped silently (the guarded state already ignored them).
+    """
+
+    __slots__ = ("pending", "host", "event", "in_flight", "names", "skip")
+
+    def __init__(self, skip: bool = False):
+        self.pending: Tensor | None = None  # problem bits of calls not yet sent to the host, on the device
+        self.host: Tensor | None = None     # their host copy (pinned memory on CUDA)
+        self.event = None                   # recorded after the copy: query() says it has landed
+        self.in_flight = False
+        self.names: dict[int, str] = {}
+        self.skip = skip
+
+    def report(self, ok: Tensor, problem: int, name: str = "") -> None:
+        if problem == LOSSES and self.skip or torch.compiler.is_compiling():
+            return
+        if reads_at_once(ok):
+            if not bool(ok):
+                raise ValueError(self._message(problem, name))
+            return
+        self.names[problem] = name
+        bad = torch.where(ok, 0, problem)
+        self.pending = bad if self.pending is None else self.pending | bad
+        self.poll()
+
+    def poll(self) -> None:
+        """Raises what an earlier call found, if its copy has reached the host; sends pending flags on."""
+        if self.in_flight:
+            if not self.event.query():
+                return
+            self.in_flight = False
+            found = int(self.host.item())  # host memory: no synchronisation
+            if found:
+                self.pending = None
+                raise ValueError(" and ".join(self._message(p, self.names.get(p, "")) for p in MESSAGES if found & p)
+                                 + " (reported by a later call: on an accelerator the check does not wait for "
+                                 "the device; the state ignored the bad call)")
+        if self.pending is not None:
+            cuda = self.pending.device.type == "cuda"
+            if self.host is None:
+                self.host = torch.zeros((), dtype=self.pending.dtype, pin_memory=cuda)
+                self.host.stochgrad_host_copy = True  # (tests tell these reads from device reads)
+                self.event = torch.cuda.Event() if cuda else _Landed()
+            self.host.copy_(self.pending, non_blocking=cuda)
+            self.event.record()
+            self.in_flight, self.pending = True, None
+
+    @staticmethod
+    def _message(problem: int, name: str) -> str:
+        if problem == LOGITS:
+            return f"{name or 'logits'} {MESSAGES[LOGITS]}"
+        return MESSAGES[problem] + ": a running statistic would have been poisoned, so this call was not folded " \
+                                   "in (set skip_nonfinite = True on the estimator to skip such calls silently)"
+
+    def __deepcopy__(self, memo):
+        return Verdict(self.skip)
+
+    def __getstate__(self):
+        return {"skip": self.skip}
+
+    def __setstate__(self, state):
+        self.__init__(state.get("skip", False))
+
+
+class _Landed:
+    """An 'event' that is always complete: the copy from a device without CUDA events was synchronous."""
+
+    def record(self) -> None:
+        pass
+
+    @staticmethod
+    def query() -> bool:
+        return True

@@ -95,9 +95,10 @@ class MovingAverage(Baseline):
         count = losses.numel()
         if count == 0:
             return None
+        self._follow(losses, "mean", "weight")
         m = mean_over_ranks(losses.mean(), count)
         ok = finite(m)
-        step = ok * (1 - self.decay)   # 0 for a rejected call: both moments stay bitwise as they were
+        step = ok.to(m.dtype) * (1 - self.decay)   # 0 for a rejected call: both moments stay bitwise as they were
         self.mean.lerp_(torch.where(ok, m, 0.0), step)
         self.weight.add_(step * (1 - self.weight))
         return ok

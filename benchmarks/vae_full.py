@@ -1,9 +1,11 @@
-"""The full-length linear VAE benchmark (NOTES.md: 784-200 logistic encoder and decoder, 200 Bernoulli
-latents, dynamically binarised MNIST, batch 24, Adam 1e-3) for each estimator, on a GPU when one is
-present; curves and summaries go to ``benchmarks/results/vae_<estimator>/``.
+"""A published VAE protocol at its full length (``stochgrad.studies.vae.PROTOCOLS``: ``disarm`` — linear or
+nonlinear, batch 50, Adam 1e-4, 1,000,000 steps; ``rodeo`` — nonlinear, batch 100, Adam 1e-3, 1,000,000
+steps) for each estimator, on a GPU when one is present; curves and summaries go to
+``benchmarks/results/vae_<protocol>_<model>_<estimator>/``. A run that finds its checkpoint resumes.
 
-Run: ``python benchmarks/vae_full.py [--steps 1000000] [--estimators disarm,rebar]``. Without a GPU it
-stops unless ``--cpu-ok`` is given (a million steps take many hours on 2 cores).
+Run: ``python benchmarks/vae_full.py --protocol disarm [--model nonlinear] [--estimators disarm,reinforce_loo]
+[--steps N] [--max-seconds S]``. Without a GPU it stops unless ``--cpu-ok`` is given (a million steps take
+many hours on one core).
 """
 from __future__ import annotations
 
@@ -13,15 +15,19 @@ import os
 
 import torch
 
-from stochgrad.studies.vae import VAEConfig, train_vae
+from stochgrad.studies.vae import PROTOCOLS, VAEConfig, train_vae
 
-DEFAULT = "reinforce,reinforce_optimal,disarm,rebar,relax,straight_through,gumbel_st"
+DEFAULT = "disarm,reinforce_loo,reinforce_optimal,rebar,relax,straight_through_sigmoid,gumbel_st"
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--steps", type=int, default=1_000_000)
+    p.add_argument("--protocol", default="disarm", choices=list(PROTOCOLS))
+    p.add_argument("--model", default=None, choices=["linear", "nonlinear"], help="default: the protocol's")
+    p.add_argument("--steps", type=int, default=None, help="default: the protocol's (1,000,000)")
+    p.add_argument("--max-seconds", type=float, default=0.0, help="stop each run after this much training time")
     p.add_argument("--estimators", default=DEFAULT)
+    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cpu-ok", action="store_true")
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     a = p.parse_args()
@@ -29,14 +35,17 @@ def main():
     if device == "cpu" and not a.cpu_ok:
         raise SystemExit("no GPU found: pass --cpu-ok to run on the CPU anyway (slow), or fewer --steps")
     summaries = {}
+    model = a.model or PROTOCOLS[a.protocol]["model"]
     for name in a.estimators.split(","):
-        cfg = VAEConfig(dataset="mnist", model="linear", estimator=name, steps=a.steps, batch_size=24, lr=1e-3,
-                        device=device, out=os.path.join(a.out, f"vae_{name}"), log_every=1000,
-                        checkpoint_every=50000, resume=os.path.exists(os.path.join(a.out, f"vae_{name}", "checkpoint.pt")))
+        out = os.path.join(a.out, f"vae_{a.protocol}_{model}_{name}")
+        cfg = VAEConfig(dataset="mnist", protocol=a.protocol, model=model, estimator=name, steps=a.steps,
+                        seed=a.seed, device=device, out=out, log_every=1000, checkpoint_every=10000,
+                        max_seconds=a.max_seconds, resume=os.path.exists(os.path.join(out, "checkpoint.pt")),
+                        progress=False)
         summaries[name] = train_vae(cfg)
-    with open(os.path.join(a.out, "vae_full_summary.json"), "w") as fh:
+        print(json.dumps(summaries[name]), flush=True)
+    with open(os.path.join(a.out, f"vae_full_{a.protocol}_{model}_summary.json"), "w") as fh:
         json.dump(summaries, fh, indent=1)
-    print(json.dumps(summaries, indent=1))
 
 
 if __name__ == "__main__":

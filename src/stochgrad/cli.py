@@ -95,13 +95,15 @@ def cmd_compare(args) -> int:
 def cmd_train_vae(args) -> int:
     from .studies.vae import VAEConfig, train_vae
 
-    cfg = VAEConfig(dataset=args.dataset, model=args.model, estimator=args.estimator, steps=args.steps,
-                    batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device, out=args.out,
-                    resume=args.resume or args.force_resume,
-                    force_resume=args.force_resume, samples=args.samples, log_every=args.log_every,
-                    checkpoint_every=args.checkpoint_every, test_samples=args.test_samples,
+    cfg = VAEConfig(dataset=args.dataset, protocol=args.protocol, model=args.model, estimator=args.estimator,
+                    steps=args.steps, batch_size=args.batch_size, lr=args.lr, prior_lr=args.prior_lr,
+                    signal=args.signal, seed=args.seed, device=args.device, out=args.out,
+                    resume=args.resume or args.force_resume, force_resume=args.force_resume,
+                    samples=args.samples, log_every=args.log_every,
+                    checkpoint_every=args.checkpoint_every, variance_every=args.variance_every,
+                    eval_at=tuple(args.eval_at), max_seconds=args.max_seconds, test_samples=args.test_samples,
                     test_examples=args.test_examples, progress=not args.quiet, categories=args.categories,
-                    latent=args.latents or (20 if args.categories else 200), max_seconds=args.max_seconds)
+                    latent=args.latents or (20 if args.categories else 200))
     summary = train_vae(cfg)
     if summary:
         _print_summary(summary)
@@ -219,24 +221,33 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train a model: vae, gating, rbm, hashing, bandit").add_subparsers(dest="model_kind", required=True)
     p = _trainer(train, "vae", "the binary-latent VAE benchmark (200 Bernoulli latents)", cmd_train_vae)
-    p.add_argument("--model", default="linear", choices=["linear", "nonlinear"])
+    p.add_argument("--protocol", default="disarm", choices=["disarm", "rodeo"],
+                   help="published set-up whose defaults fill the flags left out (disarm: linear, batch 50, "
+                        "Adam 1e-4, prior SGD 1e-2; rodeo: nonlinear, batch 100, Adam 1e-3, prior fixed)")
+    p.add_argument("--model", default=None, choices=["linear", "nonlinear"], help="default: the protocol's")
     p.add_argument("--estimator", default="disarm")
-    p.add_argument("--steps", type=int, default=10000)
-    p.add_argument("--batch-size", type=int, default=50)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--samples", type=int, default=1, help="samples per estimate (reinforce_loo: >= 2)")
+    p.add_argument("--steps", type=int, default=None, help="default: the protocol's 1,000,000")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None, help="Adam's, for encoder and decoder")
+    p.add_argument("--prior-lr", type=float, default=None, help="SGD's, for the prior logits (0: fixed prior)")
+    p.add_argument("--signal", default="elbo", choices=["elbo", "analytic_kl"],
+                   help="what the estimator sees: the per-example ELBO term (published) or -log p(x|b) + exact KL")
+    p.add_argument("--samples", type=int, default=None,
+                   help="samples (antithetic pairs) per estimate; default: the estimator's minimum")
     p.add_argument("--device", default="cpu")
     p.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt")
     p.add_argument("--force-resume", action="store_true",
                    help="with --resume: continue even if the checkpoint's estimator/model/data/seed/lr/batch differ")
     p.add_argument("--log-every", type=int, default=100)
     p.add_argument("--checkpoint-every", type=int, default=1000)
+    p.add_argument("--variance-every", type=int, default=10, help="steps between encoder-gradient-variance updates")
+    p.add_argument("--eval-at", type=int, nargs="*", default=[], help="steps at which to evaluate the test bounds too")
+    p.add_argument("--max-seconds", type=float, default=0.0, help="stop once training has taken this long (0: never)")
     p.add_argument("--test-samples", type=int, default=100, help="samples of the importance-weighted test bound")
     p.add_argument("--test-examples", type=int, default=0, help="test examples to evaluate (0: all)")
     p.add_argument("--categories", type=int, default=0,
                    help="0: Bernoulli latents; K >= 2: categorical latents of K classes (e.g. 10)")
     p.add_argument("--latents", type=int, default=0, help="latent variables (default 200 Bernoulli, 20 categorical)")
-    p.add_argument("--max-seconds", type=float, default=0.0, help="stop training after this much time (0: never)")
 
     p = _trainer(train, "gating", "conditional computation: stochastic gates on MNIST", cmd_train_gating)
     p.add_argument("--gater", default="noisy_rectifier",

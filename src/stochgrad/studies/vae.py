@@ -1,18 +1,39 @@
 """``stochgrad train vae``: the binary-latent VAE benchmark (NOTES.md): 200 Bernoulli latent units,
-``linear`` (784-200 logistic encoder and decoder) or ``nonlinear`` (hidden layers of 200, LeakyReLU),
-dynamically binarised data, Adam.
+``linear`` (784-200 logistic encoder and decoder) or ``nonlinear`` (hidden layers of 200, LeakyReLU 0.3),
+dynamically binarised data.
 
-Per example, ``−ELBO = E_q[−log p(x | z)] + KL(q(z | x) ‖ p(z))``: the expectation goes through
-:func:`stochgrad.expect` with the chosen estimator (the decoder gets its pathwise gradient), the KL
-between factorised Bernoullis is exact. The test bound is the 100-sample importance-weighted bound
-``log mean_k p(x, z_k) / q(z_k | x)``.
+**Learning signal.** By default (``signal="elbo"``) the estimator sees, per example, the whole one-sample
+ELBO term ``f(b) = −[log p(x | b) + log p(b) − log q(b | x)]`` with q's logits *detached inside f*
+(the direct term ``E_q[∇ log q] = 0`` is dropped), as the DisARM code does (google-research
+``disarm/binary/networks.py``: ``get_elbo`` inside ``get_layer_grad_estimation``) and RODEO's
+(thjashin/rodeo ``networks.py``: ``get_loss``). ``signal="analytic_kl"`` feeds the estimator only
+``−log p(x | b)`` and adds ``KL(q ‖ p)`` exactly: a different signal, and on MNIST a worse one (the
+estimator's centring no longer covers the KL's ``log q − log p`` noise; measured in issue 12: about twice
+the encoder-gradient variance and ~1 nat lower ELBO at equal steps).
+
+**Protocols** (``--protocol``; explicit flags override), each the published launcher's defaults:
+
+* ``disarm`` — google-research ``disarm/binary/experiment_launcher_singlelayer.py`` and its README
+  command: batch 50; Adam (Keras: eps 1e-7) at 1e-4 for encoder and decoder; prior logits by SGD at
+  1e-2; 1,000,000 steps; dynamic MNIST on the first 50,000 training images (the last 10,000 are the
+  validation split); ``--demean_input`` (encoder sees ``x − pixel mean``, decoder sees ``2b − 1``) and
+  ``--initialize_with_bias`` (decoder output bias at the logit of the pixel means); one antithetic pair
+  (``reinforce_loo``: two samples).
+* ``rodeo`` — thjashin/rodeo ``experiment_launcher_singlelayer.py``: nonlinear model, batch 100, Adam at
+  1e-3 for encoder and decoder, prior fixed (``prior_lr = 0``), K = 2 evaluations of f per example
+  (two samples, or one antithetic pair), raw inputs, zero decoder bias, 1,000,000 steps.
+
+Both: Keras ``Dense`` initialisation (Xavier-uniform weights, zero biases); batches from a fresh random
+permutation of the training split every epoch. Reported as the papers do: the one-sample training ELBO
+averaged over the last full epoch, and the 100-sample importance-weighted test bound
+``log mean_k p(x, b_k) / q(b_k | x)`` (plus the one-sample test ELBO).
 """
 from __future__ import annotations
 
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -26,12 +47,27 @@ from ..sampling import Sharded, bernoulli
 from .training import (CheckpointError, NonFiniteError, datasets_or_fail, Metrics, all_mean, distributed_from_env, diverged,
                        fail, load_checkpoint, plot_curves, prepare_out, save_checkpoint)
 
+SIGNALS = ("elbo", "analytic_kl")
+
+#: The published set-ups (see the module docstring for the sources).
+PROTOCOLS = {
+    "disarm": dict(model="linear", batch_size=50, lr=1e-4, prior_lr=1e-2, adam_eps=1e-7, demean=True,
+                   signed_latents=True, bias_init=True, validation=10000, steps=1_000_000),
+    "rodeo": dict(model="nonlinear", batch_size=100, lr=1e-3, prior_lr=0.0, adam_eps=1e-7, demean=False,
+                  signed_latents=False, bias_init=False, validation=10000, steps=1_000_000),
+}
+
 
 def bernoulli_kl(q_logits: Tensor, p_logits: Tensor) -> Tensor:
     """``KL(Bern(σ(q)) ‖ Bern(σ(p)))`` summed over the last dimension."""
     q = torch.sigmoid(q_logits)
     return (q * (F.logsigmoid(q_logits) - F.logsigmoid(p_logits))
             + (1 - q) * (F.logsigmoid(-q_logits) - F.logsigmoid(-p_logits))).sum(-1)
+
+
+def bernoulli_log_prob(b: Tensor, logits: Tensor) -> Tensor:
+    """``log Bern(b; σ(logits))`` summed over the last dimension: ``Σ b·l − softplus(l)``."""
+    return (b * logits - F.softplus(logits)).sum(-1)
 
 
 def _mlp(sizes, hidden_act):
@@ -44,10 +80,18 @@ def _mlp(sizes, hidden_act):
 
 
 class BernoulliVAE(nn.Module):
-    """Encoder ``x → logits of q(z | x)``, decoder ``z → logits of p(x | z)``, learned prior logits."""
+    """Encoder ``x → logits of q(b | x)``, decoder ``b → logits of p(x | b)``, learned prior logits.
+
+    Args:
+        demean: the encoder sees ``x − pixel_mean`` (DisARM's ``--demean_input``).
+        signed_latents: the decoder sees ``2b − 1`` instead of ``b`` (the same flag's effect on the decoder).
+        bias_init: the decoder's output bias starts at ``logit(pixel_mean)`` (``--initialize_with_bias``).
+    Weights are Xavier-uniform and biases zero (Keras ``Dense`` defaults, as in the published code).
+    """
 
     def __init__(self, x_dim: int, latent: int = 200, model: str = "linear", hidden: int = 200,
-                 pixel_mean: Tensor | None = None):
+                 pixel_mean: Tensor | None = None, demean: bool = True, signed_latents: bool = False,
+                 bias_init: bool = True):
         super().__init__()
         if model not in ("linear", "nonlinear"):
             raise ValueError(f"model must be 'linear' or 'nonlinear', got {model!r}")
@@ -55,68 +99,113 @@ class BernoulliVAE(nn.Module):
         self.encoder = _mlp([x_dim, *mid, latent], lambda: nn.LeakyReLU(0.3))
         self.decoder = _mlp([latent, *mid[::-1], x_dim], lambda: nn.LeakyReLU(0.3))
         self.prior_logits = nn.Parameter(torch.zeros(latent))
+        self.demean, self.signed_latents = demean, signed_latents
         mean = torch.full((x_dim,), 0.5) if pixel_mean is None else pixel_mean.clamp(1e-3, 1 - 1e-3)
-        with torch.no_grad():  # decoder output starts at the data's pixel means
-            self.decoder[-1].bias.copy_(torch.logit(mean))
+        with torch.no_grad():
+            for m in self.modules():
+                if isinstance(m, nn.Linear):
+                    nn.init.xavier_uniform_(m.weight)
+                    nn.init.zeros_(m.bias)
+            if bias_init:  # decoder output starts at the data's pixel means
+                self.decoder[-1].bias.copy_(torch.logit(mean))
         self.register_buffer("pixel_mean", mean)
 
-    def neg_log_lik(self, z: Tensor, x: Tensor) -> Tensor:
-        """``−log p(x | z)``: ``z`` ``(*lead, B, latent)``, ``x`` ``(B, D)`` → ``(*lead, B)``."""
-        logits = self.decoder(z)
+    def encode(self, x: Tensor) -> Tensor:
+        """Logits of ``q(b | x)``: ``x`` ``(B, D)`` → ``(B, latent)``."""
+        return self.encoder(x - self.pixel_mean if self.demean else x)
+
+    def neg_log_lik(self, b: Tensor, x: Tensor) -> Tensor:
+        """``−log p(x | b)``: ``b`` ``(*lead, B, latent)``, ``x`` ``(B, D)`` → ``(*lead, B)``."""
+        logits = self.decoder(2 * b - 1 if self.signed_latents else b)
         return F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none").sum(-1)
 
-    def loss(self, x: Tensor, estimator, samples: int = 1, generator=None) -> Tensor:
-        """Per-example ``−ELBO`` ``(B,)``, whose backward carries the estimator's gradient."""
-        q_logits = self.encoder(x - self.pixel_mean)
-        recon = expect(lambda z: self.neg_log_lik(z, x), q_logits, estimator, samples, generator)
-        return recon + bernoulli_kl(q_logits, self.prior_logits)
+    def learning_signal(self, b: Tensor, x: Tensor, q_logits: Tensor) -> Tensor:
+        """The per-sample negative ELBO term ``−log p(x | b) − log p(b) + log q(b | x)``, ``(*lead, B)``
+        (DisARM code, ``get_elbo``). Pass ``q_logits`` detached to get the estimator's ``f``."""
+        return self.neg_log_lik(b, x) - bernoulli_log_prob(b, self.prior_logits) + bernoulli_log_prob(b, q_logits)
+
+    def loss(self, x: Tensor, estimator, samples: int = 1, generator=None, signal: str = "elbo") -> Tensor:
+        """Per-example ``−ELBO`` estimate ``(B,)``, whose backward carries the estimator's gradient to the
+        encoder and the pathwise gradient to the decoder and prior. ``signal``: see the module docstring."""
+        q_logits = self.encode(x)
+        if signal == "elbo":
+            q_fixed = q_logits.detach()
+            return expect(lambda b: self.learning_signal(b, x, q_fixed), q_logits, estimator, samples, generator)
+        if signal == "analytic_kl":
+            recon = expect(lambda b: self.neg_log_lik(b, x), q_logits, estimator, samples, generator)
+            return recon + bernoulli_kl(q_logits, self.prior_logits)
+        raise ValueError(f"signal must be one of {', '.join(SIGNALS)}, got {signal!r}")
 
     forward = loss  # so that DistributedDataParallel sees the forward pass
 
     @torch.no_grad()
     def iw_bound(self, x: Tensor, k: int = 100, generator=None) -> Tensor:
         """The ``k``-sample importance-weighted lower bound on ``log p(x)``, per example ``(B,)``."""
-        q_logits = self.encoder(x - self.pixel_mean)
-        z = bernoulli(torch.sigmoid(q_logits), (k,), generator)
-        log_q = (z * F.logsigmoid(q_logits) + (1 - z) * F.logsigmoid(-q_logits)).sum(-1)
-        log_prior = (z * F.logsigmoid(self.prior_logits) + (1 - z) * F.logsigmoid(-self.prior_logits)).sum(-1)
-        log_w = -self.neg_log_lik(z, x) + log_prior - log_q
+        q_logits = self.encode(x)
+        b = bernoulli(torch.sigmoid(q_logits), (k,), generator)
+        log_w = -self.learning_signal(b, x, q_logits)
         return torch.logsumexp(log_w, 0) - math.log(k)
 
 
 @dataclass
 class VAEConfig:
+    """``None`` fields take the protocol's value (:data:`PROTOCOLS`)."""
     dataset: str = "mnist"
-    model: str = "linear"
+    protocol: str = "disarm"
+    model: str | None = None
     estimator: str = "disarm"
-    steps: int = 10000
-    batch_size: int = 50
-    lr: float = 1e-3
+    steps: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    prior_lr: float | None = None
+    signal: str = "elbo"
     seed: int = 0
     device: str = "cpu"
     out: str = "runs/vae"
     resume: bool = False
     force_resume: bool = False   # resume even when the checkpoint's IDENTITY settings differ
-    samples: int = 1
+    samples: int | None = None   # None: the estimator's minimum (one antithetic pair, two for reinforce_loo)
     latent: int = 200
     categories: int = 0          # 0: Bernoulli latents; K >= 2: `latent` categorical variables of K classes
-    max_seconds: float = 0.0     # stop (checkpoint, evaluate) once this much training time has passed; 0: never
     log_every: int = 100
     checkpoint_every: int = 1000
+    variance_every: int = 10     # steps between updates of the encoder-gradient-variance diagnostic
+    eval_at: tuple = ()          # extra steps at which the test bounds are evaluated (summary["evaluations"])
+    max_seconds: float = 0.0     # stop (checkpoint, evaluate) once this much training time has passed; 0: never
     test_samples: int = 100
     test_examples: int = 0   # 0: the whole test set
     progress: bool = True
 
+    def resolved(self) -> "VAEConfig":
+        """A copy with the protocol's values in the ``None`` fields; raises ``ValueError`` on bad values."""
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"unknown protocol {self.protocol!r}; valid: {', '.join(PROTOCOLS)}")
+        if self.signal not in SIGNALS:
+            raise ValueError(f"unknown signal {self.signal!r}; valid: {', '.join(SIGNALS)}")
+        p = PROTOCOLS[self.protocol]
+        out = VAEConfig(**asdict(self))
+        for name in ("model", "steps", "batch_size", "lr", "prior_lr"):
+            if getattr(out, name) is None:
+                setattr(out, name, p[name])
+        if out.samples is None:
+            out.samples = max(1, REGISTRY[out.estimator]().min_samples) if out.estimator in REGISTRY else 1
+        out.eval_at = tuple(int(s) for s in out.eval_at)
+        return out
+
 
 # the settings a resumed run must share with the run that wrote the checkpoint (--force-resume overrides)
-IDENTITY = ("dataset", "model", "estimator", "seed", "lr", "batch_size", "samples", "latent", "categories")
+IDENTITY = ("dataset", "protocol", "model", "estimator", "signal", "seed", "lr", "prior_lr", "batch_size", "samples",
+            "latent", "categories")
 
 
 class GradientVariance:
-    """Moving moments of the encoder gradient: the variance reported by the VAE benchmark papers."""
+    """Moving moments of the encoder gradient: the variance reported by the VAE benchmark papers (DisARM
+    code: ``compute_grad_variance``, an exponential moving average of ``g`` and ``g²``, decay 0.999 per
+    step). Updated every ``every`` steps only (off the hot path), with the decay ``0.999 ** every``, so
+    its memory still spans about 1,000 steps."""
 
-    def __init__(self, decay: float = 0.999):
-        self.decay, self.m1, self.m2, self.weight = decay, None, None, 0.0
+    def __init__(self, decay: float = 0.999, every: int = 1):
+        self.decay, self.m1, self.m2, self.weight = decay ** every, None, None, 0.0
 
     def update(self, params) -> float:
         g = torch.cat([p.grad.reshape(-1) for p in params if p.grad is not None]).double()
@@ -140,6 +229,12 @@ class GradientVariance:
         self.m1, self.m2, self.weight = s["m1"], s["m2"], s["weight"]
 
 
+def train_split(n: int, validation: int) -> int:
+    """Training examples kept: all but the last ``validation`` (the published 50,000 of MNIST's 60,000);
+    a dataset too small to spare them (``n < 2·validation``) is used whole."""
+    return n - validation if n >= 2 * validation else n
+
+
 def train_vae(cfg: VAEConfig) -> dict:
     """Trains (or resumes), evaluates the test bound, writes ``metrics.csv``, ``summary.json``, a plot."""
     from tqdm import tqdm
@@ -147,12 +242,20 @@ def train_vae(cfg: VAEConfig) -> dict:
     if cfg.estimator not in REGISTRY or cfg.estimator == "exact":
         fail(f"unknown or unusable estimator {cfg.estimator!r} for the VAE; valid: "
              f"{', '.join(n for n in REGISTRY if n != 'exact')}")
+    try:
+        cfg = cfg.resolved()
+    except ValueError as err:
+        fail(str(err))
+    proto = PROTOCOLS[cfg.protocol]
     rank, world = distributed_from_env()
     if cfg.batch_size % world:
         fail(f"--batch-size {cfg.batch_size} must divide among {world} processes")
     main = rank == 0
     device = torch.device(cfg.device)
     train, test = datasets_or_fail(cfg.dataset)
+    n_train = train_split(len(train), proto["validation"])
+    if cfg.batch_size > n_train:
+        fail(f"--batch-size {cfg.batch_size} exceeds the {n_train} training examples")
     ckpt_path = prepare_out(cfg.out, cfg.resume, main)
     state = None
     if cfg.resume:
@@ -162,35 +265,47 @@ def train_vae(cfg: VAEConfig) -> dict:
             fail(str(err))
 
     torch.manual_seed(cfg.seed)
-    x_train = train.images.to(device)
+    x_train = train.images[:n_train].to(device)
+    options = dict(model=cfg.model, pixel_mean=x_train.mean(0).cpu(), demean=proto["demean"],
+                   signed_latents=proto["signed_latents"] and not cfg.categories, bias_init=proto["bias_init"])
     if cfg.categories:
         from .vae_categorical import CategoricalVAE  # the categorical latent layer (issue 10)
 
         if "categorical" not in REGISTRY[cfg.estimator].distributions:
             fail(f"estimator {cfg.estimator!r} does not support categorical latents; valid: "
                  f"{', '.join(n for n, c in REGISTRY.items() if 'categorical' in c.distributions and n != 'exact')}")
-        model = CategoricalVAE(train.dim, cfg.latent, cfg.categories, model=cfg.model,
-                               pixel_mean=x_train.mean(0).cpu()).to(device)
+        model = CategoricalVAE(train.dim, cfg.latent, cfg.categories, **options).to(device)
     else:
-        model = BernoulliVAE(train.dim, cfg.latent, cfg.model, pixel_mean=x_train.mean(0).cpu()).to(device)
+        model = BernoulliVAE(train.dim, cfg.latent, **options).to(device)
     estimator = get_estimator(cfg.estimator).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    net_params = [*model.encoder.parameters(), *model.decoder.parameters()]
+    opt = torch.optim.Adam(net_params, lr=cfg.lr, eps=proto["adam_eps"])
+    prior_opt = torch.optim.SGD([model.prior_logits], lr=cfg.prior_lr)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
-    gvar = GradientVariance()
-    step, seconds, window = 0, 0.0, []
+    gvar = GradientVariance(every=cfg.variance_every)
+    step, seconds = 0, 0.0
+    perm, pos = None, n_train            # the epoch's permutation and the next position in it
+    epoch_sum, epoch_count, last_epoch_elbo = 0.0, 0, None
+    window, window_n, evaluations = 0.0, 0, []
     if state is not None:
         try:
             model.load_state_dict(state["model"])
             estimator.load_state_dict(state["estimator"])
             opt.load_state_dict(state["optimizer"])
+            prior_opt.load_state_dict(state["prior_optimizer"])
             for group in opt.param_groups:   # this command's lr (the same, unless --force-resume changed it)
                 group["lr"] = cfg.lr
+            for group in prior_opt.param_groups:
+                group["lr"] = cfg.prior_lr
         except (RuntimeError, ValueError, KeyError) as err:
             fail(f"checkpoint {ckpt_path} does not fit this command's model and estimator "
                  f"({str(err).strip().splitlines()[0]}); it was left as it is")
         gen.set_state(state["generator"])
         gvar.load(state["gradient_variance"])
-        step, seconds, window = state["step"], state["seconds"], list(state.get("log_window", []))
+        step, seconds = state["step"], state["seconds"]
+        perm, pos = (None if state["perm"] is None else state["perm"].to(device)), state["pos"]
+        epoch_sum, epoch_count, last_epoch_elbo = state["epoch_sum"], state["epoch_count"], state["last_epoch_elbo"]
+        window, window_n, evaluations = state["log_window"], state["log_window_n"], state["evaluations"]
     net = model
     noise = gen
     if world > 1:
@@ -220,66 +335,91 @@ def train_vae(cfg: VAEConfig) -> dict:
             try:
                 save_checkpoint({"step": step, "seconds": seconds, "model": model.state_dict(),
                                  "estimator": estimator.state_dict(), "optimizer": opt.state_dict(),
-                                 "generator": gen.get_state(), "gradient_variance": gvar.state(),
-                                 "log_window": list(window), "config": asdict(cfg)}, ckpt_path)
+                                 "prior_optimizer": prior_opt.state_dict(), "generator": gen.get_state(),
+                                 "gradient_variance": gvar.state(), "perm": perm, "pos": pos, "epoch_sum": epoch_sum,
+                                 "epoch_count": epoch_count, "last_epoch_elbo": last_epoch_elbo,
+                                 "log_window": window, "log_window_n": window_n, "evaluations": evaluations,
+                                 "config": asdict(cfg)}, ckpt_path)
             except NonFiniteError as err:
                 stop(f"at step {step} {err}")
             except CheckpointError as err:
                 stop(str(err))
         saved = step
 
+    def train_elbo_report() -> float:   # the last full epoch's mean one-sample ELBO, else the epoch so far
+        return last_epoch_elbo if last_epoch_elbo is not None else epoch_sum / max(epoch_count, 1)
+
     bar = tqdm(total=cfg.steps, initial=step, desc=f"vae {cfg.estimator}", disable=not (cfg.progress and main))
+    gv = gvar.value()
     while step < cfg.steps and not (cfg.max_seconds and seconds >= cfg.max_seconds):
         t0 = time.perf_counter()
-        idx = torch.randint(len(train), (cfg.batch_size,), generator=gen, device=device)[rank * local:(rank + 1) * local]
+        if pos + cfg.batch_size > n_train:   # a new epoch: a fresh permutation of the training split
+            if epoch_count:
+                last_epoch_elbo, epoch_sum, epoch_count = epoch_sum / epoch_count, 0.0, 0
+            perm, pos = torch.randperm(n_train, generator=gen, device=device), 0
+        idx = perm[pos + rank * local: pos + (rank + 1) * local]
+        pos += cfg.batch_size
         x = D.binarize(x_train[idx], noise)
         try:
-            mean_loss = net(x, estimator, cfg.samples, noise).mean()
+            mean_loss = net(x, estimator, cfg.samples, noise, cfg.signal).mean()
         except ValueError:  # non-finite logits: say why, if the parameters diverged
             check_parameters()
             raise
-        if not torch.isfinite(mean_loss):
-            stop(f"the loss became {mean_loss.item()} at step {step + 1}")
+        value = all_mean(-mean_loss.item())
+        if not math.isfinite(value):
+            stop(f"the loss became {-value} at step {step + 1}")
         opt.zero_grad()
+        prior_opt.zero_grad()
         mean_loss.backward()
-        gv = gvar.update(model.encoder.parameters())
-        opt.step()
         step += 1
+        if step % cfg.variance_every == 0:   # the diagnostic, off the hot path
+            gv = gvar.update(model.encoder.parameters())
+        opt.step()
+        prior_opt.step()
         seconds += time.perf_counter() - t0
-        window.append(all_mean(-mean_loss.item()))
+        window, window_n = window + value, window_n + 1
+        epoch_sum, epoch_count = epoch_sum + value, epoch_count + 1
         if step % cfg.log_every == 0 or step == cfg.steps:
-            metrics.write(step=step, train_elbo=sum(window) / len(window), seconds=seconds, encoder_grad_variance=gv)
-            bar.set_postfix(elbo=f"{sum(window) / len(window):.2f}")
-            window = []
+            metrics.write(step=step, train_elbo=window / window_n, seconds=seconds, encoder_grad_variance=gv)
+            bar.set_postfix(elbo=f"{window / window_n:.2f}")
+            window, window_n = 0.0, 0
             check_parameters()
+        if step in cfg.eval_at and main:
+            evaluations.append({"step": step, "train_seconds": seconds, "train_elbo_last_epoch": train_elbo_report(),
+                                **test_bounds(model, test, cfg, device)})
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             checkpoint()
         bar.update()
     bar.close()
+    if saved != step:
+        checkpoint()
     if not main:
         return {}
-    summary = evaluate(model, x_train, test, cfg, device, seconds, step)
+    summary = {"estimator": cfg.estimator, "protocol": cfg.protocol, "model": cfg.model, "dataset": cfg.dataset,
+               "latents": cfg.latent, "categories": cfg.categories,
+               "signal": cfg.signal, "batch_size": cfg.batch_size, "lr": cfg.lr, "steps": step,
+               "train_seconds": seconds, "steps_per_second": step / seconds if seconds else float("nan"),
+               "train_examples": n_train, "train_elbo_last_epoch": train_elbo_report(),
+               **test_bounds(model, test, cfg, device), "evaluations": evaluations}
     write_json(os.path.join(cfg.out, "summary.json"), summary)
     rows = metrics.read()
     plot_curves(os.path.join(cfg.out, "curves.png"), rows, "step", ["train_elbo", "encoder_grad_variance"],
-                f"VAE {cfg.model} on {cfg.dataset}, {cfg.estimator}")
+                f"VAE {cfg.model} on {cfg.dataset}, {cfg.estimator} ({cfg.protocol} protocol)")
     return summary
 
 
 @torch.no_grad()
-def evaluate(model, x_train, test, cfg, device, seconds, step) -> dict:
+def test_bounds(model: BernoulliVAE, test, cfg: VAEConfig, device) -> dict:
+    """The ``cfg.test_samples``-sample bound and the one-sample ELBO on the test set (its own generator,
+    so an evaluation never moves the training noise)."""
     gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
     x_test = test.images.to(device)
     if cfg.test_examples:
         x_test = x_test[: cfg.test_examples]
-    bounds, train_bounds = [], []
+    bounds, one = [], []
     for chunk in x_test.split(500):
-        bounds.append(model.iw_bound(D.binarize(chunk, gen), cfg.test_samples, gen))
-    for chunk in x_train[: len(x_test)].split(500):
-        train_bounds.append(model.iw_bound(D.binarize(chunk, gen), cfg.test_samples, gen))
-    one = torch.cat([-model.loss(D.binarize(c, gen), "reinforce", 1, gen) for c in x_test.split(500)])
-    return {"estimator": cfg.estimator, "model": cfg.model, "dataset": cfg.dataset, "steps": step,
-            "latents": cfg.latent, "categories": cfg.categories,
-            "train_seconds": seconds, f"test_elbo_{cfg.test_samples}_samples": torch.cat(bounds).mean().item(),
-            f"train_elbo_{cfg.test_samples}_samples": torch.cat(train_bounds).mean().item(),
-            "test_elbo_1_sample": one.mean().item()}
+        x = D.binarize(chunk, gen)
+        bounds.append(model.iw_bound(x, cfg.test_samples, gen))
+        one.append(model.iw_bound(x, 1, gen))
+    return {f"test_elbo_{cfg.test_samples}_samples": torch.cat(bounds).mean().item(),
+            "test_elbo_1_sample": torch.cat(one).mean().item()}

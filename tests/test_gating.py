@@ -1,32 +1,109 @@
-"""`stochgrad train gating` on small data: every gater trains, keeps 10% of its gates open, reports an error."""
+"""`stochgrad train gating` on small data: every gater trains and reports; the threshold is chosen on
+validation data only; the gates are input-dependent; resume is exact."""
 import json
 
 import pytest
 import torch
 
+from stochgrad import data as D
 from stochgrad.cli import main
-from stochgrad.studies.gating import GATERS, GatingNet
+from stochgrad.studies import gating
+from stochgrad.studies.gating import GATERS, GatingNet, input_dependence
+
+
+def run(out, *extra):
+    return main(["train", "gating", "--dataset", "digits", "--out", str(out), "--quiet", *extra])
 
 
 @pytest.mark.parametrize("gater", GATERS)
 def test_every_gater_trains_and_reports(tmp_path, gater):
-    assert main(["train", "gating", "--dataset", "digits", "--gater", gater, "--steps", "150", "--log-every", "50",
-                 "--out", str(tmp_path), "--quiet"]) == 0
+    assert run(tmp_path, "--gater", gater, "--epochs", "2") == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert 0 <= summary["test_error_percent"] < 90     # better than chance (90%) after 150 steps
+    assert 0 <= summary["test_error_percent"] < 90     # better than chance (90%) after 2 short epochs
+    assert summary["threshold_chosen_on"] == "validation" and summary["epochs"] == 2
+    assert 0 < summary["test_open_fraction"] < 0.3
     rows = (tmp_path / "metrics.csv").read_text().splitlines()
-    assert len(rows) == 4 and (tmp_path / "curves.png").exists()
+    assert len(rows) == 3 and (tmp_path / "curves.png").exists()
+
+
+def test_the_threshold_never_sees_test_data(tmp_path, monkeypatch):
+    seen = []
+    real = GatingNet.threshold_for
+
+    def spy(self, x, open_fraction):
+        seen.append(x.clone())
+        return real(self, x, open_fraction)
+
+    monkeypatch.setattr(GatingNet, "threshold_for", spy)
+    run(tmp_path, "--gater", "straight_through", "--epochs", "2")
+    test = D.load("digits", "test").images
+    valid = D.load("digits", "train").images[1200:]          # digits: 1,500 training images, the last 300 validate
+    assert len(seen) == 3
+    for x in seen:
+        assert torch.equal(x, valid)
+        assert not (x.unsqueeze(1) == test.unsqueeze(0)).all(-1).any()   # no test image among them
 
 
 def test_test_time_gates_leave_the_target_fraction_open():
     torch.manual_seed(0)
     net = GatingNet(64, "straight_through", gates=50, hidden=20).eval()
     x, y = torch.rand(200, 64), torch.randint(0, 10, (200,))
-    _, threshold = net.test_error(x, y, 0.1)
-    assert (net.pre_activation(x) > threshold).float().mean().item() == pytest.approx(0.1, abs=1e-3)
+    threshold = net.threshold_for(x, 0.1)
+    _, patterns = net.evaluate(x, y, threshold)
+    assert patterns.float().mean().item() == pytest.approx(0.1, abs=1e-3)
 
 
-def test_unknown_gater_lists_the_valid_ones(tmp_path, capsys):
+def test_input_dependence_separates_conditional_from_input_independent_gates():
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 10, (2000,), generator=g)
+    prototypes = torch.rand(10, 500, generator=g) < 0.1
+    flips = torch.rand(2000, 500, generator=g) < 0.02
+    conditional = prototypes[labels] ^ flips                      # each class opens its own gates
+    rate = conditional.float().mean().item()
+    fixed = (torch.arange(500) < int(rate * 500)).expand(2000, -1)  # the same gates for every input
+    dropout = torch.rand(2000, 500, generator=g) < rate             # random gates, input ignored
+    c = input_dependence(conditional, labels, generator=torch.Generator().manual_seed(1))["class_contrast"]
+    f = input_dependence(fixed, labels, generator=torch.Generator().manual_seed(1))["class_contrast"]
+    d = input_dependence(dropout, labels, generator=torch.Generator().manual_seed(1))["class_contrast"]
+    assert c > 0.5 and abs(f) < 0.05 and abs(d) < 0.05
+
+
+def test_after_a_short_run_on_digits_the_gates_depend_on_the_input(tmp_path):
+    """Straight-through, 10 epochs on digits: the test gate patterns are closer within a class than across
+    classes. The same check fails for input-independent gates at the same rate (fixed or random)."""
+    run(tmp_path, "--gater", "straight_through", "--epochs", "10")
+    s = json.loads((tmp_path / "summary.json").read_text())
+    assert s["test_class_contrast"] > 0.1, s
+    assert s["test_hamming"] > 0.25 * s["test_hamming_independent"]   # not one fixed set of gates
+    rate = s["test_open_fraction"]
+    labels = D.load("digits", "test").labels
+    n = len(labels)
+    g = torch.Generator().manual_seed(0)
+    for control in ((torch.arange(2000) < int(rate * 2000)).expand(n, -1), torch.rand(n, 2000, generator=g) < rate):
+        assert input_dependence(control, labels, generator=torch.Generator().manual_seed(0))["class_contrast"] < 0.1
+
+
+@pytest.mark.parametrize("gater", ["reinforce_optimal", "noisy_rectifier"])
+def test_resume_is_exact(tmp_path, gater):
+    run(tmp_path / "once", "--gater", gater, "--epochs", "3")
+    run(tmp_path / "twice", "--gater", gater, "--epochs", "1")
+    run(tmp_path / "twice", "--gater", gater, "--epochs", "3", "--resume")
+    a = torch.load(tmp_path / "once" / "checkpoint.pt", weights_only=False)
+    b = torch.load(tmp_path / "twice" / "checkpoint.pt", weights_only=False)
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k
+    sa, sb = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("once", "twice"))
+    sa.pop("train_seconds"), sb.pop("train_seconds")
+    assert sa == sb
+
+
+def test_bad_flags_are_clear_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
-        main(["train", "gating", "--gater", "nope", "--out", str(tmp_path), "--quiet"])
-    assert "valid: noisy_rectifier, straight_through" in capsys.readouterr().err
+        run(tmp_path, "--gater", "nope")
+    assert "valid: straight_through, reinforce_optimal" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        run(tmp_path, "--target", "1.5")
+    assert "--target" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        run(tmp_path, "--gater", "sigmoid", "--rate-control")
+    assert "rate-control" in capsys.readouterr().err

@@ -113,9 +113,11 @@ def cmd_train_vae(args) -> int:
 def cmd_train_gating(args) -> int:
     from .studies.gating import GatingConfig, train_gating
 
-    summary = train_gating(GatingConfig(dataset=args.dataset, gater=args.gater, steps=args.steps,
+    summary = train_gating(GatingConfig(dataset=args.dataset, gater=args.gater, epochs=args.epochs,
                                         batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
-                                        out=args.out, log_every=args.log_every, progress=not args.quiet))
+                                        out=args.out, target=args.target, sparsity_weight=args.sparsity_weight,
+                                        rate_control=args.rate_control, patience=args.patience,
+                                        max_seconds=args.max_seconds, resume=args.resume, progress=not args.quiet))
     _print_summary(summary)
     return 0
 
@@ -129,7 +131,7 @@ def cmd_train_rbm(args) -> int:
 
     _print_summary(train_rbm(RBMConfig(dataset=args.dataset, hidden=args.hidden, method=args.method, k=args.k,
                                        steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                                       out=args.out, progress=not args.quiet)))
+                                       out=args.out, resume=args.resume, progress=not args.quiet)))
     return 0
 
 
@@ -138,7 +140,7 @@ def cmd_train_hashing(args) -> int:
 
     summary = train_hashing(HashingConfig(dataset=args.dataset, estimator=args.estimator, bits=args.bits,
                                           steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                                          out=args.out, progress=not args.quiet))
+                                          out=args.out, resume=args.resume, progress=not args.quiet))
     for name, r in summary["retrieval"].items():
         print(f"{name:12s} " + " ".join(f"{k}={v:.4f}" for k, v in r.items()))
     return 0
@@ -149,7 +151,8 @@ def cmd_train_bandit(args) -> int:
 
     _print_summary(train_bandit(BanditConfig(estimator=args.estimator, delay=args.delay, steps=args.steps,
                                              batch_size=args.batch_size, hidden=args.hidden, lr=args.lr,
-                                             seed=args.seed, out=args.out, progress=not args.quiet)))
+                                             seed=args.seed, out=args.out, resume=args.resume,
+                                             progress=not args.quiet)))
     return 0
 
 
@@ -188,6 +191,8 @@ def _trainer(sub, name: str, help: str, run, dataset: bool = True) -> argparse.A
     p.add_argument("--out", default=f"runs/{name}", help="output folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=run)
+    if name != "vae":   # vae declares its own
+        p.add_argument("--resume", action="store_true", help="continue exactly from DIR/checkpoint.pt")
     return p
 
 
@@ -250,14 +255,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latents", type=int, default=0, help="latent variables (default 200 Bernoulli, 20 categorical)")
 
     p = _trainer(train, "gating", "conditional computation: stochastic gates on MNIST", cmd_train_gating)
-    p.add_argument("--gater", default="noisy_rectifier",
-                   help="noisy_rectifier, straight_through, stochastic_times_smooth, reinforce_optimal, "
-                        "rectifier, sigmoid, sigmoid_noise")
-    p.add_argument("--steps", type=int, default=5000)
+    p.add_argument("--gater", default="straight_through",
+                   help="straight_through, reinforce_optimal (the unbiased gater), stochastic_times_smooth, sigmoid, "
+                        "sigmoid_noise, noisy_rectifier, rectifier")
+    p.add_argument("--epochs", type=int, default=100, help="epochs over the training split (early stopping on validation)")
+    p.add_argument("--patience", type=int, default=20, help="epochs without a better validation error before stopping")
+    p.add_argument("--target", type=float, default=0.1, help="fraction of gates open")
+    p.add_argument("--sparsity-weight", type=float, default=1.0,
+                   help="weight of the KL penalty (sigmoid family) / start of the adaptive L1 (rectifiers, x1e-3)")
+    p.add_argument("--rate-control", action="store_true", help="also seed section 2's per-unit firing-rate control")
+    p.add_argument("--max-seconds", type=float, default=0.0, help="stop after the epoch that passes this training time")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--log-every", type=int, default=100)
 
     p = _trainer(train, "rbm", "a restricted Boltzmann machine by CD-k or PCD (reward correlation, §4.2)", cmd_train_rbm)
     p.add_argument("--hidden", type=int, default=100)

@@ -20,9 +20,10 @@ from torch import nn
 from ..graph import DelayedBroadcast
 from ..neurons import StochasticBinary
 from ..runinfo import write_json
-from .training import Metrics, fail, plot_curves
+from .training import (CheckpointError, Metrics, fail, load_checkpoint, plot_curves, prepare_out, save_checkpoint)
 
 ESTIMATORS = ("reinforce", "reinforce_ma", "reinforce_optimal")
+IDENTITY = ("estimator", "delay", "batch_size", "hidden", "lr", "seed")
 
 
 def multiplexer(batch: int, generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,6 +44,8 @@ class BanditConfig:
     seed: int = 0
     out: str = "runs/bandit"
     log_every: int = 100
+    resume: bool = False
+    checkpoint_every: int = 1000
     progress: bool = True
 
 
@@ -51,7 +54,16 @@ def train_bandit(cfg: BanditConfig) -> dict:
 
     if cfg.estimator not in ESTIMATORS:
         fail(f"unknown estimator {cfg.estimator!r} for learning from reward alone; valid: {', '.join(ESTIMATORS)}")
-    os.makedirs(cfg.out, exist_ok=True)
+    if cfg.resume and cfg.delay > 0:
+        fail("--resume works with --delay 0 only: the decisions still awaiting their reward hold autograd graphs, "
+             "which a checkpoint cannot carry")
+    ckpt_path = prepare_out(cfg.out, cfg.resume)
+    state = None
+    if cfg.resume:
+        try:
+            state = load_checkpoint(ckpt_path, cfg.__dict__, IDENTITY)
+        except CheckpointError as err:
+            fail(str(err))
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     policy = nn.Sequential(nn.Linear(6, cfg.hidden), StochasticBinary(cfg.estimator, generator=gen),
@@ -59,9 +71,17 @@ def train_bandit(cfg: BanditConfig) -> dict:
     opt = torch.optim.SGD(policy.parameters(), lr=cfg.lr)
     delayed = DelayedBroadcast(cfg.delay, local=True)
     in_flight: deque[torch.Tensor] = deque()   # the environment's rewards, released k steps late
-    metrics = Metrics(os.path.join(cfg.out, "metrics.csv"), ["step", "reward", "held_steps", "seconds"])
-    seconds, window, held = 0.0, [], 0
-    for step in tqdm(range(cfg.steps), desc=f"bandit {cfg.estimator} k={cfg.delay}", disable=not cfg.progress):
+    start, seconds, held = 0, 0.0, 0
+    if state is not None:   # delay 0: nothing is in flight between steps, so the resume is exact
+        policy.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        gen.set_state(state["generator"])
+        start, seconds, held = state["step"], state["seconds"], state["held"]
+    metrics = Metrics(os.path.join(cfg.out, "metrics.csv"), ["step", "reward", "held_steps", "seconds"],
+                      resume_step=start if state is not None else None)
+    window = []
+    for step in tqdm(range(start, cfg.steps), initial=start, total=cfg.steps,
+                     desc=f"bandit {cfg.estimator} k={cfg.delay}", disable=not cfg.progress):
         t0 = time.perf_counter()
         x, correct = multiplexer(cfg.batch_size, gen)
         with delayed.step():
@@ -78,6 +98,10 @@ def train_bandit(cfg: BanditConfig) -> dict:
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
             metrics.write(step=step + 1, reward=sum(window) / len(window), held_steps=held, seconds=seconds)
             window = []
+        if cfg.delay == 0 and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps):
+            save_checkpoint({"step": step + 1, "seconds": seconds, "held": held, "model": policy.state_dict(),
+                         "optimizer": opt.state_dict(), "generator": gen.get_state(), "config": cfg.__dict__},
+                        ckpt_path)
     policy.eval()
     x, correct = multiplexer(4096, gen)
     with torch.no_grad():

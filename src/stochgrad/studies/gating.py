@@ -1,31 +1,46 @@
-"""``stochgrad train gating``: conditional computation (Bengio, Léonard & Courville 2013; NOTES.md).
+"""``stochgrad train gating``: conditional computation (Bengio, Léonard & Courville 2013, arXiv 1308.3432,
+§5; NOTES.md).
 
 A gater path (affine → 400 tanh → affine → 2000 gates) multiplies, element by element, an expert path
 (784 → 2000 linear units); then affine → softmax over 10 classes. Gaters:
 
-================================  =================================================  ===================
-gater                             training output                                    sparsity to 10%
-================================  =================================================  ===================
-``noisy_rectifier``               ``max(0, a + z)``, ``z ~ N(0, 1)`` (seed §2)        firing-rate control
-``straight_through``              ``h ~ Bern(σ(a))``, identity backward              firing-rate control
-``stochastic_times_smooth``       ``√σ(a)·Bern(√σ(a))``                              firing-rate control
-``reinforce_optimal``             ``h ~ Bern(σ(a))``, broadcast loss, Eq. 7 baseline  firing-rate control
-``rectifier``                     ``max(0, a)`` (deterministic)                      firing-rate control
-``sigmoid``                       ``σ(a)`` (deterministic)                           KL penalty
-``sigmoid_noise``                 ``σ(a + z)``, ``z ~ N(0, 1)``                      KL penalty
-================================  =================================================  ===================
+============================  ================================================  ============================
+gater                         training output                                   sparsity toward the target
+============================  ================================================  ============================
+``straight_through``          ``h ~ Bern(σ(a))``, identity backward             KL penalty on mean σ(a)
+``reinforce_optimal``         ``h ~ Bern(σ(a))``, broadcast loss, Eq. 7          KL penalty on mean σ(a)
+                              baseline (the unbiased gater)
+``stochastic_times_smooth``   ``√σ(a)·Bern(√σ(a))`` (1308.3432 §3)               KL penalty on mean √σ(a)
+``sigmoid``                   ``σ(a)`` (deterministic)                          KL penalty on mean σ(a)
+``sigmoid_noise``             ``σ(a + z)``, ``z ~ N(0, 1)``                      KL penalty on mean σ(a)
+``noisy_rectifier``           ``max(0, a + z)``, ``z ~ N(0, 1)`` (seed §2)        adaptive L1 on h
+``rectifier``                 ``max(0, a)`` (deterministic)                     adaptive L1 on h
+============================  ================================================  ============================
 
-Firing-rate control is seed §2's bias control (:class:`stochgrad.FiringRateControl`); a sigmoid is
-never exactly zero, so its mean activation is pulled to 10% by ``KL(0.1 ‖ mean σ)`` instead.
-SGD, lr 0.1 (the unbiased gater's path 100× smaller, as in the paper), batch 32, incoming-weight norms
-capped at 2. Test time: deterministic gates, the threshold on the gate's score chosen on the test
-set to leave 10% of the gates open; the test error is reported in percent.
+Sparsity as the paper does it: ``sparsity_weight · Σ_units KL(target ‖ ρ_j)`` with ``ρ_j`` the unit's
+mean probability of being open over the minibatch, for the sigmoid family; for rectifiers
+``λ · mean_batch Σ_units h_j`` with ``λ`` adapted every step (multiplied by ``exp(0.01·(open − target) /
+target)``, starting at ``sparsity_weight · 1e-3``) until the fraction of non-zero gates sits at the target.
+Seed §2's firing-rate control (:class:`stochgrad.FiringRateControl`, a per-unit offset) is available with
+``rate_control=True`` but is off by default: its offset fights the gater and, measured in issue 12,
+turned straight-through's gates into input-independent 10% dropout.
+
+Protocol: SGD lr 0.1 (the unbiased gater's path 100× smaller, as in the paper), batch 32, incoming-weight
+norms capped at 2, epochs over fresh permutations of the first 50,000 training images; the last 10,000
+are the validation split. After every epoch the test-time threshold is chosen on the validation split
+(the pre-activation quantile that leaves ``target`` of the gates open) and the validation error is
+measured with deterministic gates; the best epoch's parameters are kept (early stopping, ``patience``
+epochs). The test set is used once, at the end, with the validation threshold. Beside the test error the
+summary reports what shows conditional computation: the fraction of gates open at test time and how
+input-dependent they are (:func:`input_dependence`).
 """
 from __future__ import annotations
 
+import copy
+import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -35,10 +50,16 @@ from ..graph import broadcast
 from ..neurons import FiringRateControl, NoisyRectifier, StochasticBinary, StochasticTimesSmooth
 from ..runinfo import write_json
 from ..sampling import normal
-from .training import datasets_or_fail, Metrics, fail, plot_curves, save_checkpoint
+from .training import (CheckpointError, Metrics, NonFiniteError, datasets_or_fail, fail, load_checkpoint, plot_curves,
+                       prepare_out, save_checkpoint)
 
-GATERS = ("noisy_rectifier", "straight_through", "stochastic_times_smooth", "reinforce_optimal", "rectifier",
-          "sigmoid", "sigmoid_noise")
+# the settings a resumed run must share with the run that wrote the checkpoint
+IDENTITY = ("dataset", "gater", "batch_size", "lr", "seed", "target", "sparsity_weight", "rate_control", "validation")
+
+GATERS = ("straight_through", "reinforce_optimal", "stochastic_times_smooth", "sigmoid", "sigmoid_noise",
+          "noisy_rectifier", "rectifier")
+RECTIFIERS = ("noisy_rectifier", "rectifier")
+L1_GAIN = 0.01
 
 
 class SigmoidGate(nn.Module):
@@ -54,7 +75,7 @@ class SigmoidGate(nn.Module):
         return torch.sigmoid(a)
 
 
-def make_gate(kind: str, generator, target: float) -> nn.Module:
+def make_gate(kind: str, generator, target: float, rate_control: bool = False) -> nn.Module:
     if kind not in GATERS:
         raise ValueError(f"unknown gater {kind!r}; valid: {', '.join(GATERS)}")
     neuron = {"noisy_rectifier": lambda: NoisyRectifier(1.0, generator),
@@ -64,27 +85,37 @@ def make_gate(kind: str, generator, target: float) -> nn.Module:
               "rectifier": lambda: nn.ReLU(),
               "sigmoid": lambda: SigmoidGate(0.0),
               "sigmoid_noise": lambda: SigmoidGate(1.0, generator)}[kind]()
-    return neuron if kind.startswith("sigmoid") else FiringRateControl(neuron, target=target)
+    if rate_control and kind.startswith("sigmoid"):
+        raise ValueError("rate_control needs gates that output exact zeros; sigmoid gates never do")
+    return FiringRateControl(neuron, target=target) if rate_control else neuron
 
 
 class GatingNet(nn.Module):
     def __init__(self, x_dim: int, gater: str, gates: int = 2000, hidden: int = 400, classes: int = 10,
-                 target: float = 0.1, generator=None):
+                 target: float = 0.1, generator=None, rate_control: bool = False):
         super().__init__()
         self.kind, self.target = gater, target
         self.gater = nn.Sequential(nn.Linear(x_dim, hidden), nn.Tanh(), nn.Linear(hidden, gates))
-        self.gate = make_gate(gater, generator, target)
+        self.gate = make_gate(gater, generator, target, rate_control)
         self.expert = nn.Linear(x_dim, gates)
         self.out = nn.Linear(gates, classes)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Class logits ``(B, classes)`` and the gates' training outputs ``(B, gates)``."""
-        g = self.gate(self.gater(x))
-        return self.out(self.expert(x) * g), g
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Class logits ``(B, classes)``, the gates' training outputs ``(B, gates)`` and the gates'
+        pre-activations ``(B, gates)`` (after the firing-rate offset, if any)."""
+        raw = self.gater(x)
+        g = self.gate(raw)     # a FiringRateControl shifts by its offset and updates it here
+        a = self.gate.shifted(raw) if isinstance(self.gate, FiringRateControl) else raw
+        return self.out(self.expert(x) * g), g, a
 
     def pre_activation(self, x: Tensor) -> Tensor:
         a = self.gater(x)
         return self.gate.shifted(a) if isinstance(self.gate, FiringRateControl) else a
+
+    def open_probability(self, a: Tensor) -> Tensor:
+        """The probability that a gate is open (non-zero) in training, for the sigmoid family: σ(a); STS's
+        binary factor fires with √σ(a) (1308.3432 §3)."""
+        return torch.sigmoid(a).sqrt() if self.kind == "stochastic_times_smooth" else torch.sigmoid(a)
 
     def gate_value(self, a: Tensor) -> Tensor:
         """The deterministic open-gate value: 1 for binary gates; √σ, σ, max(0, ·) for the smooth ones; the
@@ -96,8 +127,8 @@ class GatingNet(nn.Module):
         if self.kind.startswith("sigmoid"):
             return torch.sigmoid(a)
         if self.kind == "noisy_rectifier":  # E[max(0, a + z)], z ~ N(0, 1): aΦ(a) + φ(a)
-            normal = torch.distributions.Normal(torch.zeros((), dtype=a.dtype), torch.ones((), dtype=a.dtype))
-            return a * normal.cdf(a) + normal.log_prob(a).exp()
+            normal_ = torch.distributions.Normal(torch.zeros((), dtype=a.dtype), torch.ones((), dtype=a.dtype))
+            return a * normal_.cdf(a) + normal_.log_prob(a).exp()
         return torch.relu(a)
 
     def mean_gate(self, a: Tensor) -> Tensor:
@@ -111,105 +142,226 @@ class GatingNet(nn.Module):
 
     @torch.no_grad()
     def mean_field_error(self, x: Tensor, y: Tensor) -> float:
-        """Error % with every gate at its expected training output: what thresholding costs, for comparison."""
+        """Error % with every gate at its expected training output: no gate shut, for comparison only."""
         wrong = sum((self.out(self.expert(xc) * self.mean_gate(self.pre_activation(xc))).argmax(-1) != yc).sum().item()
                     for xc, yc in zip(x.split(1000), y.split(1000)))
         return 100.0 * wrong / len(y)
 
     @torch.no_grad()
-    def test_error(self, x: Tensor, y: Tensor, open_fraction: float) -> tuple[float, float]:
-        """Error % with deterministic gates thresholded to leave ``open_fraction`` open; and the threshold."""
+    def threshold_for(self, x: Tensor, open_fraction: float) -> float:
+        """The pre-activation threshold that leaves ``open_fraction`` of the gates open on ``x`` (pass training
+        or validation data, never the test set)."""
         a = torch.cat([self.pre_activation(c) for c in x.split(1000)])
         k = max(1, int(round((1 - open_fraction) * a.numel())))
-        threshold = a.reshape(-1).kthvalue(k).values
-        wrong = 0
-        for xc, yc, ac in zip(x.split(1000), y.split(1000), a.split(1000)):
-            gate = self.gate_value(ac) * (ac > threshold).to(ac.dtype)
+        return a.reshape(-1).kthvalue(k).values.item()
+
+    @torch.no_grad()
+    def evaluate(self, x: Tensor, y: Tensor, threshold: float) -> tuple[float, Tensor]:
+        """Error % with deterministic gates open where the pre-activation exceeds ``threshold``, and the
+        open/shut patterns ``(N, gates)`` (bool)."""
+        wrong, patterns = 0, []
+        for xc, yc in zip(x.split(1000), y.split(1000)):
+            a = self.pre_activation(xc)
+            is_open = a > threshold
+            gate = self.gate_value(a) * is_open.to(a.dtype)
             wrong += (self.out(self.expert(xc) * gate).argmax(-1) != yc).sum().item()
-        return 100.0 * wrong / len(y), threshold.item()
+            patterns.append(is_open)
+        return 100.0 * wrong / len(y), torch.cat(patterns)
+
+
+def input_dependence(patterns: Tensor, labels: Tensor, pairs: int = 4000, generator=None) -> dict:
+    """How much the gates depend on the input, from open/shut patterns ``(N, gates)`` of distinct examples.
+
+    ``hamming``: the mean fraction of gates that differ between two random examples; ``hamming_independent``:
+    the same for gates open at random at the same overall rate r, ``2r(1 − r)``; ``hamming_same_class`` and
+    ``hamming_different_class``: over pairs of the same and of different labels; ``class_contrast``:
+    ``(different − same) / hamming_independent``. Gates that ignore the input — the same gates for every
+    example, or random ones (dropout) — have ``class_contrast ≈ 0``; conditional computation makes the
+    gate patterns of one class closer to each other than to other classes' (> 0).
+    """
+    n = patterns.shape[0]
+    i = torch.randint(n, (pairs,), generator=generator)
+    k = (i + torch.randint(1, n, (pairs,), generator=generator)) % n           # k ≠ i
+    d = (patterns[i] != patterns[k]).float().mean(-1)
+    same = labels[i] == labels[k]
+    r = patterns.float().mean().item()
+    indep = 2 * r * (1 - r)
+    d_same = d[same].mean().item() if same.any() else float("nan")
+    d_diff = d[~same].mean().item() if (~same).any() else float("nan")
+    return {"open_fraction": r, "hamming": d.mean().item(), "hamming_independent": indep,
+            "hamming_same_class": d_same, "hamming_different_class": d_diff,
+            "class_contrast": (d_diff - d_same) / indep if indep > 0 else 0.0}
 
 
 def max_norm_(model: nn.Module, bound: float = 2.0) -> None:
     """Caps each unit's incoming-weight norm at ``bound`` (the paper's constraint)."""
     with torch.no_grad():
         for m in model.modules():
-            if isinstance(m, nn.Linear):
-                m.weight.copy_(torch.renorm(m.weight, 2, 0, bound))
+            if isinstance(m, nn.Linear):   # in place: rows longer than bound scaled down to it
+                m.weight.mul_(bound / torch.linalg.vector_norm(m.weight, dim=1, keepdim=True).clamp_min(bound))
+
+
+def kl_sparsity(rho: Tensor, target: float) -> Tensor:
+    """``Σ_j KL(target ‖ ρ_j)`` between Bernoulli rates (the sparse-coding penalty of 1308.3432 §5)."""
+    rho = rho.clamp(1e-6, 1 - 1e-6)
+    t = target
+    return (t * torch.log(t / rho) + (1 - t) * torch.log((1 - t) / (1 - rho))).sum()
 
 
 @dataclass
 class GatingConfig:
     dataset: str = "mnist"
-    gater: str = "noisy_rectifier"
-    steps: int = 5000
+    gater: str = "straight_through"
+    epochs: int = 100
     batch_size: int = 32
     lr: float = 0.1
     seed: int = 0
     device: str = "cpu"
     out: str = "runs/gating"
     target: float = 0.1
-    kl_weight: float = 1.0
+    sparsity_weight: float = 1.0
+    rate_control: bool = False
+    validation: int = 10000
+    patience: int = 20          # epochs without a better validation error before stopping
+    max_seconds: float = 0.0    # stop after the epoch during which training time passes this; 0: never
+    resume: bool = False
     log_every: int = 100
     progress: bool = True
+
+
+def _check(cfg: GatingConfig) -> None:
+    if cfg.gater not in GATERS:
+        fail(f"unknown gater {cfg.gater!r}; valid: {', '.join(GATERS)}")
+    if not 0 < cfg.target < 1:
+        fail(f"--target must be in (0, 1), got {cfg.target}")
+    if not cfg.sparsity_weight >= 0:
+        fail(f"--sparsity-weight must be >= 0, got {cfg.sparsity_weight}")
+    if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.patience < 1:
+        fail("--epochs, --batch-size and --patience must be >= 1")
+    if cfg.rate_control and cfg.gater.startswith("sigmoid"):
+        fail("--rate-control needs gates that output exact zeros; sigmoid gates never do")
 
 
 def train_gating(cfg: GatingConfig) -> dict:
     from tqdm import tqdm
 
-    if cfg.gater not in GATERS:
-        fail(f"unknown gater {cfg.gater!r}; valid: {', '.join(GATERS)}")
+    _check(cfg)
     train, test = datasets_or_fail(cfg.dataset)
     device = torch.device(cfg.device)
-    os.makedirs(cfg.out, exist_ok=True)
+    ckpt_path = prepare_out(cfg.out, cfg.resume)
+    state = None
+    if cfg.resume:
+        try:
+            state = load_checkpoint(ckpt_path, asdict(cfg), IDENTITY)
+        except CheckpointError as err:
+            fail(str(err))
+    n_valid = cfg.validation if len(train) >= 2 * cfg.validation else len(train) // 5
+    n_train = len(train) - n_valid
+    xs, ys = train.images[:n_train].to(device), train.labels[:n_train].to(device)
+    xv, yv = train.images[n_train:].to(device), train.labels[n_train:].to(device)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
-    model = GatingNet(train.dim, cfg.gater, target=cfg.target, generator=gen).to(device)
+    model = GatingNet(train.dim, cfg.gater, target=cfg.target, generator=gen, rate_control=cfg.rate_control).to(device)
     score_function = cfg.gater == "reinforce_optimal"
     gater_lr = cfg.lr / 100 if score_function else cfg.lr
     opt = torch.optim.SGD([{"params": model.gater.parameters(), "lr": gater_lr},
                            {"params": [*model.expert.parameters(), *model.out.parameters()]}], lr=cfg.lr)
-    xs, ys = train.images.to(device), train.labels.to(device)
-    metrics = Metrics(os.path.join(cfg.out, "metrics.csv"), ["step", "train_loss", "train_error", "gate_open", "seconds"])
-    bar = tqdm(range(cfg.steps), desc=f"gating {cfg.gater}", disable=not cfg.progress)
-    seconds, window = 0.0, []
-    for step in bar:
+    l1 = torch.tensor(cfg.sparsity_weight * 1e-3)       # the adaptive L1 coefficient of rectifier gaters
+    epoch, step, seconds, best, stale, history = 0, 0, 0.0, None, 0, []
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        gen.set_state(state["generator"])
+        l1 = state["l1"]
+        epoch, step, seconds, best, stale, history = (state[k] for k in ("epoch", "step", "seconds", "best", "stale",
+                                                                         "history"))
+    metrics = Metrics(os.path.join(cfg.out, "metrics.csv"),
+                      ["step", "epoch", "train_loss", "train_error", "train_open", "valid_error", "valid_contrast",
+                       "sparsity_coefficient", "seconds"], resume_step=step if state is not None else None)
+    steps_per_epoch = n_train // cfg.batch_size
+    rectifier = cfg.gater in RECTIFIERS
+
+    def save():
+        try:
+            save_checkpoint({"step": step, "epoch": epoch, "seconds": seconds, "model": model.state_dict(),
+                             "optimizer": opt.state_dict(), "generator": gen.get_state(), "l1": l1, "best": best,
+                             "stale": stale, "history": history, "config": asdict(cfg)}, ckpt_path)
+        except NonFiniteError as err:
+            fail(f"after epoch {epoch} {err}: training stopped; the previous epoch's checkpoint is kept")
+
+    bar = tqdm(total=cfg.epochs, initial=epoch, desc=f"gating {cfg.gater}", disable=not cfg.progress)
+    while epoch < cfg.epochs and stale < cfg.patience and not (cfg.max_seconds and seconds >= cfg.max_seconds):
+        model.train()
         t0 = time.perf_counter()
-        idx = torch.randint(len(train), (cfg.batch_size,), generator=gen, device=device)
-        x, y = xs[idx], ys[idx]
-        opt.zero_grad()
-        with broadcast() as graph:
-            logits, g = model(x)
-            ce = F.cross_entropy(logits, y, reduction="none")
-        if cfg.gater.startswith("sigmoid"):
-            rho = g.mean(0).clamp(1e-6, 1 - 1e-6)
-            t = cfg.target
-            kl = (t * torch.log(t / rho) + (1 - t) * torch.log((1 - t) / (1 - rho))).sum()
-            (ce.mean() + cfg.kl_weight * kl).backward()
-        elif score_function:
-            graph.backward(ce)
-        else:
-            ce.mean().backward()
-        if not torch.isfinite(ce).all():
-            fail(f"the loss became NaN at step {step + 1}; training stopped")
-        opt.step()
-        max_norm_(model)
+        perm = torch.randperm(n_train, generator=gen, device=device)
+        sums = torch.zeros(3, device=device)
+        for s in range(steps_per_epoch):
+            idx = perm[s * cfg.batch_size:(s + 1) * cfg.batch_size]
+            x, y = xs[idx], ys[idx]
+            opt.zero_grad()
+            with broadcast() as graph:
+                logits, g, a = model(x)
+                ce = F.cross_entropy(logits, y, reduction="none")
+            opened = (g != 0).to(g.dtype).mean() if not cfg.gater.startswith("sigmoid") else g.detach().mean()
+            if rectifier:
+                penalty = l1 * g.sum(-1).mean()
+                l1 = l1 * math.exp(L1_GAIN * (opened.item() - cfg.target) / cfg.target)
+            else:
+                penalty = cfg.sparsity_weight * kl_sparsity(model.open_probability(a).mean(0), cfg.target)
+            if score_function:
+                penalty.backward(retain_graph=True)
+                graph.backward(ce)
+            else:
+                (ce.mean() + penalty).backward()
+            opt.step()
+            max_norm_(model)
+            step += 1
+            sums += torch.stack([ce.detach().mean(), (logits.detach().argmax(-1) != y).float().mean(), opened.detach()])
+        train_loss, train_err, train_open = (sums / steps_per_epoch).tolist()
+        if not math.isfinite(train_loss):
+            bar.close()
+            fail(f"the loss became {train_loss} in epoch {epoch + 1}; training stopped (checkpoint of epoch {epoch} kept)")
+        model.eval()
+        threshold = model.threshold_for(xv, cfg.target)
+        valid_err, patterns = model.evaluate(xv, yv, threshold)
+        dep = input_dependence(patterns, yv.cpu(), generator=torch.Generator().manual_seed(epoch))
         seconds += time.perf_counter() - t0
-        window.append((ce.mean().item(), (logits.argmax(-1) != y).float().mean().item(), (g != 0).float().mean().item()
-                       if not cfg.gater.startswith("sigmoid") else g.mean().item()))
-        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
-            m = [sum(v) / len(window) for v in zip(*window)]
-            metrics.write(step=step + 1, train_loss=m[0], train_error=100 * m[1], gate_open=m[2], seconds=seconds)
-            bar.set_postfix(loss=f"{m[0]:.3f}", open=f"{m[2]:.3f}")
-            window = []
+        epoch += 1
+        history.append({"epoch": epoch, "valid_error_percent": valid_err, "train_error_percent": 100 * train_err})
+        metrics.write(step=step, epoch=epoch, train_loss=train_loss, train_error=100 * train_err, train_open=train_open,
+                      valid_error=valid_err, valid_contrast=dep["class_contrast"], sparsity_coefficient=float(l1),
+                      seconds=seconds)
+        if best is None or valid_err < best["valid_error_percent"]:
+            best, stale = {"epoch": epoch, "valid_error_percent": valid_err, "threshold": threshold,
+                           "model": copy.deepcopy(model.state_dict())}, 0
+        else:
+            stale += 1
+        save()
+        bar.update()
+        bar.set_postfix(valid=f"{valid_err:.2f}%", open=f"{train_open:.3f}")
+    bar.close()
+    model.load_state_dict(best["model"])
     model.eval()
-    error, threshold = model.test_error(test.images.to(device), test.labels.to(device), cfg.target)
-    summary = {"gater": cfg.gater, "dataset": cfg.dataset, "steps": cfg.steps, "test_error_percent": error,
-               "open_fraction": cfg.target, "threshold": threshold,
-               "mean_field_test_error_percent": model.mean_field_error(test.images.to(device), test.labels.to(device)),
-               "train_seconds": seconds}
+    threshold = model.threshold_for(xv, cfg.target)          # chosen on validation data, never on the test set
+    x_test, y_test = test.images.to(device), test.labels.to(device)
+    test_err, patterns = model.evaluate(x_test, y_test, threshold)
+    train_err_final, _ = model.evaluate(xs[:10000], ys[:10000], threshold)
+    dep = input_dependence(patterns, y_test.cpu(), generator=torch.Generator().manual_seed(cfg.seed))
+    with torch.no_grad():
+        spread = torch.cat([model.open_probability(model.pre_activation(c)) for c in xv.split(1000)]).std(0).mean().item()
+    summary = {"gater": cfg.gater, "dataset": cfg.dataset, "epochs": epoch, "best_epoch": best["epoch"],
+               "steps": step, "target": cfg.target, "sparsity": "adaptive L1" if rectifier else "KL",
+               "sparsity_weight": cfg.sparsity_weight, "rate_control": cfg.rate_control,
+               "test_error_percent": test_err, "valid_error_percent": best["valid_error_percent"],
+               "train_error_percent_first_10k": train_err_final, "threshold": threshold,
+               "threshold_chosen_on": "validation", "test_open_fraction": dep["open_fraction"],
+               "test_hamming": dep["hamming"], "test_hamming_independent": dep["hamming_independent"],
+               "test_hamming_same_class": dep["hamming_same_class"],
+               "test_hamming_different_class": dep["hamming_different_class"],
+               "test_class_contrast": dep["class_contrast"],
+               "validation_open_probability_spread": spread,
+               "mean_field_test_error_percent": model.mean_field_error(x_test, y_test), "train_seconds": seconds}
     write_json(os.path.join(cfg.out, "summary.json"), summary)
-    save_checkpoint({"step": cfg.steps, "model": model.state_dict(), "config": cfg.__dict__},
-                os.path.join(cfg.out, "model.pt"))
-    plot_curves(os.path.join(cfg.out, "curves.png"), metrics.read(), "step", ["train_loss", "train_error", "gate_open"],
-                f"gating {cfg.gater} on {cfg.dataset}")
+    plot_curves(os.path.join(cfg.out, "curves.png"), metrics.read(), "epoch",
+                ["train_error", "valid_error", "train_open", "valid_contrast"], f"gating {cfg.gater} on {cfg.dataset}")
     return summary

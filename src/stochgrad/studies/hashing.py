@@ -21,7 +21,11 @@ from ..estimators import REGISTRY
 from ..graph import broadcast
 from ..neurons import StochasticBinary
 from ..runinfo import write_json
-from .training import datasets_or_fail, Metrics, fail, plot_curves
+from .training import (CheckpointError, datasets_or_fail, Metrics, fail, load_checkpoint, plot_curves, prepare_out,
+                       save_checkpoint)
+
+
+IDENTITY = ("dataset", "estimator", "bits", "batch_size", "lr", "seed")
 
 
 class HashingAutoencoder(nn.Module):
@@ -86,6 +90,8 @@ class HashingConfig:
     queries: int = 1000
     database: int = 10000
     log_every: int = 100
+    resume: bool = False
+    checkpoint_every: int = 1000
     progress: bool = True
 
 
@@ -95,7 +101,13 @@ def train_hashing(cfg: HashingConfig) -> dict:
     if cfg.estimator not in REGISTRY:
         fail(f"unknown estimator {cfg.estimator!r}; valid: {', '.join(REGISTRY)}")
     train, test = datasets_or_fail(cfg.dataset)
-    os.makedirs(cfg.out, exist_ok=True)
+    ckpt_path = prepare_out(cfg.out, cfg.resume)
+    state = None
+    if cfg.resume:
+        try:
+            state = load_checkpoint(ckpt_path, cfg.__dict__, IDENTITY)
+        except CheckpointError as err:
+            fail(str(err))
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     try:
@@ -103,9 +115,17 @@ def train_hashing(cfg: HashingConfig) -> dict:
     except ValueError as err:
         fail(str(err))
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    metrics = Metrics(os.path.join(cfg.out, "metrics.csv"), ["step", "reconstruction_loss", "seconds"])
-    seconds, window = 0.0, []
-    for step in tqdm(range(cfg.steps), desc=f"hashing {cfg.estimator}", disable=not cfg.progress):
+    start, seconds = 0, 0.0
+    if state is not None:   # the estimator's state (baselines) is part of the model's
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        gen.set_state(state["generator"])
+        start, seconds = state["step"], state["seconds"]
+    metrics = Metrics(os.path.join(cfg.out, "metrics.csv"), ["step", "reconstruction_loss", "seconds"],
+                      resume_step=start if state is not None else None)
+    window = []
+    for step in tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"hashing {cfg.estimator}",
+                     disable=not cfg.progress):
         t0 = time.perf_counter()
         x = train.images[torch.randint(len(train), (cfg.batch_size,), generator=gen)]
         opt.zero_grad()
@@ -118,6 +138,9 @@ def train_hashing(cfg: HashingConfig) -> dict:
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
             metrics.write(step=step + 1, reconstruction_loss=sum(window) / len(window), seconds=seconds)
             window = []
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+            save_checkpoint({"step": step + 1, "seconds": seconds, "model": model.state_dict(),
+                         "optimizer": opt.state_dict(), "generator": gen.get_state(), "config": cfg.__dict__}, ckpt_path)
     model.eval()
     db_x, db_y = train.images[: cfg.database], train.labels[: cfg.database]
     q_x, q_y = test.images[: cfg.queries], test.labels[: cfg.queries]

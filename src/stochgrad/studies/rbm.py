@@ -13,7 +13,11 @@ from .. import data as D
 from ..boltzmann import RBM, ContrastiveDivergence, ais_log_partition
 from ..runinfo import write_json
 from ..sampling import bernoulli
-from .training import datasets_or_fail, diverged, Metrics, fail, plot_curves, save_checkpoint
+from .training import (CheckpointError, datasets_or_fail, diverged, Metrics, fail, load_checkpoint, plot_curves,
+                       prepare_out, save_checkpoint)
+
+
+IDENTITY = ("dataset", "hidden", "method", "k", "batch_size", "lr", "seed")
 
 
 @dataclass
@@ -30,6 +34,8 @@ class RBMConfig:
     log_every: int = 100
     ais_betas: int = 2000
     ais_runs: int = 100
+    resume: bool = False
+    checkpoint_every: int = 1000
     progress: bool = True
 
 
@@ -54,15 +60,29 @@ def train_rbm(cfg: RBMConfig) -> dict:
     if cfg.method not in ("cd", "pcd"):
         fail(f"unknown method {cfg.method!r}; valid: cd, pcd")
     train, test = datasets_or_fail(cfg.dataset)
-    os.makedirs(cfg.out, exist_ok=True)
+    ckpt_path = prepare_out(cfg.out, cfg.resume)
+    state = None
+    if cfg.resume:
+        try:
+            state = load_checkpoint(ckpt_path, cfg.__dict__, IDENTITY)
+        except CheckpointError as err:
+            fail(str(err))
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     mean = train.images.mean(0).clamp(1e-3, 1 - 1e-3)
     rbm = RBM(train.dim, cfg.hidden, visible_bias=torch.logit(mean))
     cd = ContrastiveDivergence(rbm, cfg.k, persistent=cfg.method == "pcd", generator=gen)
-    metrics = Metrics(os.path.join(cfg.out, "metrics.csv"), ["step", "reconstruction_error", "seconds"])
-    seconds, window = 0.0, []
-    for step in tqdm(range(cfg.steps), desc=f"rbm {cfg.method}-{cfg.k}", disable=not cfg.progress):
+    start, seconds = 0, 0.0
+    if state is not None:   # exact: parameters, the persistent chains and the noise continue where they stopped
+        rbm.load_state_dict(state["model"])
+        cd.state = state["chains"]
+        gen.set_state(state["generator"])
+        start, seconds = state["step"], state["seconds"]
+    metrics = Metrics(os.path.join(cfg.out, "metrics.csv"), ["step", "reconstruction_error", "seconds"],
+                      resume_step=start if state is not None else None)
+    window = []
+    for step in tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"rbm {cfg.method}-{cfg.k}",
+                     disable=not cfg.progress):
         t0 = time.perf_counter()
         idx = torch.randint(len(train), (cfg.batch_size,), generator=gen)
         v = D.binarize(train.images[idx], gen)
@@ -76,6 +96,9 @@ def train_rbm(cfg: RBMConfig) -> dict:
             bad = diverged(rbm)
             if bad is not None:
                 fail(f"training diverged by step {step + 1}: parameter {bad}; lower --lr")
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+            save_checkpoint({"step": step + 1, "seconds": seconds, "model": rbm.state_dict(), "chains": cd.state,
+                         "generator": gen.get_state(), "config": cfg.__dict__}, ckpt_path)
     with torch.no_grad():
         v_test = D.binarize(test.images, gen)
         if min(rbm.W.shape) <= 20:
@@ -90,7 +113,6 @@ def train_rbm(cfg: RBMConfig) -> dict:
     summary = {"dataset": cfg.dataset, "method": f"{cfg.method}-{cfg.k}", "hidden": cfg.hidden, "steps": cfg.steps,
                "test_log_likelihood": ll, "log_partition": log_z, "log_partition_method": how, "train_seconds": seconds}
     write_json(os.path.join(cfg.out, "summary.json"), summary)
-    save_checkpoint({"step": cfg.steps, "model": rbm.state_dict()}, os.path.join(cfg.out, "model.pt"))
     plot_curves(os.path.join(cfg.out, "curves.png"), metrics.read(), "step", ["reconstruction_error"],
                 f"RBM {cfg.method}-{cfg.k} on {cfg.dataset}")
     return summary

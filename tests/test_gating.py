@@ -17,13 +17,13 @@ def run(out, *extra):
 
 @pytest.mark.parametrize("gater", GATERS)
 def test_every_gater_trains_and_reports(tmp_path, gater):
-    assert run(tmp_path, "--gater", gater, "--epochs", "2") == 0
+    assert run(tmp_path, "--gater", gater, "--epochs", "1") == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert 0 <= summary["test_error_percent"] < 90     # better than chance (90%) after 2 short epochs
-    assert summary["threshold_chosen_on"] == "validation" and summary["epochs"] == 2
+    assert 0 <= summary["test_error_percent"] < 90     # better than chance (90%) after one epoch of 37 steps
+    assert summary["threshold_chosen_on"] == "validation" and summary["epochs"] == 1
     assert 0 < summary["test_open_fraction"] < 0.3
     rows = (tmp_path / "metrics.csv").read_text().splitlines()
-    assert len(rows) == 3 and (tmp_path / "curves.png").exists()
+    assert len(rows) == 2 and (tmp_path / "curves.png").exists()
 
 
 def test_the_threshold_never_sees_test_data(tmp_path, monkeypatch):
@@ -83,17 +83,19 @@ def test_after_a_short_run_on_digits_the_gates_depend_on_the_input(tmp_path):
         assert input_dependence(control, labels, generator=torch.Generator().manual_seed(0))["class_contrast"] < 0.1
 
 
-@pytest.mark.parametrize("gater", ["reinforce_optimal", "noisy_rectifier"])
-def test_resume_is_exact(tmp_path, gater):
-    run(tmp_path / "once", "--gater", gater, "--epochs", "3")
+def test_resume_is_exact(tmp_path):
+    """The unbiased gater (its estimator's baseline is state too): 2 epochs, or 1 and then 1 more resumed."""
+    gater = "reinforce_optimal"
+    run(tmp_path / "once", "--gater", gater, "--epochs", "2")
     run(tmp_path / "twice", "--gater", gater, "--epochs", "1")
-    run(tmp_path / "twice", "--gater", gater, "--epochs", "3", "--resume")
+    run(tmp_path / "twice", "--gater", gater, "--epochs", "2", "--resume")
     a = torch.load(tmp_path / "once" / "checkpoint.pt", weights_only=False)
     b = torch.load(tmp_path / "twice" / "checkpoint.pt", weights_only=False)
     for k, v in a["model"].items():
         assert torch.equal(v, b["model"][k]), k
     sa, sb = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("once", "twice"))
-    sa.pop("train_seconds"), sb.pop("train_seconds")
+    for s in (sa, sb):
+        s.pop("train_seconds"), s.pop("environment")
     assert sa == sb
 
 

@@ -401,6 +401,11 @@ def train_vae(cfg: VAEConfig) -> dict:
                "train_seconds": seconds, "steps_per_second": step / seconds if seconds else float("nan"),
                "train_examples": n_train, "train_elbo_last_epoch": train_elbo_report(),
                **test_bounds(model, test, cfg, device), "evaluations": evaluations}
+    with torch.no_grad():   # the same bound on as many training images as test images were used
+        gen = torch.Generator(device=device).manual_seed(cfg.seed + 2)
+        n = cfg.test_examples or len(test)
+        summary[f"train_elbo_{cfg.test_samples}_samples"] = torch.cat(
+            [model.iw_bound(D.binarize(c, gen), cfg.test_samples, gen) for c in x_train[:n].split(500)]).mean().item()
     write_json(os.path.join(cfg.out, "summary.json"), summary)
     rows = metrics.read()
     plot_curves(os.path.join(cfg.out, "curves.png"), rows, "step", ["train_elbo", "encoder_grad_variance"],

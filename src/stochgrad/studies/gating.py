@@ -1,5 +1,5 @@
 """``stochgrad train gating``: conditional computation (Bengio, Léonard & Courville 2013, arXiv 1308.3432,
-§5; NOTES.md).
+its MNIST conditional-computation experiment; NOTES.md).
 
 A gater path (affine → 400 tanh → affine → 2000 gates) multiplies, element by element, an expert path
 (784 → 2000 linear units); then affine → softmax over 10 classes. Gaters:
@@ -202,7 +202,7 @@ def max_norm_(model: nn.Module, bound: float = 2.0) -> None:
 
 
 def kl_sparsity(rho: Tensor, target: float) -> Tensor:
-    """``Σ_j KL(target ‖ ρ_j)`` between Bernoulli rates (the sparse-coding penalty of 1308.3432 §5)."""
+    """``Σ_j KL(target ‖ ρ_j)`` between Bernoulli rates (1308.3432's penalty for sigmoid gaters)."""
     rho = rho.clamp(1e-6, 1 - 1e-6)
     t = target
     return (t * torch.log(t / rho) + (1 - t) * torch.log((1 - t) / (1 - rho))).sum()

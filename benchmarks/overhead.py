@@ -266,9 +266,16 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--all", action="store_true", help="also every estimator against stochgrad's reinforce")
     parser.add_argument("--json", help="write the figures to this file")
+    parser.add_argument("--categorical", action="store_true",
+                        help="also categorical units (n, K) against hand-written torch (overhead_categorical.py)")
     args = parser.parse_args(argv)
     set_threads(args.threads)
     results = run(args.quick, torch.device(args.device), args.rounds or (5 if args.quick else 9), args.all)
+    if args.categorical:  # issue 10: the same method, on one-hot categorical units
+        from overhead_categorical import run as run_categorical
+        print()
+        results["categorical"] = run_categorical(args.quick, torch.device(args.device),
+                                                 args.rounds or (5 if args.quick else 9))
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({**results, "environment": environment()}, fh, indent=1)

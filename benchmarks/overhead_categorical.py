@@ -1,7 +1,8 @@
 """Cost of a categorical gradient estimate through stochgrad against hand-written plain torch (issue 10),
 as same-round ratios (a shared machine: never absolute claims).
 
-Method as ``benchmarks/overhead.py``'s: candidates timed in rounds, a freshly shuffled order within each
+Method: ``benchmarks/overhead.py``'s own functions (``python benchmarks/overhead.py --categorical`` runs
+this table after its own): candidates timed in rounds, a freshly shuffled order within each
 round, each for a block of calls, in process CPU time (CUDA: wall time, synchronised per block); the
 ratio is taken within each round and the table gives the median of the rounds' ratios [quartiles]. A
 control row times the plain reinforce against itself.
@@ -13,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import random
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
@@ -115,40 +114,8 @@ def ours(name, gen):
     return lambda a: sg.expect(f, a, est, samples, gen, distribution="categorical").sum().backward()
 
 
-# ---- the method (as benchmarks/overhead.py) ---------------------------------------------------------------
-def clock(device):
-    if device.type == "cuda":
-        def now():
-            torch.cuda.synchronize()
-            return time.perf_counter()
-        return now
-    return time.process_time
-
-
-def rounds(candidates, a, reps, n_rounds, now, rng):
-    for fn in candidates.values():
-        for _ in range(3):
-            a.grad = None
-            fn(a)
-    out = {k: [] for k in candidates}
-    for _ in range(n_rounds):
-        order = list(candidates)
-        rng.shuffle(order)
-        for k in order:
-            t = now()
-            for _ in range(reps):
-                a.grad = None
-                candidates[k](a)
-            out[k].append((now() - t) / reps)
-    return out
-
-
-def ratio(times, num, den):
-    r = sorted(x / y for x, y in zip(times[num], times[den]))
-    if len(r) < 4:
-        return statistics.median(r), r[0], r[-1]
-    q = statistics.quantiles(r, n=4)
-    return statistics.median(r), q[0], q[2]
+# ---- the method: benchmarks/overhead.py's ------------------------------------------------------------------
+from overhead import cell, clock, ratio, rounds  # noqa: E402  (beside this file)
 
 
 def run(quick: bool, device: torch.device, n_rounds: int) -> dict:
@@ -173,8 +140,8 @@ def run(quick: bool, device: torch.device, n_rounds: int) -> dict:
         for name in CORE:
             table[name].append(ratio(times, name, "plain " + name))
     for name, cells in table.items():
-        print(f"| {name} | " + " | ".join(f"{c[0]:.2f} [{c[1]:.2f}, {c[2]:.2f}]" for c in cells) + " |")
-    return table
+        print(f"| {name} | " + " | ".join(cell(c) for c in cells) + " |")
+    return {name: {f"n={n},K={K},b={B}": c for (n, K, B), c in zip(SIZES, cells)} for name, cells in table.items()}
 
 
 if __name__ == "__main__":

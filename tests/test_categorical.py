@@ -325,3 +325,22 @@ def test_check_command_on_categorical_problems(capsys):
     out = capsys.readouterr().out
     assert "cat_decoder" in out and "reinforce " in out and "disarm" not in out.split("problems:")[0]
     assert "biased, as declared" in out
+
+
+@pytest.mark.parametrize("name", ["gumbel_st", "gumbel_rao", "rebar", "reinforce", "carms"])
+def test_sharded_noise_splits_categorical_units_along_the_batch(name):
+    """Two ranks with half the batch each and a Sharded generator see the noise one process sees."""
+    from stochgrad.sampling import Sharded
+    p = problems.categorical_decoder()
+    a = p.logits.expand(6, -1, -1).clone()
+    est = sg.get_estimator(name, tune=False) if name == "rebar" else sg.get_estimator(name)
+    S = max(2, est.min_samples)
+
+    def grad(logits, generator):
+        x = logits.clone().requires_grad_(True)
+        est(p.f, x, S, generator, distribution=CAT).sum().backward()
+        return x.grad
+
+    whole = grad(a, torch.Generator().manual_seed(5))
+    halves = [grad(a[3 * r:3 * (r + 1)], Sharded(torch.Generator().manual_seed(5), r, 2)) for r in range(2)]
+    assert torch.allclose(torch.cat(halves), whole)

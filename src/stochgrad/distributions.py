@@ -85,6 +85,15 @@ class Distribution:
         """Samples ``(*lead, *probs.shape)`` from one uniform per unit (:mod:`stochgrad.sampling`)."""
         raise NotImplementedError
 
+    def uniform(self, shape, like: Tensor, generator=None) -> Tensor:
+        """U[0,1) noise of ``shape`` = ``(..., *batch, *event)``, drawn with the event flattened so that a
+        :class:`~stochgrad.sampling.Sharded` generator splits along the batch (the dimension before the event)."""
+        if self.event_dims == 1:
+            return uniform(shape, like, generator)
+        shape = tuple(shape)
+        flat = (*shape[:-self.event_dims], math.prod(shape[-self.event_dims:]))
+        return uniform(flat, like, generator).view(shape)
+
     def perturb(self, logits: Tensor, u: Tensor) -> Tensor:
         """``z = a + noise(u)``, ``u ~ U[0,1)`` of ``logits``' shape: the Gumbel-max / logistic trick."""
         raise NotImplementedError

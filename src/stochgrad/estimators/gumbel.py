@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from ..distributions import BERNOULLI
 from ..expect import lead, over_samples
-from ..sampling import uniform
 from .base import Estimator, check_positive
 from .straight_through import straight_through
 
@@ -27,7 +26,7 @@ class Gumbel(Estimator):
 
     def relaxed(self, logits, lead=(), generator=None, dist=BERNOULLI):
         """``(z, soft)``: ``z = a + noise`` and its relaxation, ``(*lead, *logits.shape)``, differentiable in ``logits``."""
-        z = dist.perturb(logits, uniform((*lead, *logits.shape), logits, generator))
+        z = dist.perturb(logits, dist.uniform((*lead, *logits.shape), logits, generator))
         return z, dist.soften(z, self.temperature)
 
     def sample(self, logits, lead=(), generator=None, dist=BERNOULLI):

@@ -9,7 +9,6 @@ larger (Rao-Blackwell). Biased like ``gumbel_st``; one evaluation of ``f`` per s
 from __future__ import annotations
 
 from ..distributions import BERNOULLI
-from ..sampling import uniform
 from .gumbel import GumbelST
 from .straight_through import straight_through
 
@@ -29,7 +28,7 @@ class GumbelRao(GumbelST):
         """The hard sample ``h ~ p``, back-propagating as ``mean_m soften(a + G_m)``, ``G_m ~ p(G | h)``."""
         a = logits.detach()
         h = dist.sample(dist.probs(a), lead, generator)
-        v = uniform((self.draws, *lead, *a.shape), a, generator)
+        v = dist.uniform((self.draws, *lead, *a.shape), a, generator)
         noise = dist.conditional(v, h, a) - a          # a + noise ~ p(z | hard(z) = h), held fixed
         return straight_through(h, dist.soften(logits + noise, self.temperature).mean(0))
 

@@ -24,7 +24,6 @@ from torch import nn
 
 from ..distributions import BERNOULLI, conditional_logistic  # noqa: F401  (conditional_logistic: public here)
 from ..expect import attach_gradient
-from ..sampling import uniform
 from .base import Estimator
 
 
@@ -54,7 +53,7 @@ class REBAR(Estimator):
     def estimate(self, f, logits, samples, generator, dist=BERNOULLI):
         probs = dist.probs(logits.detach())
         shape = (samples, *logits.shape)
-        u, v = uniform(shape, logits, generator), uniform(shape, logits, generator)
+        u, v = dist.uniform(shape, logits, generator), dist.uniform(shape, logits, generator)
         b = dist.hard(dist.perturb(logits.detach(), u))
         if not logits.requires_grad:
             return f(b).mean(0)

@@ -132,6 +132,11 @@ def train(a):
     perm, pos, seconds, window, epoch_sum, epoch_n, last_epoch = None, n, 0.0, [], 0.0, 0, float("nan")
     evaluations = []
     step = 0
+
+    def last_epoch_report():   # the last full epoch's mean one-sample ELBO (the current one, when complete)
+        if epoch_n == n // bsz or not math.isfinite(last_epoch):
+            return epoch_sum / max(epoch_n, 1)
+        return last_epoch
     while step < a.steps and not (a.max_seconds and seconds >= a.max_seconds):
         t0 = time.perf_counter()
         if pos + bsz > n:
@@ -157,13 +162,12 @@ def train(a):
             fh.flush()
             window = []
         if step in a.eval_at:
-            evaluations.append({"step": step, "train_seconds": seconds,
-                                "train_elbo_last_epoch": last_epoch if math.isfinite(last_epoch) else epoch_sum / epoch_n,
+            evaluations.append({"step": step, "train_seconds": seconds, "train_elbo_last_epoch": last_epoch_report(),
                                 **test_bounds(model, x_test, a.test_samples, a.seed)})
     fh.close()
     summary = {"estimator": a.estimator, "implementation": "plain torch", "protocol": "disarm", "model": "linear",
                "steps": step, "train_seconds": seconds, "steps_per_second": step / seconds,
-               "train_elbo_last_epoch": last_epoch if math.isfinite(last_epoch) else epoch_sum / max(epoch_n, 1),
+               "train_elbo_last_epoch": last_epoch_report(),
                **test_bounds(model, x_test, a.test_samples, a.seed), "evaluations": evaluations}
     with open(os.path.join(a.out, "summary.json"), "w") as out:
         json.dump(summary, out, indent=1)

@@ -347,7 +347,9 @@ def train_vae(cfg: VAEConfig) -> dict:
         saved = step
 
     def train_elbo_report() -> float:   # the last full epoch's mean one-sample ELBO, else the epoch so far
-        return last_epoch_elbo if last_epoch_elbo is not None else epoch_sum / max(epoch_count, 1)
+        if epoch_count == n_train // cfg.batch_size or last_epoch_elbo is None:   # the current epoch is complete
+            return epoch_sum / max(epoch_count, 1)
+        return last_epoch_elbo
 
     bar = tqdm(total=cfg.steps, initial=step, desc=f"vae {cfg.estimator}", disable=not (cfg.progress and main))
     gv = gvar.value()

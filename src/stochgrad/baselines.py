@@ -153,9 +153,13 @@ class OptimalBaseline(Baseline):
         return f"decay={self.decay}, units={self.numerator.numel()}"
 
 
+def leave_one_out_mean(x: Tensor) -> Tensor:
+    """``out[s]`` = mean of ``x`` over the *other* ``S − 1`` entries of the leading (sample) dimension."""
+    return (x.sum(0, keepdim=True) - x) / (x.shape[0] - 1)
+
+
 class LeaveOneOut(Baseline):
     """``c`` for sample ``s`` = mean loss of the *other* ``S − 1`` samples of the same example (needs ``S ≥ 2``)."""
 
     def forward(self, score, losses):
-        S = losses.shape[0]
-        return ((losses.sum(0, keepdim=True) - losses) / (S - 1)).unsqueeze(-1)
+        return leave_one_out_mean(losses).unsqueeze(-1)

@@ -5,14 +5,17 @@ import warnings
 from dataclasses import dataclass
 
 from .arm import ARM, DisARM
+from .arms import ARMS
 from .base import Estimator, ScoreFunction
 from .carms import CARMS
+from .double_cv import DoubleCV
 from .exact import Exact
 from .gumbel import Gumbel, GumbelST
 from .gumbel_rao import GumbelRao
 from .learned import Learned
 from .perturbation import SPSA, FiniteDifference, NodePerturbation
 from .rebar import REBAR, RELAX
+from .rodeo import RODEO
 from .reinforce import Reinforce, ReinforceLOO, ReinforceMA, ReinforceOptimal
 from .reinmax import ReinMax
 from .straight_through import StraightThrough, StraightThroughSigmoid
@@ -20,6 +23,7 @@ from .straight_through import StraightThrough, StraightThroughSigmoid
 _CLASSES = (Exact, StraightThrough, StraightThroughSigmoid, Reinforce, ReinforceMA, ReinforceOptimal,
             ReinforceLOO, Learned, ARM, DisARM, Gumbel, GumbelST, REBAR, RELAX, SPSA, FiniteDifference, NodePerturbation)
 _CLASSES += (GumbelRao, ReinMax, CARMS)  # made for categorical units; Bernoulli as their K = 2 case
+_CLASSES += (ARMS, DoubleCV, RODEO)  # multi-sample Bernoulli estimators since DisARM (issue 11)
 REGISTRY: dict[str, type[Estimator]] = {cls.name: cls for cls in _CLASSES}
 
 

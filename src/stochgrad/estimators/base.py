@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import abc
+import copy
 
 import torch
 from torch import Tensor, nn
 
+from ..distributed import mean_over_ranks
 from ..distributions import BERNOULLI
 from ..expect import CheckedLoss, attach_gradient, expect, lead, over_samples
 from ..guard import LOSSES, Verdict
@@ -121,3 +123,43 @@ class ScoreFunction(Estimator):
         else:
             grad = self.score_gradient(dist.flat(h), dist.flat(probs), losses, update=logits.requires_grad).view_as(logits)
         return attach_gradient(over_samples(losses, samples), logits, grad)
+
+
+class Tuned(Estimator):
+    """An estimator whose control variate has parameters (``nn.Parameter`` s of the estimator) tuned online.
+
+    The estimate is unbiased whatever the parameters, so the gradient of ``E‖ĝ‖²`` with respect to them
+    is that of the variance: each training call (``tune`` and ``self.training``) takes one Adam step
+    (``lr``) on ``mean ‖ĝ‖²`` over the examples, *after* the estimate was made (so each estimate uses
+    parameters fixed by past calls). The step's gradient is averaged over ranks under
+    ``torch.distributed`` (every rank holds the same parameters), and Adam's state travels with
+    ``state_dict``. Subclasses set ``self.tune``, ``self.lr`` and call :meth:`_tune_step`.
+    """
+
+    unbiased = True
+    _optimizer = None
+
+    def _tuned_parameters(self):
+        return [q for q in self.parameters() if q.requires_grad]
+
+    def _tune_step(self, grad: Tensor, event_dims: int = 1) -> None:
+        """One Adam step on ``mean ‖ĝ‖²``; ``grad``: ``(*batch, *event)``, differentiable in the parameters."""
+        params = self._tuned_parameters()
+        if self._optimizer is None:
+            self._optimizer = torch.optim.Adam(params, lr=self.lr)
+        per_example = grad.square().flatten(grad.dim() - event_dims).sum(-1)
+        objective, count = per_example.mean(), per_example.numel()
+        grads = torch.autograd.grad(objective, params, allow_unused=True)
+        for q, g in zip(params, grads):
+            q.grad = None if g is None else mean_over_ranks(g.detach().to(q.dtype), count)
+        self._optimizer.step()
+
+    def get_extra_state(self):
+        """The tuner's Adam state travels with ``state_dict`` (a copy: Adam's own shares its tensors)."""
+        return {"optimizer": None if self._optimizer is None else copy.deepcopy(self._optimizer.state_dict())}
+
+    def set_extra_state(self, state):
+        self._optimizer = None
+        if state and state.get("optimizer") is not None:
+            self._optimizer = torch.optim.Adam(self._tuned_parameters(), lr=self.lr)
+            self._optimizer.load_state_dict(state["optimizer"])

@@ -8,7 +8,8 @@ control variate ``c(z)``::
 
 is unbiased for any ``c``. REBAR: ``c(z) = η·f(σ(z/λ))``; RELAX adds a small network ``r_ρ(σ(z/λ))``.
 Because ``E[ĝ]`` does not depend on ``(η, λ, ρ)``, the gradient of ``E[ĝ²]`` is that of the variance:
-each training call takes one Adam step on it (``tune=True``), a step the estimator object owns.
+each training call takes one Adam step on it (``tune=True``), a step the estimator object owns
+(:class:`~stochgrad.estimators.base.Tuned`, shared with ``double_cv`` and ``rodeo``).
 Costs 3 evaluations of ``f`` per sample (at ``b``, ``σ(z/λ)``, ``σ(z̃/λ)``).
 
 Categorical units (Tucker et al. 2017 §3.3 and appendix; Grathwohl et al. 2018 §3.3): ``z = a + Gumbel``,
@@ -24,10 +25,10 @@ from torch import nn
 
 from ..distributions import BERNOULLI, conditional_logistic  # noqa: F401  (conditional_logistic: public here)
 from ..expect import attach_gradient
-from .base import Estimator
+from .base import Tuned
 
 
-class REBAR(Estimator):
+class REBAR(Tuned):
     name = "rebar"
     description = "REBAR (Tucker 2017): [f(b) - η f(σ(z~/λ))]·(b - σ(a)) + η ∂f(σ(z/λ)) - η ∂f(σ(z~/λ)); η, λ tuned"
     unbiased = True
@@ -41,7 +42,6 @@ class REBAR(Estimator):
         self.eta = nn.Parameter(torch.tensor(float(eta)))
         self.log_temperature = nn.Parameter(torch.tensor(math.log(temperature)))
         self.tune, self.lr = tune, lr
-        self._optimizer = None
 
     def evaluations(self, n, samples=1):
         return 3 * samples
@@ -74,27 +74,6 @@ class REBAR(Estimator):
             if tuning:
                 self._tune_step(grad, dist.event_dims)
         return attach_gradient(f_b.mean(0), logits, grad.detach())
-
-    def _tune_step(self, grad, event_dims=1):
-        """One Adam step on ``mean ‖ĝ‖²`` (= variance + a constant) over the control variate's parameters."""
-        params = [q for q in self.parameters() if q.requires_grad]
-        if self._optimizer is None:
-            self._optimizer = torch.optim.Adam(params, lr=self.lr)
-        objective = grad.square().flatten(grad.dim() - event_dims).sum(-1).mean()
-        grads = torch.autograd.grad(objective, params, allow_unused=True)
-        for q, g in zip(params, grads):
-            q.grad = None if g is None else g.detach().to(q.dtype)
-        self._optimizer.step()
-
-    def get_extra_state(self):
-        """The tuner's Adam state travels with ``state_dict``: resuming a checkpoint is exact."""
-        return {"optimizer": None if self._optimizer is None else self._optimizer.state_dict()}
-
-    def set_extra_state(self, state):
-        self._optimizer = None
-        if state and state.get("optimizer") is not None:
-            self._optimizer = torch.optim.Adam([q for q in self.parameters() if q.requires_grad], lr=self.lr)
-            self._optimizer.load_state_dict(state["optimizer"])
 
     def extra_repr(self) -> str:
         return f"tune={self.tune}, lr={self.lr}"

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from .arm import ARM, DisARM
 from .arms import ARMS
+from .auto import Auto
 from .base import Estimator, ScoreFunction
 from .carms import CARMS
 from .double_cv import DoubleCV
@@ -23,7 +24,7 @@ from .straight_through import StraightThrough, StraightThroughSigmoid
 _CLASSES = (Exact, StraightThrough, StraightThroughSigmoid, Reinforce, ReinforceMA, ReinforceOptimal,
             ReinforceLOO, Learned, ARM, DisARM, Gumbel, GumbelST, REBAR, RELAX, SPSA, FiniteDifference, NodePerturbation)
 _CLASSES += (GumbelRao, ReinMax, CARMS)  # made for categorical units; Bernoulli as their K = 2 case
-_CLASSES += (ARMS, DoubleCV, RODEO)  # multi-sample Bernoulli estimators since DisARM (issue 11)
+_CLASSES += (ARMS, DoubleCV, RODEO, Auto)  # multi-sample Bernoulli estimators since DisARM, and auto (issue 11)
 REGISTRY: dict[str, type[Estimator]] = {cls.name: cls for cls in _CLASSES}
 
 

@@ -142,6 +142,19 @@ class Tuned(Estimator):
     def _tuned_parameters(self):
         return [q for q in self.parameters() if q.requires_grad]
 
+    def _follow_dtype(self, like: Tensor) -> None:
+        """Before the first tuning step, moves the parameters to the logits' dtype (float64 problems tune in float64)."""
+        if self._optimizer is None and any(q.dtype != like.dtype for q in self.parameters()):
+            self.to(dtype=like.dtype)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # parameters adopt the checkpoint's dtype (a float64 run resumes in float64), before any child loads
+        for name, q in self.named_parameters():
+            incoming = state_dict.get(prefix + name)
+            if incoming is not None and incoming.dtype != q.dtype:
+                q.data = q.data.to(incoming.dtype)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def _tune_step(self, grad: Tensor, event_dims: int = 1) -> None:
         """One Adam step on ``mean ‖ĝ‖²``; ``grad``: ``(*batch, *event)``, differentiable in the parameters."""
         params = self._tuned_parameters()

@@ -64,6 +64,7 @@ class DoubleCV(Tuned):
             return f(b).mean(0)
         losses, slopes = loss_and_slope(f, b)
         tuning = self.tune and self.training
+        self._follow_dtype(probs)
         with torch.set_grad_enabled(tuning):
             grad = double_cv_gradient(b, probs, losses.detach(), slopes, self.alpha.to(probs.dtype))
             if tuning:

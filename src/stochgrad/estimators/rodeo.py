@@ -37,9 +37,16 @@ from .double_cv import loss_and_slope
 class SteinSurrogate(nn.Module):
     """``(t, f̄) ↦ (h⁰, h¹)``: ``t``, ``f̄`` of any shape ``s`` (broadcastable) to ``(*s, 2)``."""
 
-    def __init__(self, hidden: int = 100):
+    def __init__(self, hidden: int = 100, seed: int = 0):
         super().__init__()
         self.taylor, self.level, self.out = nn.Linear(1, hidden), nn.Linear(1, hidden), nn.Linear(hidden, 2)
+        # PyTorch's default initialisation, from a fixed seed: every rank (and every run) starts alike
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for layer in (self.taylor, self.level, self.out):
+                bound = layer.in_features ** -0.5
+                for q in (layer.weight, layer.bias):
+                    q.copy_(torch.rand(q.shape, generator=g) * 2 * bound - bound)
 
     def forward(self, t: Tensor, level: Tensor) -> Tensor:
         dtype = self.out.weight.dtype
@@ -86,6 +93,7 @@ class RODEO(Tuned):
             return f(b).mean(0)
         losses, slopes = loss_and_slope(f, b)
         tuning = self.tune and self.training
+        self._follow_dtype(probs)
         with torch.set_grad_enabled(tuning):
             grad = rodeo_gradient(b, probs, losses.detach(), slopes, self.surrogate,
                                   self.alpha.to(probs.dtype), self.beta.to(probs.dtype))

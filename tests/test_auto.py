@@ -1,0 +1,153 @@
+"""estimator="auto" (issue 11): it picks what the study says is best, stays unbiased, resumes, agrees across ranks."""
+import copy
+import os
+import tempfile
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import stochgrad as sg
+from stochgrad import problems
+from stochgrad.checks import sample_gradients
+from stochgrad.sampling import Sharded
+
+CALLS, BATCH = 60, 64   # the stated number of calls (10 warm-up measurements, then one every 50)
+
+
+def efficiency(est, samples, p, gen, estimates=4000, batch=200):
+    """Independent measurement of a copy of ``est`` as it stands (no further tuning):
+    (variance × f-evaluations of one estimate, its standard error)."""
+    est = copy.deepcopy(est)
+    est.tune = False
+    g = sample_gradients(est, p.f, p.logits, estimates, batch, samples, gen, warmup=5)
+    sq = (g - g.mean(0)).square().sum(-1)
+    e = est.evaluations(p.n, samples)
+    return sq.mean().item() * e, sq.std().item() / len(sq) ** 0.5 * e
+
+
+def test_auto_picks_the_per_unit_optimal_baseline_on_the_separable_toy(gen):
+    p = problems.separable()
+    auto = sg.get_estimator("auto")
+    sample_gradients(auto, p.f, p.logits, CALLS * BATCH, BATCH, 1, gen)
+    assert auto.chosen == "reinforce_optimal(samples=1)", auto.extra_repr()
+    assert set(auto.report()["candidates"]) == {"reinforce(samples=1)", "reinforce_ma(samples=1)",
+                                                "reinforce_optimal(samples=1)"}
+
+
+@pytest.mark.parametrize("problem", ["nonseparable"])
+def test_auto_picks_disarm_or_better_on_non_separable_problems(problem, gen):
+    """Budget 2, after CALLS calls: the chosen candidate is, by an independent measurement of the candidates as
+    auto holds them, the most efficient within 4 standard errors, and no worse than DisARM."""
+    p = getattr(problems, problem)()
+    auto = sg.get_estimator("auto")
+    sample_gradients(auto, p.f, p.logits, CALLS * BATCH, BATCH, 2, gen)
+    measured = {auto._label(i): efficiency(c, s, p, gen) for i, (c, s) in enumerate(zip(auto.candidates, auto.sizes))}
+    mine = measured[auto.chosen]
+
+    def no_worse(other):
+        return mine[0] <= other[0] + 4 * (mine[1] ** 2 + other[1] ** 2) ** 0.5
+
+    assert no_worse(min(measured.values())), (auto.chosen, measured)
+    assert no_worse(measured["disarm(samples=1)"]), (auto.chosen, measured)
+
+
+@pytest.mark.parametrize("budget", [1, 3])
+def test_auto_unbiased_while_it_measures_and_switches(budget, gen):
+    p = problems.decoder()
+    auto = sg.get_estimator("auto", every=5, warmup=3)   # measure often: the switching is exercised
+    r = sg.check_unbiased(auto, p.f, p.logits, estimates=8000, batch=200, samples=budget, generator=gen)
+    assert r.passed, f"max |z| {r.max_abs_z:.2f}"
+    assert auto.report()["calls"] == 40 and len(auto.history) >= 1
+
+
+def test_auto_resumes_from_state_dict(gen):
+    p = problems.nonseparable()
+    used = sg.get_estimator("auto", every=7, warmup=2)
+    sample_gradients(used, p.f, p.logits, 20 * 32, 32, 2, gen)
+    fresh = sg.get_estimator("auto", every=7, warmup=2)
+    fresh.load_state_dict(used.state_dict())
+    assert fresh.chosen == used.chosen and fresh.history == used.history
+    g1 = sample_gradients(used, p.f, p.logits, 20 * 32, 32, 2, torch.Generator().manual_seed(9))
+    g2 = sample_gradients(fresh, p.f, p.logits, 20 * 32, 32, 2, torch.Generator().manual_seed(9))
+    assert torch.equal(g1, g2) and fresh.history == used.history
+    assert fresh.measuring_fraction == used.measuring_fraction > 0
+
+
+def test_auto_reports_what_it_chose_and_why(gen):
+    p = problems.decoder()
+    auto = sg.get_estimator("auto")
+    assert "not yet used" in auto.extra_repr()
+    sample_gradients(auto, p.f, p.logits, 12 * 16, 16, 2, gen)
+    r = auto.report()
+    assert r["chosen"] == auto.chosen and r["chosen"] in r["candidates"]
+    best = min(r["candidates"], key=lambda k: r["candidates"][k]["variance_x_evaluations"])
+    assert best == r["chosen"] and "variance x evaluations" in auto.extra_repr()
+    assert 0 < auto.measuring_fraction < 1
+    # 8 candidates fit a budget of 2 (ARM is left out: DisARM dominates it at the same cost)
+    assert len(r["candidates"]) == 8 and "disarm(samples=1)" in r["candidates"]
+
+
+def test_auto_bad_input_raises_before_any_state_changes():
+    p = problems.decoder()
+    with pytest.raises(ValueError, match="biased"):
+        sg.get_estimator("auto", candidates=["straight_through"])(p.f, p.logits.clone().requires_grad_(True))
+    with pytest.raises(ValueError, match="every"):
+        sg.get_estimator("auto", every=0)
+    auto = sg.get_estimator("auto")
+    auto(p.f, p.logits.clone().requires_grad_(True), samples=2)
+    before = {k: v.clone() for k, v in auto.state_dict().items() if isinstance(v, torch.Tensor)}
+    with pytest.raises(ValueError, match="samples=2"):
+        auto(p.f, p.logits.clone().requires_grad_(True), samples=3)
+    assert all(torch.equal(v, auto.state_dict()[k]) for k, v in before.items())
+
+
+def test_auto_as_a_layer_chooses_among_single_sample_estimators(gen):
+    """The network view: StochasticBinary("auto") learns from the broadcast loss and chooses as it goes."""
+    torch.manual_seed(0)
+    layer = sg.StochasticBinary("auto", generator=gen)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 6), layer).double()
+    x = torch.randn(64, 3, dtype=torch.float64, generator=gen)
+    for _ in range(30):
+        with sg.broadcast() as graph:
+            loss = (net(x) - 0.45).square().sum(-1)
+        graph.backward(loss)
+    auto = layer.estimator
+    assert auto.chosen == "reinforce_optimal(samples=1)", auto.extra_repr()
+    assert net[0].weight.grad is not None and torch.isfinite(net[0].weight.grad).all()
+
+
+# ---- two ranks under gloo make the choices one process makes with the whole batch --------------------------
+def _run_auto(rank=None, world=1):
+    p = problems.two_layer()
+    auto = sg.get_estimator("auto", candidates=["reinforce_optimal", "reinforce_loo", "disarm", "rodeo"],
+                            every=4, warmup=3)
+    B = 32 // world
+    noise = Sharded(torch.Generator().manual_seed(4), rank or 0, world)
+    for _ in range(12):
+        a = p.logits.expand(B, -1).clone().requires_grad_(True)
+        auto(p.f, a, samples=2, generator=noise).sum().backward()
+    return {"history": auto.history, "state": {k: v for k, v in auto.state_dict().items() if isinstance(v, torch.Tensor)}}
+
+
+def _worker(rank, init_file, out_dir):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        torch.save(_run_auto(rank, 2), os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_ranks_make_the_choices_of_one_process():
+    with tempfile.TemporaryDirectory() as tmp:
+        mp.spawn(_worker, args=(os.path.join(tmp, "init"), tmp), nprocs=2, join=True)
+        ranks = [torch.load(os.path.join(tmp, f"rank{r}.pt")) for r in range(2)]
+    single = _run_auto()
+    assert len(single["history"]) > 1   # it did switch
+    for key, value in ranks[0]["state"].items():   # every rank holds the same state, bit for bit
+        assert torch.equal(ranks[1]["state"][key], value), key
+    for r in ranks:
+        assert r["history"] == single["history"]
+        for key, value in single["state"].items():
+            assert torch.allclose(r["state"][key].to(value.dtype), value, atol=1e-9, rtol=1e-6), key

@@ -59,7 +59,8 @@ def _sync(device):
 
 
 def _samples(name):
-    return max(1, REGISTRY[name].min_samples)
+    # auto gets the budget of the two-sample estimators (2 f-evaluations), so it chooses among all of them
+    return 2 if name == "auto" else max(1, REGISTRY[name].min_samples)
 
 
 def _gen(cfg, salt=0):
@@ -87,7 +88,8 @@ def measure_problems(cfg: Config, tick, problems=None, names=None) -> dict:
                 "max_abs_z": r.max_abs_z, "variance": r.variance.sum().item(), "variance_se": r.variance_se,
                 "relative_variance": r.relative_variance, "mse": r.mse,
                 "evaluations": est.evaluations(p.n, _samples(name)),
-                "declared_unbiased": r.declared_unbiased, "verdict": r.verdict, "n": p.n}
+                "declared_unbiased": r.declared_unbiased, "verdict": r.verdict, "n": p.n,
+                **({"auto_choice": est.chosen} if hasattr(est, "chosen") else {})}   # auto: its choice after it
             tick()
         for name, seconds in time_estimators(cfg, objects, p, batch).items():
             out[name][p.name].update(timing_summary(seconds, out[name][p.name]))
@@ -325,6 +327,11 @@ def findings(results) -> list[str]:
                 text += (f", ahead of the next, `{nxt}` ({_fmt(unb[nxt]['efficiency'])}), beyond the noise."
                          if nxt else ".")
             lines.append(text)
+        if "auto" in est and len(unb) > 1:
+            per_eval = {n: r["variance"] * r["evaluations"] for n, r in unb.items() if n != "auto"}
+            best = min(per_eval, key=per_eval.get)
+            lines.append(f"On **{p}**, `auto` (2 f-evaluations per estimate) chose `{allp['auto']['auto_choice']}`; "
+                         f"the least variance × f-evaluations measured here is `{best}`'s ({_fmt(per_eval[best])}).")
         best_mse = min(allp, key=lambda n: allp[n]["mse"])
         lines.append(f"On **{p}**, the lowest mean squared error to the exact gradient is `{best_mse}` "
                      f"({_fmt(allp[best_mse]['mse'])}).")

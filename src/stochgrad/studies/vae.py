@@ -408,6 +408,8 @@ def train_vae(cfg: VAEConfig) -> dict:
         n = cfg.test_examples or len(test)
         summary[f"train_elbo_{cfg.test_samples}_samples"] = torch.cat(
             [model.iw_bound(D.binarize(c, gen), cfg.test_samples, gen) for c in x_train[:n].split(500)]).mean().item()
+    if hasattr(estimator, "report"):   # auto: what it chose over the run, and why
+        summary["auto"] = estimator.report()
     write_json(os.path.join(cfg.out, "summary.json"), summary)
     rows = metrics.read()
     plot_curves(os.path.join(cfg.out, "curves.png"), rows, "step", ["train_elbo", "encoder_grad_variance"],

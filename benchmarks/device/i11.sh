@@ -3,7 +3,8 @@
 # binarised MNIST, six estimators at one fixed budget each: ${SECONDS_PER_RUN}s of training (wall clock,
 # single thread) and 2 evaluations of f per example and step for every estimator (disarm: 1 antithetic
 # pair; arms, double_cv, rodeo, reinforce_loo: 2 samples; auto: a budget of 2, plus its measuring calls),
-# batch 50, Adam 1e-3; then the 100-sample importance-weighted bound on ${TEST_EXAMPLES} test and as many
+# the DisARM paper's protocol otherwise (stochgrad train vae --protocol disarm: its batch, learning rates and
+# learning signal); then the 100-sample importance-weighted bound on ${TEST_EXAMPLES} test and as many
 # training images, and the 1-sample test ELBO. auto's report (its choice over the run, and why) lands in
 # auto/summary.json. 3 processes, 2 runs each in sequence; every run writes metrics.csv as it goes.
 # Usage: PYTHONPATH=$PWD/src bash benchmarks/device/i11.sh OUTDIR   (PYTHON=... to pick the interpreter)
@@ -19,8 +20,8 @@ mkdir -p "$OUT"
 
 run() {  # one estimator with its sample count, then drop its checkpoint (results only)
   local est="$1" samples="$2"
-  "$PY" -m stochgrad train vae --dataset "$DATASET" --model linear \
-      --estimator "$est" --samples "$samples" --batch-size 50 --lr 1e-3 --steps "$STEPS" \
+  "$PY" -m stochgrad train vae --dataset "$DATASET" --protocol disarm --model linear \
+      --estimator "$est" --samples "$samples" --steps "$STEPS" \
       --max-seconds "$SECONDS_PER_RUN" --log-every 100 --checkpoint-every 100000000 \
       --test-samples 100 --test-examples "$TEST_EXAMPLES" --threads 1 --device cpu --quiet \
       --out "$OUT/$est" > "$OUT/$est.log" 2>&1

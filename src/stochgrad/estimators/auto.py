@@ -206,7 +206,7 @@ class Auto(Estimator):
 
     # ---- the network view -------------------------------------------------------------------------
     def score_gradient(self, h, probs, losses, update=True, dl_dh=None):
-        self._ready(h.shape[0], h.shape[-1], probs)
+        self._ready(h.shape[0] if h.dim() > probs.dim() else 1, h.shape[-1], probs)   # one sample: no lead dim
         bad = [c.name for c in self.candidates if not c.broadcast]
         if bad:
             raise ValueError(f"auto as a layer needs candidates that take the broadcast loss; {bad} do not")

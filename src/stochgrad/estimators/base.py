@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from ..distributed import mean_over_ranks
 from ..distributions import BERNOULLI
 from ..expect import CheckedLoss, attach_gradient, expect, lead, over_samples
-from ..guard import LOSSES, Verdict
+from ..guard import LOSSES, Verdict, finite
 
 
 def check_positive(value, name: str) -> float:
@@ -163,8 +163,9 @@ class Tuned(Estimator):
         per_example = grad.square().flatten(grad.dim() - event_dims).sum(-1)
         objective, count = per_example.mean(), per_example.numel()
         grads = torch.autograd.grad(objective, params, allow_unused=True)
+        ok = finite(objective.detach())   # a non-finite call steps nothing (zero gradient), without a sync
         for q, g in zip(params, grads):
-            q.grad = None if g is None else mean_over_ranks(g.detach().to(q.dtype), count)
+            q.grad = None if g is None else torch.where(ok, mean_over_ranks(g.detach().to(q.dtype), count), 0.0)
         self._optimizer.step()
 
     def get_extra_state(self):

@@ -1,4 +1,4 @@
-"""Variance on the separable toy: the optimal baseline reaches the floor D − 1 (NOTES.md, §5)."""
+"""Variance on the separable toy: the optimal baseline reaches the floor D − 1 (docs/paper.md, §5)."""
 import pytest
 import torch
 

@@ -2,12 +2,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from .exact import exact_gradient
-from .expect import check_logits, expect
+from .expect import LossFn, check_logits, expect
+
+if TYPE_CHECKING:
+    from .estimators.base import Estimator
 
 
 @dataclass
@@ -71,8 +75,9 @@ class UnbiasedCheck:
         return "biased, as declared" if self.bias_detected else "no bias detected"
 
 
-def sample_gradients(estimator, f, logits: Tensor, estimates: int, batch: int | None = None, samples: int = 1,
-                     generator: torch.Generator | None = None, warmup: int = 0, distribution=None) -> Tensor:
+def sample_gradients(estimator: Estimator, f: LossFn, logits: Tensor, estimates: int, batch: int | None = None,
+                     samples: int = 1, generator: torch.Generator | None = None, warmup: int = 0,
+                     distribution: str | None = None) -> Tensor:
     """``estimates`` independent gradient estimates, ``(estimates, *logits.shape)``.
 
     Each call estimates ``batch`` replicas of ``logits`` at once (stacked on a new leading dimension),
@@ -94,17 +99,24 @@ def sample_gradients(estimator, f, logits: Tensor, estimates: int, batch: int | 
     return torch.cat(grads)[:estimates]
 
 
-def check_unbiased(estimator, f, logits: Tensor, *, estimates: int = 4000, batch: int | None = None,
+def check_unbiased(estimator: str | Estimator, f: LossFn, logits: Tensor, *, estimates: int = 4000, batch: int | None = None,
                    samples: int = 1, generator: torch.Generator | None = None, threshold: float = 4.0,
-                   warmup: int = 0, distribution=None) -> UnbiasedCheck:
+                   warmup: int = 0, distribution: str | None = None) -> UnbiasedCheck:
     """Compares ``estimates`` gradient estimates with the exact gradient of ``E[f]`` (enumeration).
 
     Args:
         estimator: a registered name or an estimator object (its state carries over between calls).
-        f, logits: as in :func:`stochgrad.expect`; ``logits`` ``(*batch, n)`` with ``n <= 20``, or
-            ``(*batch, n, K)`` with ``distribution="categorical"`` and ``K^n <= 2^20``.
-        estimates: how many estimates in all; ``batch``: how many per call (default: all in one call).
+        f: the loss, as in :func:`stochgrad.expect`.
+        logits: ``(*batch, n)`` with ``n <= 20``, or ``(*batch, n, K)`` with ``distribution="categorical"``
+            and ``K^n <= 2^20``, as in :func:`stochgrad.expect`.
+        estimates: how many estimates in all.
+        batch: how many estimates per call (default: all in one call); a stateful estimator updates once
+            per call.
+        samples: samples per estimate.
+        generator: source of all noise.
         threshold: the largest ``|z|`` per coordinate allowed of an unbiased estimator (4 ≈ p < 6e-5 each).
+        warmup: calls made and discarded first (baselines settle, tuned estimators tune).
+        distribution: ``None``/``"bernoulli"`` or ``"categorical"``, as in :func:`stochgrad.expect`.
 
     Returns:
         :class:`UnbiasedCheck`: per-coordinate mean, variance, bias, z-scores, and a verdict.

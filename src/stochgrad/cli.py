@@ -93,6 +93,7 @@ def cmd_compare(args) -> int:
 
 
 def cmd_train_vae(args) -> int:
+    """``stochgrad train vae``: the binary-latent VAE benchmark."""
     from .studies.vae import VAEConfig, train_vae
 
     cfg = VAEConfig(dataset=args.dataset, protocol=args.protocol, model=args.model, estimator=args.estimator,
@@ -103,7 +104,8 @@ def cmd_train_vae(args) -> int:
                     checkpoint_every=args.checkpoint_every, variance_every=args.variance_every,
                     eval_at=tuple(args.eval_at), max_seconds=args.max_seconds, test_samples=args.test_samples,
                     test_examples=args.test_examples, progress=not args.quiet, categories=args.categories,
-                    latent=args.latents or (20 if args.categories else 200))
+                    latent=args.latents or (20 if args.categories else 200),
+                    tensorboard=args.tensorboard)
     summary = train_vae(cfg)
     if summary:
         _print_summary(summary)
@@ -111,13 +113,14 @@ def cmd_train_vae(args) -> int:
 
 
 def cmd_train_gating(args) -> int:
+    """``stochgrad train gating``: conditional computation with stochastic gates."""
     from .studies.gating import GatingConfig, train_gating
 
     summary = train_gating(GatingConfig(dataset=args.dataset, gater=args.gater, epochs=args.epochs,
                                         batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
                                         out=args.out, target=args.target, sparsity_weight=args.sparsity_weight,
                                         rate_control=args.rate_control, patience=args.patience,
-                                        max_seconds=args.max_seconds, resume=args.resume, progress=not args.quiet))
+                                        max_seconds=args.max_seconds, resume=args.resume, progress=not args.quiet, tensorboard=args.tensorboard))
     _print_summary(summary)
     return 0
 
@@ -127,36 +130,40 @@ def _print_summary(summary: dict) -> None:
 
 
 def cmd_train_rbm(args) -> int:
+    """``stochgrad train rbm``: an RBM by CD-k or PCD."""
     from .studies.rbm import RBMConfig, train_rbm
 
     _print_summary(train_rbm(RBMConfig(dataset=args.dataset, hidden=args.hidden, method=args.method, k=args.k,
                                        steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                                       out=args.out, resume=args.resume, progress=not args.quiet)))
+                                       out=args.out, resume=args.resume, progress=not args.quiet, tensorboard=args.tensorboard)))
     return 0
 
 
 def cmd_train_hashing(args) -> int:
+    """``stochgrad train hashing``: binary codes for retrieval."""
     from .studies.hashing import HashingConfig, train_hashing
 
     summary = train_hashing(HashingConfig(dataset=args.dataset, estimator=args.estimator, bits=args.bits,
                                           steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                                          out=args.out, resume=args.resume, progress=not args.quiet))
+                                          out=args.out, resume=args.resume, progress=not args.quiet, tensorboard=args.tensorboard))
     for name, r in summary["retrieval"].items():
         print(f"{name:12s} " + " ".join(f"{k}={v:.4f}" for k, v in r.items()))
     return 0
 
 
 def cmd_train_bandit(args) -> int:
+    """``stochgrad train bandit``: the multiplexer from a (delayed) broadcast reward."""
     from .studies.bandit import BanditConfig, train_bandit
 
     _print_summary(train_bandit(BanditConfig(estimator=args.estimator, delay=args.delay, steps=args.steps,
                                              batch_size=args.batch_size, hidden=args.hidden, lr=args.lr,
                                              seed=args.seed, out=args.out, resume=args.resume,
-                                             progress=not args.quiet)))
+                                             progress=not args.quiet, tensorboard=args.tensorboard)))
     return 0
 
 
 def cmd_estimators(args) -> int:
+    """``stochgrad estimators``: the registry, one line each."""
     from .estimators import estimators
 
     for name, info in estimators().items():
@@ -190,14 +197,44 @@ def _trainer(sub, name: str, help: str, run, dataset: bool = True) -> argparse.A
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=f"runs/{name}", help="output folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also log the metrics to OUT/tensorboard (needs the tensorboard extra)")
     p.set_defaults(run=run)
     if name != "vae":   # vae declares its own
         p.add_argument("--resume", action="store_true", help="continue exactly from DIR/checkpoint.pt")
     return p
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` shows each option's default (unless its help already says it)."""
+
+    def _get_help_string(self, action):
+        if "default" in (action.help or "") or action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser (and, being the parser class of its sub-commands, theirs too) whose ``--help``
+    shows the defaults; an option given without help text is described by its name."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def add_argument(self, *args, **kwargs):
+        if kwargs.get("help") is None and args and args[0].startswith("--") and kwargs.get("action") != "version":
+            name = args[0].lstrip("-")
+            kwargs["help"] = {"lr": "learning rate", "seed": "random seed"}.get(name, name.replace("-", " "))
+        return super().add_argument(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="stochgrad", description=__doc__)
+    """The ``stochgrad`` argument parser: one sub-command per function ``cmd_*`` of this module."""
+    from . import __version__
+
+    parser = _Parser(prog="stochgrad", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__} (torch {torch.__version__})")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("check", help="test every estimator against exact enumeration")
@@ -298,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``stochgrad`` command; returns the exit status."""
     args = build_parser().parse_args(argv)
     if getattr(args, "threads", None) is not None:
         from .runinfo import set_threads

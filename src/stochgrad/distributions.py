@@ -1,4 +1,4 @@
-"""The distribution axis (DESIGN.md "Growing the design"): Bernoulli units and one-hot categorical units.
+"""The distribution axis (docs: "Design", growing the design): Bernoulli units and one-hot categorical units.
 
 An estimator's formula is written once against this small interface; each distribution supplies its
 sampling (from uniform noise, :mod:`stochgrad.sampling`), its score ``∇_a log p(h)``, the enumeration
@@ -132,6 +132,10 @@ class Distribution:
 
 
 class Bernoulli(Distribution):
+    """Independent Bernoulli units: logits ``(*batch, n)``, unit ``i`` on with probability ``σ(a_i)``;
+    samples ``(*lead, *batch, n)`` in {0, 1}.
+    """
+
     name = "bernoulli"
     event_dims = 1
 

@@ -5,6 +5,8 @@ their probabilities come from the distribution (:mod:`stochgrad.distributions`).
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import Tensor
 
@@ -13,7 +15,7 @@ from .distributions import all_states, get_distribution, log_prob  # noqa: F401 
 MAX_UNITS = 20
 
 
-def exact_expectation(f, logits: Tensor, distribution=None) -> Tensor:
+def exact_expectation(f: Callable[[Tensor], Tensor], logits: Tensor, distribution: str | None = None) -> Tensor:
     """``E[f(h)] = Σ_h P(h) f(h)``, ``(*batch,)``, differentiable in ``logits`` and in f's parameters.
 
     ``f`` is called once on all states, ``(N, *batch, *event)``; ``distribution``: ``None``/``"bernoulli"``
@@ -27,7 +29,7 @@ def exact_expectation(f, logits: Tensor, distribution=None) -> Tensor:
     return (dist.log_prob(states, logits).exp() * f(states)).sum(0)
 
 
-def exact_gradient(f, logits: Tensor, distribution=None) -> tuple[Tensor, Tensor]:
+def exact_gradient(f: Callable[[Tensor], Tensor], logits: Tensor, distribution: str | None = None) -> tuple[Tensor, Tensor]:
     """``(E[f], ∇_logits E[f])`` for every example: shapes ``(*batch,)`` and ``logits.shape``."""
     a = logits.detach().requires_grad_(True)
     with torch.enable_grad():

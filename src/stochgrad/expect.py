@@ -7,7 +7,7 @@ Categorical units (:mod:`stochgrad.distributions`): logits ``(*batch, n, K)``, o
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from torch import Tensor
@@ -17,7 +17,11 @@ from .distributions import resolve as as_distribution
 from .guard import check_finite_logits
 from .sampling import Sharded
 
+if TYPE_CHECKING:
+    from .estimators.base import Estimator
+
 LossFn = Callable[[Tensor], Tensor]
+"""A loss: samples ``(*lead, *batch, n)`` in {0, 1} to per-sample losses ``(*lead, *batch)``."""
 
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -41,6 +45,7 @@ def check_logits(logits, name: str = "logits", verdict=None) -> Tensor:
 
 
 def check_samples(samples, minimum: int = 1, who: str = "") -> int:
+    """``samples`` as a validated int ``>= minimum``; a clear error naming ``who`` otherwise."""
     if isinstance(samples, bool) or not isinstance(samples, int):
         raise TypeError(f"samples must be an int >= {minimum}, got {samples!r}")
     if samples < minimum:
@@ -111,7 +116,7 @@ def attach_gradient(value: Tensor, logits: Tensor, grad: Tensor) -> Tensor:
     return value + (surrogate - surrogate.detach())
 
 
-def expect(f: LossFn, logits: Tensor, estimator="reinforce", samples: int = 1,
+def expect(f: LossFn, logits: Tensor, estimator: str | Estimator = "reinforce", samples: int = 1,
            generator: torch.Generator | None = None, distribution: str | None = None) -> Tensor:
     """Monte-Carlo estimate of ``E_{b ~ Bernoulli(σ(logits))}[f(b)]`` whose backward is an estimator's gradient.
 

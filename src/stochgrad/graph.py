@@ -15,6 +15,7 @@ import contextvars
 import math
 from collections import deque
 from contextlib import contextmanager
+from typing import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -89,7 +90,7 @@ class Graph:
 
 
 @contextmanager
-def broadcast(local: bool = False):
+def broadcast(local: bool = False) -> Iterator[Graph]:
     """Records the stochastic nodes of the forward passes inside it; see :class:`Graph`.
 
     Args:
@@ -108,6 +109,7 @@ def broadcast(local: bool = False):
 
 
 def active_graph() -> Graph | None:
+    """The graph of the innermost active :func:`broadcast` in this context, or ``None``."""
     return _ACTIVE.get()
 
 
@@ -128,7 +130,7 @@ class DelayedBroadcast:
         self.pending: deque[Graph] = deque()
 
     @contextmanager
-    def step(self):
+    def step(self) -> Iterator[Graph]:
         if len(self.pending) > self.delay:
             raise RuntimeError(f"{len(self.pending)} steps await their reward with delay {self.delay}: "
                                "deliver the oldest before recording another")

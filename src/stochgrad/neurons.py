@@ -1,4 +1,4 @@
-"""Stochastic and semi-hard neurons as ``nn.Module`` layers (the network view of DESIGN.md).
+"""Stochastic and semi-hard neurons as ``nn.Module`` layers (the network view; docs: "Design").
 
 Every layer takes pre-activations ``a`` of shape ``(*batch, n)`` and returns ``(*batch, n)``.
 """
@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from .baselines import ResizableBuffers, check_decay
 from .distributed import mean_over_ranks
 from .distributions import CATEGORICAL, one_hot
-from .estimators import get_estimator
+from .estimators import Estimator, get_estimator
 from .expect import LOW_PRECISION, check_logits
 from .graph import Node, active_graph
 from .sampling import bernoulli, normal
@@ -61,7 +61,7 @@ class StochasticBinary(nn.Module):
         generator: noise source for exactly repeatable runs.
     """
 
-    def __init__(self, estimator="straight_through", eval_output: str = "threshold", threshold: float = 0.5,
+    def __init__(self, estimator: str | Estimator = "straight_through", eval_output: str = "threshold", threshold: float = 0.5,
                  generator: torch.Generator | None = None):
         super().__init__()
         self.estimator = layer_estimator(estimator)

@@ -37,7 +37,7 @@ def _gen(seed: int) -> torch.Generator:
 
 def separable(n: int = 6, logits: Tensor | float | None = None, target: float = 0.45,
               dtype=torch.float64, device="cpu") -> Problem:
-    """``L = Σ_i (b_i − target)²``: the toy of the seed's §5 question (NOTES.md). Default logits vary."""
+    """``L = Σ_i (b_i − target)²``: the toy of the seed's §5 question (docs: "The paper, with corrections"). Default logits vary."""
     if logits is None:
         logits = torch.linspace(-1.0, 1.0, n, dtype=torch.float64)
     elif not isinstance(logits, Tensor):

@@ -53,7 +53,7 @@ def normal(shape, like: Tensor, generator: "torch.Generator | Sharded | None" = 
 
 
 def bernoulli_from_uniform(u: Tensor, probs: Tensor) -> Tensor:
-    """Seed Eq. 2, corrected (see NOTES.md): ``h = 1[u < σ(a)]``, so P(h = 1) = σ(a).
+    """Seed Eq. 2, corrected (docs: "The paper, with corrections"): ``h = 1[u < σ(a)]``, so P(h = 1) = σ(a).
 
     ``u``: ``(*lead, *batch, n)``; ``probs``: ``(*batch, n)``. Returns ``h`` in {0, 1}, dtype of ``probs``.
     """

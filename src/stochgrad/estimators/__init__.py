@@ -1,4 +1,4 @@
-"""The estimator registry: names (DESIGN.md) to classes, and what each declares about itself."""
+"""The estimator registry: names (docs: "Design") to classes, and what each declares about itself."""
 from __future__ import annotations
 
 import warnings

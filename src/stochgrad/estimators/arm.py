@@ -24,6 +24,10 @@ class _Antithetic(Estimator):
 
 
 class ARM(_Antithetic):
+    """ARM (Yin & Zhou 2019, Thm 1): ``(f(b̃) − f(b))·(u − ½)`` per unit, ``b = 1[u < σ(a)]``,
+    ``b̃ = 1[u > σ(−a)]``. Unbiased; 2 evaluations of ``f`` per sample.
+    """
+
     name = "arm"
     description = "ARM (Yin & Zhou 2019, Thm 1): (f(1[u>σ(-a)]) - f(1[u<σ(a)]))·(u - 1/2)"
 
@@ -37,6 +41,10 @@ class ARM(_Antithetic):
 
 
 class DisARM(_Antithetic):
+    """DisARM (Dong, Mnih & Tucker 2020, Eq. 7): ``½(f(b) − f(b̃))·(−1)^b̃·1[b ≠ b̃]·σ(|a|)`` for the
+    antithetic pair of :class:`ARM`. Unbiased, lower variance than ARM; 2 evaluations per sample.
+    """
+
     name = "disarm"
     description = ("DisARM (Dong et al. 2020, Eq. 7): ½(f(b)-f(b~))·(-1)^b~·1[b≠b~]·σ(|a|), "
                    "b, b~ antithetic")

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from ..distributed import mean_over_ranks
 from ..distributions import BERNOULLI
-from ..expect import CheckedLoss, attach_gradient, expect, lead, over_samples
+from ..expect import CheckedLoss, LossFn, attach_gradient, expect, lead, over_samples
 from ..guard import LOSSES, Verdict, finite
 
 
@@ -64,7 +64,7 @@ class Estimator(nn.Module, abc.ABC):
         """Whether it carries state from call to call (buffers or parameters): then keep one object per site."""
         return next(self.buffers(), None) is not None or next(self.parameters(), None) is not None
 
-    def forward(self, f, logits: Tensor, samples: int = 1, generator: torch.Generator | None = None,
+    def forward(self, f: LossFn, logits: Tensor, samples: int = 1, generator: torch.Generator | None = None,
                 distribution: str | None = None) -> Tensor:
         return expect(f, logits, self, samples, generator, distribution)
 

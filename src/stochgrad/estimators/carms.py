@@ -57,6 +57,10 @@ def pair_law(probs, samples: int):
 
 
 class CARMS(Estimator):
+    """``carms`` (Dimitriev & Zhou 2021): leave-one-out REINFORCE over ``S`` antithetically coupled
+    samples, made unbiased under the coupling (module docstring). Unbiased; ``samples >= 2``.
+    """
+
     name = "carms"
     description = ("S samples coupled by CARMS's Dirichlet copula (Dimitriev & Zhou 2021), leave-one-out "
                    "baseline corrected by the coupling's exact conditional law; samples >= 2")

@@ -7,6 +7,10 @@ from .base import Estimator
 
 
 class Exact(Estimator):
+    """``exact``: ``E[f]`` by enumeration of all 2^n states (n ≤ 20) and its gradient by autograd.
+    The ground truth of every check.
+    """
+
     name = "exact"
     description = f"enumerates all 2^n states (n <= {MAX_UNITS}; K^n <= 2^20 categorical): exact E[f] and gradient"
     unbiased = True

@@ -15,6 +15,13 @@ from .straight_through import straight_through
 
 
 class Gumbel(Estimator):
+    """``gumbel``: the Concrete relaxation ``f(σ((a + logistic)/τ))``, pathwise (Maddison et al. 2017;
+    Jang et al. 2017). Biased; the bias falls and the variance grows as the temperature ``τ`` falls.
+
+    Args:
+        temperature: ``τ > 0``.
+    """
+
     name = "gumbel"
     description = "Concrete relaxation: f(σ((a + logistic)/τ)) or f(softmax((a + Gumbel)/τ)), pathwise; bias -> 0 as τ -> 0"
     pathwise = True
@@ -41,6 +48,10 @@ class Gumbel(Estimator):
 
 
 class GumbelST(Gumbel):
+    """``gumbel_st``: ``f`` at the hard sample ``1[a + logistic > 0]``, gradient through the relaxed one
+    (straight-through Gumbel). Biased.
+    """
+
     name = "gumbel_st"
     description = "straight-through Gumbel: f at the hard sample 1[z > 0] / onehot(argmax z), gradient of the relaxed one"
 

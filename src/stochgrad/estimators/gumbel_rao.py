@@ -14,6 +14,14 @@ from .straight_through import straight_through
 
 
 class GumbelRao(GumbelST):
+    """``gumbel_rao`` (Paulus, Maddison & Krause 2021, Eq. 9): ``gumbel_st``'s gradient averaged over
+    ``draws`` noise samples given the hard sample. Biased like ``gumbel_st``, lower variance.
+
+    Args:
+        temperature: ``τ > 0`` of the relaxation.
+        draws: noise samples averaged per hard sample.
+    """
+
     name = "gumbel_rao"
     description = ("Gumbel-Rao (Paulus et al. 2021, Eq. 9): gumbel_st's gradient averaged over `draws` noise "
                    "samples given h: same mean, lower variance")

@@ -35,6 +35,11 @@ def features(dl_dh: Tensor, score: Tensor, probs: Tensor) -> Tensor:
 
 
 class Learned(Estimator, ResizableBuffers):
+    """``learned`` (seed §3.2.2): the straight-through gradient mapped to the unbiased one by per-unit
+    least squares on running moments (see the module docstring). Biased; one evaluation and one
+    backward pass to ``h`` per sample.
+    """
+
     name = "learned"
     description = ("§3.2.2: per-unit least squares on running moments maps the straight-through gradient "
                    "(with σ', h - σ, 1) to the unbiased (h - σ)(L - c)")

@@ -35,6 +35,10 @@ class _Perturbation(Estimator):
 
 
 class SPSA(_Perturbation):
+    """``spsa`` (Spall 1992): ``(F(a + cΔ) − F(a − cΔ))/(2cΔ_i)``, Δ Rademacher, common random
+    numbers. Biased, ``O(c²)``; 2 evaluations per sample.
+    """
+
     name = "spsa"
     description = ("SPSA (Spall 1992): (F(a+cΔ) - F(a-cΔ))/(2cΔ_i), Δ Rademacher, common random numbers; "
                    "bias O(c²)")
@@ -51,6 +55,10 @@ class SPSA(_Perturbation):
 
 
 class FiniteDifference(_Perturbation):
+    """``finite_difference``: central differences one unit at a time, ``(F(a + c e_i) − F(a − c e_i))/2c``,
+    common random numbers. Biased, ``O(c²)``; 2n evaluations per sample.
+    """
+
     name = "finite_difference"
     description = ("central differences one unit at a time, (F(a+c e_i) - F(a-c e_i))/2c, common random numbers: "
                    "2n evaluations of n-unit f, O(n²); bias O(c²)")
@@ -72,6 +80,10 @@ class FiniteDifference(_Perturbation):
 
 
 class NodePerturbation(_Perturbation):
+    """``node_perturbation`` (Fiete & Seung 2006): ``(F(a + ξ) − F(a))·ξ/s²``, ``ξ ~ N(0, s²)``.
+    Biased, ``O(s²)``; 2 evaluations per sample.
+    """
+
     name = "node_perturbation"
     description = ("node perturbation (Fiete & Seung 2006): (F(a+ξ) - F(a))·ξ/s², ξ ~ N(0, s²), "
                    "common random numbers; bias O(s²)")

@@ -9,6 +9,8 @@ from .base import ScoreFunction
 
 
 class Reinforce(ScoreFunction):
+    """``reinforce`` (seed Theorem 1): ``(h − σ(a))·L``, no baseline. Unbiased."""
+
     name = "reinforce"
     description = "unbiased (h - σ(a))·L, Theorem 1"
 
@@ -17,6 +19,10 @@ class Reinforce(ScoreFunction):
 
 
 class ReinforceMA(ScoreFunction):
+    """``reinforce_ma`` (seed Corollary 1): ``(h − σ(a))·(L − c)``, ``c`` a moving average of past
+    losses (``decay``). Unbiased.
+    """
+
     name = "reinforce_ma"
     description = "(h - σ(a))·(L - moving average of past L), Corollary 1"
 
@@ -25,6 +31,10 @@ class ReinforceMA(ScoreFunction):
 
 
 class ReinforceOptimal(ScoreFunction):
+    """``reinforce_optimal`` (seed Eq. 7): ``(h − σ(a))·(L − c_i)``, ``c_i`` the per-unit
+    variance-minimising baseline from moving numerator and denominator. Unbiased.
+    """
+
     name = "reinforce_optimal"
     description = "(h - σ(a))·(L - c_i), c_i the per-unit optimal baseline of Eq. 7 (moving num/den)"
 
@@ -33,6 +43,10 @@ class ReinforceOptimal(ScoreFunction):
 
 
 class ReinforceLOO(ScoreFunction):
+    """``reinforce_loo``: ``(h − σ(a))·(L − c)``, ``c`` the mean loss of the other samples of the same
+    example (``samples >= 2``). Unbiased.
+    """
+
     name = "reinforce_loo"
     description = "(h - σ(a))·(L - mean of the other samples' L), samples >= 2"
     min_samples = 2

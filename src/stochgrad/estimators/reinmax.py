@@ -18,6 +18,13 @@ from .straight_through import straight_through
 
 
 class ReinMax(Estimator):
+    """``reinmax`` (Liu et al. 2023, Alg. 2): the hard sample forward, Heun's second-order step backward
+    (module docstring). Biased, pathwise.
+
+    Args:
+        temperature: ``τ > 0``.
+    """
+
     name = "reinmax"
     description = "ReinMax (Liu et al. 2023, Alg. 2): h forward, (2 J(π1) - J(π0)/2)ᵀ ∂f/∂h backward, π1 = (h + softmax(a/τ))/2"
     pathwise = True

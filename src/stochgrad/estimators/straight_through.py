@@ -19,6 +19,10 @@ def straight_through(h, surrogate):
 
 
 class StraightThrough(Estimator):
+    """``straight_through`` (seed §3.2.1): the hard sample forward, the identity backward through the
+    threshold. Biased: its mean is ``E[∂f/∂b]``.
+    """
+
     name = "straight_through"
     description = ("back-propagates through the threshold as if it were the identity (§3.2.1): mean = E[df/db]; "
                    "categorical: one-hot forward, softmax probabilities backward")
@@ -40,6 +44,10 @@ class StraightThrough(Estimator):
 
 
 class StraightThroughSigmoid(StraightThrough):
+    """``straight_through_sigmoid``: as :class:`StraightThrough`, the backward pass scaled by ``σ′(a)``.
+    Biased: its mean is ``E[∂f/∂b]·σ′(a)``.
+    """
+
     name = "straight_through_sigmoid"
     description = "straight-through scaled by σ'(a) (§3.2.1): mean = σ(a)(1-σ(a))·E[df/db]"
     distributions = ("bernoulli",)  # categorical straight_through already goes through the probabilities

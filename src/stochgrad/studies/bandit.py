@@ -43,6 +43,7 @@ class BanditConfig:
     lr: float = 1.0
     seed: int = 0
     out: str = "runs/bandit"
+    tensorboard: bool = False   # also log metrics to OUT/tensorboard (the tensorboard extra)
     log_every: int = 100
     resume: bool = False
     checkpoint_every: int = 1000
@@ -50,6 +51,7 @@ class BanditConfig:
 
 
 def train_bandit(cfg: BanditConfig) -> dict:
+    """Trains the multiplexer from the (delayed) broadcast reward; writes metrics and a summary to ``cfg.out``."""
     from tqdm import tqdm
 
     if cfg.estimator not in ESTIMATORS:
@@ -78,7 +80,7 @@ def train_bandit(cfg: BanditConfig) -> dict:
         gen.set_state(state["generator"])
         start, seconds, held = state["step"], state["seconds"], state["held"]
     metrics = Metrics(os.path.join(cfg.out, "metrics.csv"), ["step", "reward", "held_steps", "seconds"],
-                      resume_step=start if state is not None else None)
+                      resume_step=start if state is not None else None, tensorboard=cfg.tensorboard)
     window = []
     for step in tqdm(range(start, cfg.steps), initial=start, total=cfg.steps,
                      desc=f"bandit {cfg.estimator} k={cfg.delay}", disable=not cfg.progress):

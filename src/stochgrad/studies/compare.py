@@ -161,6 +161,9 @@ def _scaling_estimates(cfg, name, D):
 
 
 def measure_scaling(cfg: Config, tick, logit: float = 1.0) -> dict:
+    """Relative variance against the number of units D on the two losses of :func:`scaling_losses`, and
+    its fitted exponent: ``{estimator: {loss: {"D", "relative_variance", "exponent"}}}``.
+    """
     out: dict = {}
     for lk, (loss, (f, grad_fn)) in enumerate(scaling_losses().items()):
         for name in cfg.estimators:
@@ -194,6 +197,7 @@ def fit_exponent(Ds, values, min_D: int = 4) -> float:
 
 # ---- 3. race ----------------------------------------------------------------------------------------
 def race_problems(cfg):
+    """The two problems of the race: the separable toy and a logistic decoder, from σ = ½."""
     n = cfg.race_units
     toy = P.separable(n, logits=0.0, device=cfg.device)
     dec = P.decoder(n=n, d=3 * n, seed=4, device=cfg.device)
@@ -202,6 +206,7 @@ def race_problems(cfg):
 
 
 def run_race(cfg: Config, tick) -> dict:
+    """Adam on the logits with each estimator, the exact expected loss recorded against steps and time."""
     out: dict = {}
     every = max(1, cfg.race_steps // 50)
     for k, p in enumerate(race_problems(cfg)):
@@ -300,6 +305,9 @@ def _within(x: dict, y: dict) -> bool:
 
 
 def findings(results) -> list[str]:
+    """The report's findings: per problem the lowest-variance and the most efficient unbiased estimator
+    (with who is within noise of it), the lowest MSE, and whether every unbiased estimator passed.
+    """
     est = results["estimators"]
     lines = []
     probs = next(iter(est.values()))["problems"].keys()
@@ -348,6 +356,7 @@ def _env_line(env: dict) -> str:
 
 
 def write_report(results, out_dir, plots):
+    """Writes ``report.md`` in ``out_dir`` from ``results`` and the plot files."""
     est = results["estimators"]
     cfg = results["config"]
     L = ["# stochgrad compare", "",
@@ -442,6 +451,7 @@ def styles(results) -> dict[str, dict]:
 
 
 def plot(results, out_dir) -> dict:
+    """Writes the three plots into ``out_dir``; returns their file names by kind."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -1,5 +1,5 @@
 """``stochgrad train gating``: conditional computation (Bengio, Léonard & Courville 2013, arXiv 1308.3432,
-its MNIST conditional-computation experiment; NOTES.md).
+its MNIST conditional-computation experiment; docs: "The paper, with corrections").
 
 A gater path (affine → 400 tanh → affine → 2000 gates) multiplies, element by element, an expert path
 (784 → 2000 linear units); then affine → softmax over 10 classes. Gaters:
@@ -91,6 +91,10 @@ def make_gate(kind: str, generator, target: float, rate_control: bool = False) -
 
 
 class GatingNet(nn.Module):
+    """Bengio, Léonard & Courville (2013): a gater path whose stochastic gates multiply an expert path,
+    then a softmax classifier.
+    """
+
     def __init__(self, x_dim: int, gater: str, gates: int = 2000, hidden: int = 400, classes: int = 10,
                  target: float = 0.1, generator=None, rate_control: bool = False):
         super().__init__()
@@ -218,6 +222,7 @@ class GatingConfig:
     seed: int = 0
     device: str = "cpu"
     out: str = "runs/gating"
+    tensorboard: bool = False   # also log metrics to OUT/tensorboard (the tensorboard extra)
     target: float = 0.1
     sparsity_weight: float = 1.0
     rate_control: bool = False
@@ -243,6 +248,7 @@ def _check(cfg: GatingConfig) -> None:
 
 
 def train_gating(cfg: GatingConfig) -> dict:
+    """Trains one gater; writes metrics, a summary and a plot to ``cfg.out``."""
     from tqdm import tqdm
 
     _check(cfg)
@@ -277,7 +283,8 @@ def train_gating(cfg: GatingConfig) -> dict:
                                                                          "history"))
     metrics = Metrics(os.path.join(cfg.out, "metrics.csv"),
                       ["step", "epoch", "train_loss", "train_error", "train_open", "valid_error", "valid_contrast",
-                       "sparsity_coefficient", "seconds"], resume_step=step if state is not None else None)
+                       "sparsity_coefficient", "seconds"], resume_step=step if state is not None else None,
+                      tensorboard=cfg.tensorboard)
     steps_per_epoch = n_train // cfg.batch_size
     rectifier = cfg.gater in RECTIFIERS
 

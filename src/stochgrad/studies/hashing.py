@@ -29,6 +29,8 @@ IDENTITY = ("dataset", "estimator", "bits", "batch_size", "lr", "seed")
 
 
 class HashingAutoencoder(nn.Module):
+    """An autoencoder whose code layer is a stochastic binary layer: its codes are the hash."""
+
     def __init__(self, x_dim: int, bits: int, estimator: str, hidden: int = 256, generator=None):
         super().__init__()
         self.encoder = nn.Sequential(nn.Linear(x_dim, hidden), nn.ReLU(), nn.Linear(hidden, bits))
@@ -87,6 +89,7 @@ class HashingConfig:
     lr: float = 1e-3
     seed: int = 0
     out: str = "runs/hashing"
+    tensorboard: bool = False   # also log metrics to OUT/tensorboard (the tensorboard extra)
     queries: int = 1000
     database: int = 10000
     log_every: int = 100
@@ -96,6 +99,7 @@ class HashingConfig:
 
 
 def train_hashing(cfg: HashingConfig) -> dict:
+    """Trains the codes; reports retrieval against PCA and random projections."""
     from tqdm import tqdm
 
     if cfg.estimator not in REGISTRY:
@@ -122,7 +126,7 @@ def train_hashing(cfg: HashingConfig) -> dict:
         gen.set_state(state["generator"])
         start, seconds = state["step"], state["seconds"]
     metrics = Metrics(os.path.join(cfg.out, "metrics.csv"), ["step", "reconstruction_loss", "seconds"],
-                      resume_step=start if state is not None else None)
+                      resume_step=start if state is not None else None, tensorboard=cfg.tensorboard)
     window = []
     for step in tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"hashing {cfg.estimator}",
                      disable=not cfg.progress):

@@ -31,6 +31,7 @@ class RBMConfig:
     lr: float = 0.05
     seed: int = 0
     out: str = "runs/rbm"
+    tensorboard: bool = False   # also log metrics to OUT/tensorboard (the tensorboard extra)
     log_every: int = 100
     ais_betas: int = 2000
     ais_runs: int = 100
@@ -40,6 +41,7 @@ class RBMConfig:
 
 
 def sample_grid(path: str, images, shape, rows: int = 8) -> None:
+    """The first ``rows × rows`` of ``images`` (flattened ``shape``) as one grey-scale grid image at ``path``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -55,6 +57,7 @@ def sample_grid(path: str, images, shape, rows: int = 8) -> None:
 
 
 def train_rbm(cfg: RBMConfig) -> dict:
+    """Trains an RBM by CD-k or PCD; reports the AIS log-likelihood."""
     from tqdm import tqdm
 
     if cfg.method not in ("cd", "pcd"):
@@ -79,7 +82,7 @@ def train_rbm(cfg: RBMConfig) -> dict:
         gen.set_state(state["generator"])
         start, seconds = state["step"], state["seconds"]
     metrics = Metrics(os.path.join(cfg.out, "metrics.csv"), ["step", "reconstruction_error", "seconds"],
-                      resume_step=start if state is not None else None)
+                      resume_step=start if state is not None else None, tensorboard=cfg.tensorboard)
     window = []
     for step in tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"rbm {cfg.method}-{cfg.k}",
                      disable=not cfg.progress):

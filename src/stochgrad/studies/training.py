@@ -236,12 +236,22 @@ def _alive(pid: int) -> bool:
 class Metrics:
     """Rows appended to ``DIR/metrics.csv``. A fresh run starts the file; a resumed one keeps exactly
     the complete rows up to the checkpoint's step (a row cut short by a kill is dropped), rewritten
-    atomically."""
+    atomically.
 
-    def __init__(self, path: str, fields: list[str], resume_step: int | None = None, enabled: bool = True):
+    With ``tensorboard=True`` every numeric field of a row is also logged as a TensorBoard scalar at the
+    row's ``step``, in ``DIR/tensorboard`` (the ``tensorboard`` extra; on resume, events past the
+    checkpoint's step are purged too). ``enabled=False`` (ranks other than 0) writes nothing.
+    """
+
+    def __init__(self, path: str, fields: list[str], resume_step: int | None = None, enabled: bool = True,
+                 tensorboard: bool = False):
         self.path, self.fields, self.enabled = path, fields, enabled
+        self.writer = None
         if not enabled:
             return
+        if tensorboard:
+            self.writer = tensorboard_writer(os.path.join(os.path.dirname(path) or ".", "tensorboard"),
+                                             None if resume_step is None else resume_step + 1)
         rows = []
         if resume_step is not None and os.path.exists(path):
             with open(path, newline="") as fh:
@@ -264,13 +274,29 @@ class Metrics:
         os.replace(tmp, path)
 
     def write(self, **row) -> None:
+        """Appends one row (keys: ``fields``); to TensorBoard as well if asked."""
         if self.enabled:
             with open(self.path, "a", newline="") as fh:
                 csv.DictWriter(fh, fieldnames=self.fields).writerow(row)
+            if self.writer is not None:
+                for key, value in row.items():
+                    if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
+                        self.writer.add_scalar(key, value, int(row["step"]))
+                self.writer.flush()
 
     def read(self) -> list[dict]:
         with open(self.path) as fh:
             return [{k: float(v) for k, v in r.items()} for r in csv.DictReader(fh)]
+
+
+def tensorboard_writer(log_dir: str, purge_step: int | None = None):
+    """A ``torch.utils.tensorboard.SummaryWriter`` in ``log_dir``; a clear error if the optional
+    ``tensorboard`` package is not installed."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        fail("--tensorboard needs the tensorboard package: pip install -e \".[tensorboard]\" (or pip install tensorboard)")
+    return SummaryWriter(log_dir=log_dir, purge_step=purge_step)
 
 
 def distributed_from_env() -> tuple[int, int]:
@@ -284,6 +310,7 @@ def distributed_from_env() -> tuple[int, int]:
 
 
 def all_mean(x: float) -> float:
+    """The mean of ``x`` over the ranks of a running process group (``x`` itself otherwise)."""
     if dist.is_available() and dist.is_initialized():
         t = torch.tensor([x], dtype=torch.float64)
         dist.all_reduce(t)
@@ -292,6 +319,7 @@ def all_mean(x: float) -> float:
 
 
 def fail(message: str) -> None:
+    """Prints ``stochgrad: message`` to stderr and exits with status 2."""
     print(f"stochgrad: {message}", file=sys.stderr)
     raise SystemExit(2)
 
@@ -320,6 +348,7 @@ def save_figure(fig, axes, path: str, legend: bool = False, dpi: int = 110) -> N
 
 
 def plot_curves(path: str, rows: list[dict], x: str, ys: list[str], title: str) -> None:
+    """One panel per column ``ys`` of ``rows`` against ``x``, saved to ``path``."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -1,4 +1,4 @@
-"""``stochgrad train vae``: the binary-latent VAE benchmark (NOTES.md): 200 Bernoulli latent units,
+"""``stochgrad train vae``: the binary-latent VAE benchmark (docs: "The paper, with corrections"): 200 Bernoulli latent units,
 ``linear`` (784-200 logistic encoder and decoder) or ``nonlinear`` (hidden layers of 200, LeakyReLU 0.3),
 dynamically binarised data.
 
@@ -162,6 +162,7 @@ class VAEConfig:
     seed: int = 0
     device: str = "cpu"
     out: str = "runs/vae"
+    tensorboard: bool = False   # also log metrics to OUT/tensorboard (the tensorboard extra)
     resume: bool = False
     force_resume: bool = False   # resume even when the checkpoint's IDENTITY settings differ
     samples: int | None = None   # None: the estimator's minimum (one antithetic pair, two for reinforce_loo)
@@ -314,7 +315,7 @@ def train_vae(cfg: VAEConfig) -> dict:
     local = cfg.batch_size // world
     metrics = Metrics(os.path.join(cfg.out, "metrics.csv"),
                       ["step", "train_elbo", "seconds", "encoder_grad_variance"],
-                      resume_step=step if state is not None else None, enabled=main)
+                      resume_step=step if state is not None else None, enabled=main, tensorboard=cfg.tensorboard)
 
     saved = step if state is not None else None
 

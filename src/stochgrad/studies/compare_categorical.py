@@ -53,6 +53,9 @@ def scaling_losses(K: int):
 
 
 def relative_variance(cfg, name, n, K, loss, salt) -> float:
+    """Relative variance of estimator ``name`` on ``n`` categorical units of ``K`` classes, on the
+    scaling loss ``loss`` of :func:`scaling_losses`.
+    """
     f, mean = scaling_losses(K)[loss]
     a = torch.linspace(-1, 1, K, dtype=torch.float64, device=cfg.device).expand(n, K).contiguous()
     x = a.clone().requires_grad_(True)

@@ -76,6 +76,9 @@ class SigmoidGate(nn.Module):
 
 
 def make_gate(kind: str, generator, target: float, rate_control: bool = False) -> nn.Module:
+    """The gating non-linearity named ``kind`` (see ``stochgrad train gating --help``) aiming at ``target``
+    open, wrapped in firing-rate control when ``rate_control``.
+    """
     if kind not in GATERS:
         raise ValueError(f"unknown gater {kind!r}; valid: {', '.join(GATERS)}")
     neuron = {"noisy_rectifier": lambda: NoisyRectifier(1.0, generator),

@@ -55,6 +55,10 @@ def arms_gradient(u: Tensor, probs: Tensor, losses_of) -> tuple[Tensor, Tensor]:
 
 
 class ARMS(Estimator):
+    """``arms`` (Dimitriev & Zhou 2021): leave-one-out over ``K = samples`` Dirichlet-copula antithetic
+    samples, divided by ``1 − ρ`` (module docstring). Unbiased; ``samples >= 2``; K = 2 is DisARM.
+    """
+
     name = "arms"
     description = ("ARMS (Dimitriev & Zhou 2021): leave-one-out over K = samples Dirichlet-copula "
                    "antithetic samples, debiased by p(1-p)/(q - C(q,q)); K=2 is DisARM")

@@ -84,6 +84,17 @@ def plan(budget: int, n: int, names=None) -> list[tuple[Estimator, int]]:
 
 
 class Auto(Estimator):
+    """``auto``: per site, the unbiased candidate with the least measured variance × f-evaluations on the
+    user's own ``f``, re-measured every ``every`` calls (module docstring). Unbiased at every step;
+    :meth:`report` says what was chosen and why.
+
+    Args:
+        candidates: estimator names (default: every registered unbiased one that fits the budget).
+        every: calls between measuring calls.
+        warmup: the first calls, all measuring.
+        decay: of the moving statistics.
+    """
+
     name = "auto"
     description = ("chooses per site the unbiased estimator with least measured variance × f-evaluations on "
                    "the user's f; re-measured every `every` calls")

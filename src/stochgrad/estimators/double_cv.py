@@ -47,6 +47,16 @@ def double_cv_gradient(b: Tensor, probs: Tensor, losses: Tensor, slopes: Tensor,
 
 
 class DoubleCV(Tuned):
+    """``double_cv`` (Titsias & Shi 2022): ``reinforce_loo`` plus ``α`` times a first-order Taylor control
+    variate from the other samples' slopes, its mean added back (module docstring). Unbiased;
+    ``samples >= 2`` and a backward pass to ``b``.
+
+    Args:
+        alpha: the Taylor term's initial weight.
+        tune: tune ``α`` online to minimise the variance.
+        lr: the tuner's learning rate.
+    """
+
     name = "double_cv"
     description = ("double CV (Titsias & Shi 2022): reinforce_loo + α·(Taylor term from the other samples' "
                    "∂f/∂b), its mean added back; α tuned")

@@ -74,6 +74,16 @@ def rodeo_gradient(b, probs, losses, slopes, surrogate, alpha, beta) -> Tensor:
 
 
 class RODEO(Tuned):
+    """``rodeo`` (Shi et al. 2022): ``reinforce_loo`` plus discrete (Gibbs) Stein control variates of a
+    learned surrogate of ``f`` built from the other samples (module docstring). Unbiased;
+    ``samples >= 2`` and a backward pass to ``b``.
+
+    Args:
+        hidden: the surrogate network's width.
+        tune: train the surrogate online to minimise the variance.
+        lr: the tuner's learning rate.
+    """
+
     name = "rodeo"
     description = ("RODEO (Shi et al. 2022): reinforce_loo + discrete (Gibbs) Stein control variates of a "
                    "learned Taylor surrogate; tuned")

@@ -252,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_check)
 
     p = sub.add_parser("compare", help="the estimator study: bias, variance, cost, scaling with D, race")
-    p.add_argument("--quick", action="store_true", help="a smaller study (about a minute on 2 quiet cores); says where its scaling conclusions differ from the full run's")
+    p.add_argument("--quick", action="store_true", help="a smaller study (a few minutes on 2 cores); says where its scaling conclusions differ from the full run's")
     p.add_argument("--out", default="runs/compare", help="output folder (report.md, results.json, plots)")
     p.add_argument("--estimators", help="comma-separated names (default: all but exact)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")

@@ -33,6 +33,23 @@ def run_state(est_name):
     return est.state_dict()
 
 
+def run_tuned(name, rank=None):
+    """REBAR/RELAX tuning on a batch split over ranks (noise sharded as one process draws it): every rank must
+    end with the single process's tuned state."""
+    from stochgrad import problems
+    from stochgrad.sampling import Sharded
+
+    p = problems.decoder()
+    gen = torch.Generator().manual_seed(3)
+    est = sg.get_estimator(name, tune_every=1)
+    full = p.logits.expand(2 * B, -1)
+    for _ in range(STEPS):
+        a = full if rank is None else full[rank * B:(rank + 1) * B]
+        g = gen if rank is None else Sharded(gen, rank, 2)
+        est(p.f, a.clone().requires_grad_(True), generator=g).sum().backward()
+    return est.theta.clone()
+
+
 def make_model():
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(5)
@@ -67,6 +84,7 @@ def worker(rank, init_file, out_dir):
     try:
         result = {name: run_state(name) for name in ("reinforce_ma", "reinforce_optimal", "learned")}
         result["train"] = train(rank)
+        result["tuned"] = {name: run_tuned(name, rank) for name in ("rebar", "relax")}
         torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -81,6 +99,11 @@ def test_synchronised_state_and_training_match_one_process():
         for r in ranks:
             for key, value in single.items():
                 assert torch.allclose(r[name][key], value, atol=1e-12), (name, key)
+    for name in ("rebar", "relax"):
+        single = run_tuned(name)
+        assert single.numel() > 2 or name == "rebar"
+        for r in ranks:
+            assert torch.allclose(r["tuned"][name], single, atol=1e-10, rtol=0), name
     single = train()
     for r in ranks:
         for key, value in single.items():

@@ -1,5 +1,6 @@
 """The call path's checks (stochgrad.guard): a bad call leaves no trace, no value is read on the host per call,
 low precision is sampled in float32, and options are validated where they are given."""
+import copy
 import math
 
 import pytest
@@ -20,11 +21,12 @@ def nan_for_first(b):
 
 
 def snapshot(module):
-    return {k: v.clone() for k, v in module.state_dict().items()}
+    return {k: v.clone() if isinstance(v, torch.Tensor) else copy.deepcopy(v) for k, v in module.state_dict().items()}
 
 
 def same(a, b):
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) if isinstance(a[k], torch.Tensor) else a[k] == b[k]
+                                        for k in a)
 
 
 def used(name, **options):
@@ -35,7 +37,7 @@ def used(name, **options):
     return est
 
 
-@pytest.mark.parametrize("name", ["reinforce_ma", "reinforce_optimal", "learned"])
+@pytest.mark.parametrize("name", ["reinforce_ma", "reinforce_optimal", "learned", "rebar", "relax"])
 def test_a_nonfinite_loss_raises_and_leaves_the_state_as_it_was(name):
     est = used(name)
     before = snapshot(est)
@@ -99,6 +101,11 @@ def test_firing_rate_control_options():
     (lambda: sg.get_estimator("node_perturbation", step=float("nan")), "step"),
     (lambda: sg.get_estimator("learned", ridge=float("inf")), "ridge"),
     (lambda: sg.get_estimator("reinforce_ma", decay=float("nan")), "decay"),
+    (lambda: sg.get_estimator("rebar", eta=float("nan")), "eta"),
+    (lambda: sg.get_estimator("rebar", temperature=float("inf")), "temperature"),
+    (lambda: sg.get_estimator("rebar", tune_every=0), "tune_every"),
+    (lambda: sg.get_estimator("relax", hidden=0), "hidden"),
+    (lambda: sg.get_estimator("relax", lr=float("nan")), "lr"),
     (lambda: sg.NoisyRectifier(float("inf")), "sigma"),
     (lambda: sg.StochasticBinary(threshold=float("nan")), "threshold"),
     (lambda: sg.StochasticTimesSmooth(threshold=2.0), "threshold"),

@@ -26,10 +26,10 @@ def test_rebar_relax_tuning_lowers_variance_and_stays_unbiased(name, problem, ge
     p = HARD[problem]()
     est = sg.get_estimator(name, tune=False)
     before = sg.check_unbiased(est, p.f, p.logits, estimates=6000, batch=500, generator=gen)
-    start = [q.detach().clone() for q in est.parameters()]
+    start = est.theta.clone()
     est.tune = True
-    sample_gradients(est, p.f, p.logits, estimates=150 * 100, batch=100, generator=gen)   # 150 tuning steps
-    assert any(not torch.equal(a, q) for a, q in zip(start, est.parameters())), "tuning moved nothing"
+    sample_gradients(est, p.f, p.logits, estimates=150 * 100, batch=100, generator=gen)   # 150 calls
+    assert start.shape != est.theta.shape or not torch.equal(start, est.theta), "tuning moved nothing"
     # still unbiased while it keeps tuning during the measurement
     during = sg.check_unbiased(est, p.f, p.logits, estimates=6000, batch=100, generator=gen)
     assert during.passed, f"max |z| {during.max_abs_z:.2f}"
@@ -131,3 +131,56 @@ def test_pathwise_estimators_reach_parameters_before_the_logits(name, gen):
     x = torch.randn(5, 3, dtype=torch.float64, generator=gen)
     sg.expect(lambda b: (b - 0.3).square().sum(-1), lin(x), name, generator=gen).sum().backward()
     assert lin.weight.grad is not None and lin.weight.grad.abs().sum() > 0
+
+
+def _total_variance(est, p, gen, n=6000):
+    """Σ_i Var(ĝ_i) of one estimate, with its standard error (from the per-estimate squared deviations)."""
+    g = sample_gradients(est, p.f, p.logits, estimates=n, batch=1000, generator=gen)
+    d = (g - g.mean(0)).square().sum(-1) * n / (n - 1)
+    return d.mean().item(), d.std().item() / n ** 0.5
+
+
+@pytest.mark.parametrize("name", ["rebar", "relax"])
+@pytest.mark.parametrize("problem", ["two_layer", "nonseparable"])
+def test_tuning_every_few_calls_tunes_as_well_as_every_call(name, problem):
+    """Default (tune every 4th call, lr 4e-2) against the former setting (every call, lr 1e-2), 100 calls each."""
+    p = HARD[problem]()
+    result = []
+    for options in ({}, {"tune_every": 1, "lr": 1e-2}):
+        est = sg.get_estimator(name, **options)
+        gen = torch.Generator().manual_seed(0)
+        sample_gradients(est, p.f, p.logits, estimates=100 * 100, batch=100, generator=gen)
+        est.tune = False
+        result.append(_total_variance(est, p, torch.Generator().manual_seed(1)))
+    (new, se_new), (old, se_old) = result
+    assert new < old + 4 * (se_new ** 2 + se_old ** 2) ** 0.5, (new, old)
+
+
+@pytest.mark.parametrize("name", ["rebar", "relax"])
+def test_tuned_state_is_not_a_model_parameter(name):
+    """A user's optimiser never sees (nor steps) what the estimator tunes itself."""
+    p = problems.decoder()
+    est = sg.get_estimator(name)
+    model = torch.nn.ModuleDict({"encoder": torch.nn.Linear(3, p.n).double(), "estimator": est})
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    x = torch.randn(20, 3, dtype=torch.float64)
+    for _ in range(3):
+        opt.zero_grad()
+        est(p.f, model["encoder"](x), generator=torch.Generator().manual_seed(0)).sum().backward()
+        before = est.theta.clone()
+        opt.step()
+        assert torch.equal(before, est.theta)
+    assert list(est.parameters()) == [] and any(k.endswith("estimator.theta") for k in model.state_dict())
+    assert {id(q) for q in model.parameters()} == {id(q) for q in model["encoder"].parameters()}
+
+
+def test_relax_is_initialised_from_the_generator():
+    """Same seed, same RELAX, whatever the global RNG did in between."""
+    p = problems.decoder()
+    states = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        est = sg.get_estimator("relax")
+        sample_gradients(est, p.f, p.logits, estimates=300, batch=100, generator=torch.Generator().manual_seed(0))
+        states.append(est.theta.clone())
+    assert states[0].numel() > 2 and torch.equal(states[0], states[1])

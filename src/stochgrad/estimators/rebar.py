@@ -8,9 +8,21 @@ control variate ``c(z)``::
 
 is unbiased for any ``c``. REBAR: ``c(z) = η·f(σ(z/λ))``; RELAX adds a small network ``r_ρ(σ(z/λ))``.
 Because ``E[ĝ]`` does not depend on ``(η, λ, ρ)``, the gradient of ``E[ĝ²]`` is that of the variance:
-each training call takes one Adam step on it (``tune=True``), a step the estimator object owns
-(:class:`~stochgrad.estimators.base.Tuned`, shared with ``double_cv`` and ``rodeo``).
-Costs 3 evaluations of ``f`` per sample (at ``b``, ``σ(z/λ)``, ``σ(z̃/λ)``).
+every ``tune_every``-th training call takes one Adam step on it (``tune=True``; Grathwohl et al. Alg. 2
+tune every step, which costs a second-order backward pass through ``f`` each time). The defaults, every
+4th call at ``lr = 4e-2``, tune as far per call as one step per call at ``1e-2`` did, at a quarter of the
+second-order passes (tests/test_modern.py compares the variance after tuning). Costs 3 evaluations
+of ``f`` per sample (at ``b``, ``σ(z/λ)``, ``σ(z̃/λ)``) and one backward pass to ``a`` for ``∂_a c``
+(created with a graph only on tuning calls, which add one more pass for ``∂E[ĝ²]/∂(η, λ, ρ)``).
+
+The contract is :class:`~stochgrad.estimators.base.Tuned`'s (shared with ``double_cv`` and ``rodeo``), but
+the tuned quantities are estimator *state*, not model parameters: one vector buffer ``theta`` =
+``[η, log λ, ρ]`` and Adam's moments beside it, so they never appear in a user's ``model.parameters()``
+(a user's optimiser cannot step them a second time), ``state_dict`` resumes them exactly, and under
+``torch.distributed`` the tuning gradient is averaged over ranks so every rank holds the same values.
+The update is guarded (:mod:`stochgrad.guard`): a call with NaN/inf losses changes nothing. RELAX's
+network ``r_ρ`` (``n → hidden → 1``, tanh) is initialised from the call's generator (its last layer at
+zero: it starts as REBAR), so runs with the same seed repeat exactly.
 
 Categorical units (Tucker et al. 2017 §3.3 and appendix; Grathwohl et al. 2018 §3.3): ``z = a + Gumbel``,
 ``b = onehot(argmax z)``, ``z̃`` the conditional Gumbel given ``b``, ``softmax(·/λ)`` for ``σ(·/λ)`` and the
@@ -21,14 +33,25 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
 
+from ..baselines import ResizableBuffers
+from ..distributed import is_distributed, mean_over_ranks
 from ..distributions import BERNOULLI, conditional_logistic  # noqa: F401  (conditional_logistic: public here)
 from ..expect import attach_gradient
-from .base import Tuned
+from ..guard import LOSSES, finite, fold_
+from ..sampling import Sharded, uniform
+from .base import Tuned, check_positive
+
+BETAS, EPS = (0.9, 0.999), 1e-8  # Adam (Kingma & Ba 2015), torch.optim.Adam's defaults
 
 
-class REBAR(Tuned):
+def check_count(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    return value
+
+
+class REBAR(Tuned, ResizableBuffers):
     """``rebar`` (Tucker et al. 2017): the control variate ``c(z) = η·f(σ(z/λ))`` in Grathwohl et al.'s
     Eq. 6 (module docstring); ``η`` and ``λ`` tuned online to minimise the variance. Unbiased;
     3 evaluations per sample.
@@ -40,48 +63,95 @@ class REBAR(Tuned):
     cost = "3S"
     distributions = ("bernoulli", "categorical")
 
-    def __init__(self, eta: float = 1.0, temperature: float = 0.5, tune: bool = True, lr: float = 1e-2):
+    def __init__(self, eta: float = 1.0, temperature: float = 0.5, tune: bool = True, lr: float = 4e-2,
+                 tune_every: int = 4):
         super().__init__()
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        self.eta = nn.Parameter(torch.tensor(float(eta)))
-        self.log_temperature = nn.Parameter(torch.tensor(math.log(temperature)))
-        self.tune, self.lr = tune, lr
+        if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not math.isfinite(eta):
+            raise ValueError(f"eta must be a finite number, got {eta!r}")
+        temperature = check_positive(temperature, "temperature")
+        if not isinstance(tune, bool):
+            raise TypeError(f"tune must be True or False, got {tune!r}")
+        self.tune, self.lr, self.tune_every = tune, check_positive(lr, "lr"), check_count(tune_every, "tune_every")
+        self.register_buffer("theta", torch.tensor([float(eta), math.log(temperature)]))  # [η, log λ, ρ...]
+        self.register_buffer("adam_m", torch.zeros(2))
+        self.register_buffer("adam_v", torch.zeros(2))
+        self.register_buffer("adam_steps", torch.zeros(()))
+        self._calls = 0  # training calls so far: every tune_every-th one tunes (in the extra state)
+
+    @property
+    def eta(self) -> torch.Tensor:
+        return self.theta[0]
+
+    @property
+    def temperature(self) -> torch.Tensor:
+        return self.theta[1].exp()
 
     def evaluations(self, n, samples=1):
         return 3 * samples
 
-    def extra(self, soft):
+    def prepare(self, n: int, like, generator) -> None:
+        """Sizes the tuned state for ``n`` units on first use (nothing to size for REBAR)."""
+
+    def extra(self, soft, theta):
         """The part of the control variate beyond ``η·f``: none for REBAR."""
         return 0.0
 
     def estimate(self, f, logits, samples, generator, dist=BERNOULLI):
-        probs = dist.probs(logits.detach())
+        a0 = logits.detach()
+        probs = dist.probs(a0)
         shape = (samples, *logits.shape)
-        u, v = dist.uniform(shape, logits, generator), dist.uniform(shape, logits, generator)
-        b = dist.hard(dist.perturb(logits.detach(), u))
-        if not logits.requires_grad:
-            return f(b).mean(0)
+        u, v = dist.uniform((2, *shape), logits, generator).unbind(0)
+        if not logits.requires_grad or a0.numel() == 0:  # no gradient wanted, or an empty batch: no tuning
+            value = f(dist.hard(dist.perturb(a0, u))).mean(0)
+            return attach_gradient(value, logits, torch.zeros_like(a0))
+        self._follow(a0, "theta", "adam_m", "adam_v", "adam_steps")  # the tuned state in the logits' dtype
+        self.prepare(dist.flat(a0).shape[-1], a0, generator)
+        tuning = self.tune and self.training and self._calls % self.tune_every == 0
         with torch.enable_grad():
-            a = logits.detach().requires_grad_(True)
-            lam = self.log_temperature.exp().to(a.dtype)
-            soft_z = dist.soften(dist.perturb(a, u), lam)
+            a = a0.requires_grad_(True)
+            theta = self.theta.detach().to(a.dtype).requires_grad_(tuning)
+            lam = theta[1].exp()
+            z = dist.perturb(a, u)
+            b = dist.hard(z.detach())
+            soft_z = dist.soften(z, lam)
             soft_zt = dist.soften(dist.conditional(v, b, a), lam)
-            f_b = f(b)                                   # (S, *batch): the value, and f's own gradient
-            f_z, f_zt = f(torch.stack([soft_z, soft_zt]))  # the control variate's graph, kept apart
-            eta = self.eta.to(a.dtype)
-            c_z = eta * f_z + self.extra(dist.flat(soft_z))
-            c_zt = eta * f_zt + self.extra(dist.flat(soft_zt))
-            tuning = self.tune and self.training
+            f_b = f(b)                                      # (S, *batch): the value, and f's own gradient
+            f_z, f_zt = f(torch.stack([soft_z, soft_zt]))   # the control variate's graph, kept apart
+            c_z = theta[0] * f_z + self.extra(dist.flat(soft_z), theta)
+            c_zt = theta[0] * f_zt + self.extra(dist.flat(soft_zt), theta)
             (d_c,) = torch.autograd.grad((c_z - c_zt).sum(), a, create_graph=tuning)
             centred = (f_b.detach() - c_zt).reshape(*c_zt.shape, *([1] * dist.event_dims))
             grad = (centred * (b - probs)).mean(0) + d_c / samples
             if tuning:
-                self._tune_step(grad, dist.event_dims)
+                objective = grad.square().flatten(grad.dim() - dist.event_dims).sum(-1).mean()
+                (g,) = torch.autograd.grad(objective, theta)
+                self._tune_step(g.detach(), grad.shape[:grad.dim() - dist.event_dims].numel())
+            elif self.training:
+                self.verdict.report(finite(f_b.detach()), LOSSES)
+        if self.training:
+            self._calls += 1  # after the checks: a call that raised leaves even the count as it was
         return attach_gradient(f_b.mean(0), logits, grad.detach())
 
+    @torch.no_grad()
+    def _tune_step(self, g, count: int) -> None:
+        """One Adam step on ``mean ‖ĝ‖²`` (= variance + a constant), the gradient averaged over ranks; guarded."""
+        g = mean_over_ranks(g.to(self.theta.dtype), count)
+        ok = finite(g)
+        g = torch.where(ok, g, 0.0)
+        (b1, b2), steps = BETAS, self.adam_steps + 1
+        m, v = b1 * self.adam_m + (1 - b1) * g, b2 * self.adam_v + (1 - b2) * g.square()
+        update = self.lr * (m / (1 - b1 ** steps)) / ((v / (1 - b2 ** steps)).sqrt() + EPS)
+        fold_(ok, (self.theta, self.theta - update), (self.adam_m, m), (self.adam_v, v), (self.adam_steps, steps))
+        self.verdict.report(ok, LOSSES)
+
+    def get_extra_state(self):
+        return {"calls": self._calls}
+
+    def set_extra_state(self, state):
+        self._calls = int(state.get("calls", 0)) if isinstance(state, dict) else 0
+
     def extra_repr(self) -> str:
-        return f"tune={self.tune}, lr={self.lr}"
+        return f"tune={self.tune}, tune_every={self.tune_every}, lr={self.lr}"
 
 
 class RELAX(REBAR):
@@ -93,28 +163,36 @@ class RELAX(REBAR):
     description = "RELAX (Grathwohl 2018): REBAR's control variate plus a learned network r(σ(z/λ)), all tuned"
 
     def __init__(self, eta: float = 1.0, temperature: float = 0.5, hidden: int = 16, tune: bool = True,
-                 lr: float = 1e-2):
-        super().__init__(eta, temperature, tune, lr)
-        self.hidden = hidden
-        self.surrogate = None  # n -> hidden -> 1, built at first use (or from a loaded state_dict)
+                 lr: float = 4e-2, tune_every: int = 4):
+        super().__init__(eta, temperature, tune, lr, tune_every)
+        self.hidden = check_count(hidden, "hidden")
 
-    def _build(self, n, dtype=None, device=None):
-        self.surrogate = nn.Sequential(nn.Linear(n, self.hidden), nn.Tanh(), nn.Linear(self.hidden, 1)).to(
-            dtype=dtype, device=device)
-        nn.init.zeros_(self.surrogate[2].weight)  # starts as REBAR: r = 0
-        nn.init.zeros_(self.surrogate[2].bias)
-        self._optimizer = None
+    def units(self) -> int:
+        """The units the network takes (0 before first use): ``theta`` = [η, log λ, W1 (h·n), b1 (h), w2 (h), b2]."""
+        return max(0, (self.theta.numel() - 3 - 2 * self.hidden) // self.hidden)
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        weight = state_dict.get(prefix + "surrogate.0.weight")
-        if weight is not None and self.surrogate is None:
-            self._build(weight.shape[1], weight.dtype, weight.device)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+    def prepare(self, n, like, generator):
+        if self.theta.numel() > 2:
+            if self.units() != n:
+                raise ValueError(f"relax's surrogate takes {self.units()} units but got {n}: keep one estimator "
+                                 "object per stochastic site")
+            return
+        h = self.hidden
+        gen = generator.generator if isinstance(generator, Sharded) else generator  # the same on every rank
+        bound = 1 / math.sqrt(n)  # nn.Linear's default range, drawn from the generator
+        first = (2 * uniform((h * n + h,), self.theta, gen) - 1) * bound
+        if is_distributed() and gen is None:  # the global RNG differs across ranks: take rank 0's draw
+            torch.distributed.broadcast(first, 0)
+        self.theta = torch.cat([self.theta, first, self.theta.new_zeros(h + 1)])  # last layer 0: starts as REBAR
+        self.adam_m = self.theta.new_zeros(self.theta.shape)
+        self.adam_v = self.theta.new_zeros(self.theta.shape)
 
-    def extra(self, soft):
-        if self.surrogate is None:
-            self._build(soft.shape[-1], soft.dtype, soft.device)
-        elif self.surrogate[0].in_features != soft.shape[-1]:
-            raise ValueError(f"relax's surrogate takes {self.surrogate[0].in_features} units but got "
-                             f"{soft.shape[-1]}: keep one estimator object per stochastic site")
-        return self.surrogate(soft.to(self.surrogate[0].weight.dtype)).squeeze(-1).to(soft.dtype)
+    def extra(self, soft, theta):
+        h, n = self.hidden, soft.shape[-1]
+        w1 = theta[2:2 + h * n].view(h, n)
+        b1 = theta[2 + h * n:2 + h * n + h]
+        w2, b2 = theta[2 + h * n + h:2 + h * n + 2 * h], theta[-1]
+        return torch.tanh(soft.to(theta.dtype) @ w1.T + b1) @ w2 + b2
+
+    def extra_repr(self) -> str:
+        return f"hidden={self.hidden}, units={self.units()}, " + super().extra_repr()

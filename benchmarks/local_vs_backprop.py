@@ -1,13 +1,22 @@
-"""One training step of a 784-200-200-10 stochastic network (batch 100): broadcast-only local learning
-(reinforce_optimal layers, ``broadcast(local=True)``) against the same step with back-propagation
-(straight-through layers, ``loss.backward()``). Prints time ratios measured in the same process,
-interleaved (the machine is shared: only ratios mean anything). Target: local <= 0.7 x backprop.
+"""Where local learning pays: one training step of a deep equal-width stochastic network (default 8 layers of
+1024 units, batch 128), broadcast-only local learning (``reinforce_optimal`` layers, ``broadcast(local=True)``)
+against the same step with back-propagation (``straight_through`` layers, ``loss.backward()``).
 
-Run: ``python benchmarks/local_vs_backprop.py [--rounds N]``.
+Back-propagation needs an input-gradient matmul at every layer on top of the weight gradients; learning
+from the broadcast loss needs only each layer's weight gradient (seed §3.1), so its backward pass costs
+about half of back-propagation's and the step about two thirds. Reported, as same-round ratios (process
+CPU time, candidates shuffled within each round, median [quartiles] of the rounds' ratios; CUDA: wall time
+with a synchronisation), with a control row (backprop against itself), and the memory each step holds
+for its backward pass (bytes of the tensors autograd saves; on CUDA also the peak allocated).
+Target: local / backprop <= 0.75.
+
+Run: ``python benchmarks/local_vs_backprop.py [--layers 8 --width 1024 --batch 128 --rounds 7 --json out.json]``.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import random
 import statistics
 import time
 
@@ -15,17 +24,35 @@ import torch
 from torch import nn
 
 import stochgrad as sg
+from stochgrad.runinfo import environment, set_threads
 
 
-def net(estimator):
+def net(estimator, layers, width, classes, device):
     torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(784, 200), sg.StochasticBinary(estimator), nn.Linear(200, 200),
-                         sg.StochasticBinary(estimator), nn.Linear(200, 10))
+    mods = []
+    for _ in range(layers):
+        mods += [nn.Linear(width, width), sg.StochasticBinary(estimator)]
+    return nn.Sequential(*mods, nn.Linear(width, classes)).to(device)
 
 
-def main(rounds: int, reps: int):
-    x, y = torch.rand(100, 784), torch.randint(0, 10, (100,))
-    local, backprop = net("reinforce_optimal"), net("straight_through")
+def saved_bytes(step) -> int:
+    """Bytes of the tensors autograd saves for the backward pass during ``step`` (counted once per storage)."""
+    seen = {}
+
+    def pack(t):
+        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        step()
+    return sum(seen.values())
+
+
+def main(layers, width, batch, rounds, reps, device, out=None):
+    dev = torch.device(device)
+    x = torch.rand(batch, width, device=dev)
+    y = torch.randint(0, 10, (batch,), device=dev)
+    local, backprop = net("reinforce_optimal", layers, width, 10, dev), net("straight_through", layers, width, 10, dev)
     opt_l = torch.optim.SGD(local.parameters(), lr=0.01)
     opt_b = torch.optim.SGD(backprop.parameters(), lr=0.01)
 
@@ -41,63 +68,73 @@ def main(rounds: int, reps: int):
         nn.functional.cross_entropy(backprop(x), y).backward()
         opt_b.step()
 
-    # the same local step written by hand in plain torch: what the method costs without the library
-    W = [p for p in local.parameters()]
-    num = [torch.zeros(200), torch.zeros(200)]
-    den = [torch.zeros(200), torch.zeros(200)]
-    opt_p = torch.optim.SGD(W, lr=0.01)
-
-    def step_plain_local():
-        opt_p.zero_grad()
-        h, hs = x, []
-        for k in range(2):
-            a = nn.functional.linear(h, W[2 * k], W[2 * k + 1])
-            p = torch.sigmoid(a.detach())
-            h = (torch.rand(p.shape) < p).float()
-            hs.append((a, h - p))
-        out = nn.functional.linear(h, W[4], W[5])
-        loss = nn.functional.cross_entropy(out, y, reduction="none")
-        roots, grads = [loss.mean()], [None]
-        L = loss.detach().unsqueeze(-1)
-        for k, (a, score) in enumerate(hs):
-            c = torch.where(den[k] > 0, num[k] / den[k].clamp_min(1e-30), 0.0)
-            roots.append(a)
-            grads.append(score * (L - c) / 100)
-            w = score.square()
-            num[k] = 0.9 * num[k] + 0.1 * (w * L).mean(0)
-            den[k] = 0.9 * den[k] + 0.1 * w.mean(0)
-        torch.autograd.backward(roots, grads)
-        opt_p.step()
-
     def forward_only():
         with torch.no_grad():
             backprop(x)
 
-    def timed(fn):
-        t = time.perf_counter()
-        for _ in range(reps):
-            fn()
-        return (time.perf_counter() - t) / reps
+    fns = {"local": step_local, "backprop": step_backprop, "backprop (again)": step_backprop, "forward": forward_only}
+    cuda = dev.type == "cuda"
 
-    fns = {"local": step_local, "backprop": step_backprop, "plain_local": step_plain_local, "forward": forward_only}
+    def now():
+        if cuda:
+            torch.cuda.synchronize()
+            return time.perf_counter()
+        return time.process_time()
+
+    memory = {}
+    for k in ("local", "backprop"):
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        memory[k] = {"saved_for_backward_bytes": saved_bytes(fns[k])}
+        if cuda:
+            memory[k]["cuda_peak_allocated_bytes"] = torch.cuda.max_memory_allocated()
     for fn in fns.values():
-        timed(fn)
-    res = {k: [] for k in fns}
+        fn()
+    times = {k: [] for k in fns}
+    rng = random.Random(0)
     for _ in range(rounds):
-        for k, fn in fns.items():
-            res[k].append(timed(fn))
-    med = {k: statistics.median(v) for k, v in res.items()}
-    print(f"threads: {torch.get_num_threads()}, {rounds} rounds x {reps} steps, medians")
-    print(f"local step / backprop step  = {med['local'] / med['backprop']:.2f}  (target <= 0.7)")
-    print(f"plain-torch local step / backprop step = {med['plain_local'] / med['backprop']:.2f}  (the method without the library)")
-    print(f"stochgrad local / plain-torch local = {med['local'] / med['plain_local']:.2f}  (the library's overhead)")
-    print(f"forward only / backprop step = {med['forward'] / med['backprop']:.2f}  (the floor of any method)")
-    print(f"per-round ratios: {[round(a / b, 2) for a, b in zip(res['local'], res['backprop'])]}")
+        order = list(fns)
+        rng.shuffle(order)
+        for k in order:
+            t = now()
+            for _ in range(reps):
+                fns[k]()
+            times[k].append((now() - t) / reps)
+
+    def ratio(a, b):
+        r = sorted(x / z for x, z in zip(times[a], times[b]))
+        q = statistics.quantiles(r, n=4) if len(r) >= 4 else (r[0], r[-1], r[-1])
+        return statistics.median(r), q[0], q[-1]
+
+    rows = {"local / backprop": ratio("local", "backprop"),
+            "control: backprop / backprop": ratio("backprop (again)", "backprop"),
+            "forward only / backprop": ratio("forward", "backprop")}
+    print(f"{layers} x {width} units, batch {batch}, {dev}, {torch.get_num_threads()} thread(s), {rounds} rounds x {reps} "
+          f"steps; median [quartiles] of within-round ratios of {'wall' if cuda else 'process CPU'} time")
+    for k, (m, lo, hi) in rows.items():
+        print(f"  {k:30s} {m:.2f} [{lo:.2f}, {hi:.2f}]")
+    print(f"  step time (median): local {statistics.median(times['local']) * 1e3:.1f} ms, backprop "
+          f"{statistics.median(times['backprop']) * 1e3:.1f} ms (target local/backprop <= 0.75)")
+    for k, m in memory.items():
+        print(f"  memory held for the backward pass, {k}: " + ", ".join(f"{n} {v / 2 ** 20:.1f} MiB" for n, v in m.items()))
+    if out:
+        with open(out, "w") as fh:
+            json.dump({"layers": layers, "width": width, "batch": batch, "rounds": rounds, "reps": reps,
+                       "ratios": rows, "seconds": times, "memory": memory, "environment": environment()}, fh, indent=1)
+    return rows
 
 
 if __name__ == "__main__":
-    p = argparse.ArgumentParser(description=__doc__)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--layers", type=int, default=8)
+    p.add_argument("--width", type=int, default=1024)
+    p.add_argument("--batch", type=int, default=128)
     p.add_argument("--rounds", type=int, default=7)
-    p.add_argument("--reps", type=int, default=50)
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--json")
     a = p.parse_args()
-    main(a.rounds, a.reps)
+    set_threads(a.threads)
+    main(a.layers, a.width, a.batch, a.rounds, a.reps, a.device, a.json)

@@ -96,3 +96,19 @@ def test_rodeo_state_dict_resumes_exactly(gen):
     g1 = sample_gradients(used, p.f, p.logits, 200, batch=50, samples=2, generator=torch.Generator().manual_seed(1))
     g2 = sample_gradients(fresh, p.f, p.logits, 200, batch=50, samples=2, generator=torch.Generator().manual_seed(1))
     assert torch.equal(g1, g2)   # the Adam state came along: the tuning continues identically
+
+
+@pytest.mark.parametrize("name", ["double_cv", "rodeo"])
+def test_tuned_parameters_are_not_stepped_by_the_users_optimiser(name):
+    """The estimator tunes its own parameters; a user's optimiser over the whole model must leave them alone."""
+    p = problems.decoder()
+    est = sg.get_estimator(name)
+    model = torch.nn.ModuleDict({"encoder": torch.nn.Linear(3, p.n).double(), "estimator": est})
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    x = torch.randn(20, 3, dtype=torch.float64)
+    for step in range(3):
+        opt.zero_grad()
+        est(p.f, model["encoder"](x), samples=2, generator=torch.Generator().manual_seed(step)).sum().backward()
+        before = [q.detach().clone() for q in est.parameters()]
+        opt.step()
+        assert all(torch.equal(a, q) for a, q in zip(before, est.parameters()))

@@ -133,7 +133,8 @@ class Tuned(Estimator):
     (``lr``) on ``mean ‖ĝ‖²`` over the examples, *after* the estimate was made (so each estimate uses
     parameters fixed by past calls). The step's gradient is averaged over ranks under
     ``torch.distributed`` (every rank holds the same parameters), and Adam's state travels with
-    ``state_dict``. Subclasses set ``self.tune``, ``self.lr`` and call :meth:`_tune_step`.
+    ``state_dict``. The tuner leaves no ``.grad`` on them, so when the estimator sits inside a user's model
+    the user's optimiser (which skips parameters without a gradient) never steps them a second time. Subclasses set ``self.tune``, ``self.lr`` and call :meth:`_tune_step`.
     """
 
     unbiased = True
@@ -167,6 +168,8 @@ class Tuned(Estimator):
         for q, g in zip(params, grads):
             q.grad = None if g is None else torch.where(ok, mean_over_ranks(g.detach().to(q.dtype), count), 0.0)
         self._optimizer.step()
+        for q in params:  # issue 14.15: a user's optimiser over model.parameters() skips what it sees no .grad on
+            q.grad = None
 
     def get_extra_state(self):
         """The tuner's Adam state travels with ``state_dict`` (a copy: Adam's own shares its tensors)."""

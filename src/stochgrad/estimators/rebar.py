@@ -46,6 +46,9 @@ BETAS, EPS = (0.9, 0.999), 1e-8  # Adam (Kingma & Ba 2015), torch.optim.Adam's d
 
 
 def check_count(value, name: str) -> int:
+    """``value`` as a validated int ``>= 1`` (an option that counts, e.g. calls between tuning steps);
+    a ``ValueError`` naming ``name`` otherwise.
+    """
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be an int >= 1, got {value!r}")
     return value

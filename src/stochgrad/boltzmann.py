@@ -138,6 +138,11 @@ def ais_log_partition(rbm: RBM, betas: int = 1000, runs: int = 100, generator=No
     visible biases ``base_visible_bias``, default the target's) to the target ``B``; Gibbs transitions
     at each ``β``.
     """
+    for name, value in (("betas", betas), ("runs", runs)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name} must be an int >= 2, got {value!r}")
+        if value < 2:  # one temperature is the base model alone; one run has no standard error
+            raise ValueError(f"{name} must be >= 2 (the base and the target {'temperatures' if name == 'betas' else 'for a standard error'}), got {value}")
     nv, nh = rbm.W.shape
     bA = rbm.b.detach() if base_visible_bias is None else base_visible_bias
     log_zA = F.softplus(bA).sum() + nh * math.log(2.0)

@@ -1,13 +1,15 @@
 """Statistical checks against exact enumeration: is an estimator unbiased, and how noisy is it?"""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-from .exact import exact_gradient
+from .distributions import get_distribution
+from .exact import exact_expectation, exact_gradient
 from .expect import LossFn, check_logits, expect
 
 if TYPE_CHECKING:
@@ -18,7 +20,9 @@ if TYPE_CHECKING:
 class UnbiasedCheck:
     """Many estimates of ``∇ E[f]`` against the exact gradient, per coordinate (shapes of the logits).
 
-    ``variance`` is that of a single estimate; ``z = bias / SE`` with ``SE = sqrt(variance / estimates)``.
+    ``variance`` is that of a single estimate; ``z = bias / SE`` with ``SE = sqrt(variance / estimates)``,
+    floored at the rounding error of the comparison itself (:attr:`rounding`): an estimate with no noise
+    (or only round-off, like ``exact``) is judged by whether it hits the exact value to rounding.
     ``variance_se`` is the standard error of ``variance.sum()`` (the spread of ``‖ĝ − mean‖²`` over the
     estimates, divided by ``sqrt(estimates)``).
     """
@@ -32,6 +36,8 @@ class UnbiasedCheck:
     threshold: float = 4.0
     mse: float = field(default=float("nan"))
     variance_se: float = field(default=float("nan"))
+    loss_scale: float = 0.0   # max over examples of E|f|: the size of the terms the enumeration sums
+    states: int = 0           # how many states the enumeration sums (0: 2^n of the last dimension)
 
     @property
     def bias(self) -> Tensor:
@@ -42,13 +48,17 @@ class UnbiasedCheck:
         return (self.variance / self.estimates).sqrt()
 
     @property
+    def rounding(self) -> float:
+        """``eps · max(E|f|, max|exact|) · √N``: the round-off of the enumeration's sum of ``N`` terms of size
+        up to ``|f|`` (random-walk accumulation), the smallest standard error a comparison in this dtype
+        can resolve."""
+        states = self.states or 2 ** self.exact.shape[-1]
+        scale = max(self.exact.abs().max().item(), self.loss_scale) or 1.0
+        return torch.finfo(self.exact.dtype).eps * scale * math.sqrt(states)
+
+    @property
     def z(self) -> Tensor:
-        se, bias = self.standard_error, self.bias
-        scale = self.exact.abs().max().clamp_min(1e-12)
-        # A coordinate estimated without any noise is biased iff it misses, beyond rounding.
-        exact_hit = bias.abs() <= 1e-9 * scale
-        noiseless = torch.where(exact_hit, torch.zeros_like(bias), torch.full_like(bias, float("inf")))
-        return torch.where(se > 0, bias / se.clamp_min(1e-300), noiseless)
+        return self.bias / self.standard_error.clamp_min(self.rounding)
 
     @property
     def max_abs_z(self) -> float:
@@ -85,9 +95,9 @@ def sample_gradients(estimator: Estimator, f: LossFn, logits: Tensor, estimates:
     means; ``batch=1`` is the sequential setting. ``warmup`` calls come first and are discarded.
     ``distribution``: as in :func:`stochgrad.expect` (``"categorical"``: logits ``(*batch, n, K)``).
     """
-    batch = estimates if batch is None else batch
-    if batch < 1 or estimates < 1:
-        raise ValueError(f"estimates and batch must be >= 1, got {estimates} and {batch}")
+    _count("estimates", estimates, 1)
+    batch = estimates if batch is None else _count("batch", batch, 1)
+    _count("warmup", warmup, 0)
     calls = -(-estimates // batch)
     grads = []
     for call in range(warmup + calls):
@@ -97,6 +107,14 @@ def sample_gradients(estimator: Estimator, f: LossFn, logits: Tensor, estimates:
         if call >= warmup:
             grads.append(g)
     return torch.cat(grads)[:estimates]
+
+
+def _count(name: str, value, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
 
 
 def check_unbiased(estimator: str | Estimator, f: LossFn, logits: Tensor, *, estimates: int = 4000, batch: int | None = None,
@@ -109,12 +127,13 @@ def check_unbiased(estimator: str | Estimator, f: LossFn, logits: Tensor, *, est
         f: the loss, as in :func:`stochgrad.expect`.
         logits: ``(*batch, n)`` with ``n <= 20``, or ``(*batch, n, K)`` with ``distribution="categorical"``
             and ``K^n <= 2^20``, as in :func:`stochgrad.expect`.
-        estimates: how many estimates in all.
+        estimates: how many estimates in all (>= 2: the test needs their variance).
         batch: how many estimates per call (default: all in one call); a stateful estimator updates once
             per call.
         samples: samples per estimate.
         generator: source of all noise.
-        threshold: the largest ``|z|`` per coordinate allowed of an unbiased estimator (4 ≈ p < 6e-5 each).
+        threshold: the largest ``|z|`` per coordinate allowed of an unbiased estimator (4 ≈ p < 6e-5 each);
+            a finite number > 0.
         warmup: calls made and discarded first (baselines settle, tuned estimators tune).
         distribution: ``None``/``"bernoulli"`` or ``"categorical"``, as in :func:`stochgrad.expect`.
 
@@ -124,12 +143,22 @@ def check_unbiased(estimator: str | Estimator, f: LossFn, logits: Tensor, *, est
     from .estimators import get_estimator
 
     check_logits(logits)
+    _count("estimates", estimates, 2)
+    _count("samples", samples, 1)
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
+        raise TypeError(f"threshold must be a finite number > 0, got {threshold!r}")
+    if not (math.isfinite(threshold) and threshold > 0):
+        raise ValueError(f"threshold must be a finite number > 0 (a |z| bound; 4 is usual), got {threshold}")
     est = get_estimator(estimator) if isinstance(estimator, str) else estimator
     exact = exact_gradient(f, logits, distribution)[1]
+    with torch.no_grad():
+        loss_scale = exact_expectation(lambda b: f(b).abs(), logits.detach(), distribution).abs().max().item()
+    states = get_distribution(distribution).states(logits.detach()).shape[0]
     g = sample_gradients(est, f, logits, estimates, batch, samples, generator, warmup, distribution)
     mean, var = g.mean(0), g.var(0)
     dims = tuple(range(1, g.dim()))
     mse = (g - exact).square().sum(dims).mean().item()
     spread = (g - mean).square().sum(dims)  # one term per estimate; its mean is the total variance
     variance_se = (spread.std() / g.shape[0] ** 0.5).item() if g.shape[0] > 1 else float("nan")
-    return UnbiasedCheck(est.name, est.unbiased, exact, mean, var, g.shape[0], threshold, mse, variance_se)
+    return UnbiasedCheck(est.name, est.unbiased, exact, mean, var, g.shape[0], threshold, mse, variance_se, loss_scale,
+                         states)

@@ -2,31 +2,74 @@
 
 Bernoulli units: all ``2^n`` states (n ≤ 20); categorical units: all ``K^n`` (≤ 2^20). The states and
 their probabilities come from the distribution (:mod:`stochgrad.distributions`).
+
+Memory is bounded: ``f`` sees the states in chunks of at most :data:`CHUNK_ELEMENTS` sample entries
+(``states × batch × event``), and under autograd each chunk is recomputed in the backward pass
+(``torch.utils.checkpoint``), so n = 20 with a batch of 64 needs some hundred megabytes, not the
+``2^n × batch × n`` (5 GiB in float32) of a single call.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 from .distributions import all_states, get_distribution, log_prob  # noqa: F401  (public here since the start)
 
 MAX_UNITS = 20
+CHUNK_ELEMENTS = 1 << 23   # sample entries per call of f (32 MiB of float32 samples)
+
+
+def _log_prob_affine(logits: Tensor, dist) -> tuple[Tensor, Tensor]:
+    """``(θ, c)`` with ``log P(h) = h·θ + c`` per example: ``θ`` ``(m, B)``, ``c`` ``(B,)`` for ``m`` event entries.
+
+    ``log P`` is affine in ``h`` for Bernoulli and categorical units (exponential families whose sufficient
+    statistic is ``h``), so ``c = log P(0)`` and ``θ_j = log P(e_j) − c`` (for Bernoulli units ``θ = a``),
+    from ``m + 1`` evaluations of the distribution's own ``log_prob``.
+    """
+    event = logits.shape[logits.dim() - dist.event_dims:]
+    batch = logits.shape[:logits.dim() - dist.event_dims]
+    m = math.prod(event)
+    basis = torch.cat([logits.new_zeros(1, m), torch.eye(m, dtype=logits.dtype, device=logits.device)])
+    lp = dist.log_prob(basis.reshape(m + 1, *([1] * len(batch)), *event).expand(m + 1, *batch, *event), logits)
+    lp = lp.reshape(m + 1, -1)
+    return lp[1:] - lp[:1], lp[0]
+
+
+def _partial_sum(f, logits: Tensor, states: Tensor, dist) -> Tensor:
+    """``Σ_h P(h) f(h)`` over the given ``states`` ``(c, *event)``: ``(*batch,)``."""
+    c, event = states.shape[0], states.shape[1:]
+    batch = logits.shape[:logits.dim() - dist.event_dims]
+    theta, const = _log_prob_affine(logits, dist)
+    log_p = (states.reshape(c, -1) @ theta + const).reshape(c, *batch)   # one matrix product, no (c, *batch, *event) temporary
+    h = states.reshape(c, *([1] * len(batch)), *event).expand(c, *batch, *event)
+    return (log_p.exp() * f(h)).sum(0)
 
 
 def exact_expectation(f: Callable[[Tensor], Tensor], logits: Tensor, distribution: str | None = None) -> Tensor:
     """``E[f(h)] = Σ_h P(h) f(h)``, ``(*batch,)``, differentiable in ``logits`` and in f's parameters.
 
-    ``f`` is called once on all states, ``(N, *batch, *event)``; ``distribution``: ``None``/``"bernoulli"``
-    (logits ``(*batch, n)``) or ``"categorical"`` (logits ``(*batch, n, K)``).
+    ``f`` is called on the states, ``(N, *batch, *event)``, all at once when ``N × batch × event`` is at
+    most :data:`CHUNK_ELEMENTS`, else on consecutive chunks of them; ``distribution``:
+    ``None``/``"bernoulli"`` (logits ``(*batch, n)``) or ``"categorical"`` (logits ``(*batch, n, K)``).
     """
     dist = get_distribution(distribution)
-    event = logits.shape[logits.dim() - dist.event_dims:]
-    batch = logits.shape[:logits.dim() - dist.event_dims]
     states = dist.states(logits)
-    states = states.reshape(states.shape[0], *([1] * len(batch)), *event).expand(states.shape[0], *batch, *event)
-    return (dist.log_prob(states, logits).exp() * f(states)).sum(0)
+    per_state = math.prod(logits.shape)   # batch × event entries of one state across the batch
+    per = max(1, CHUNK_ELEMENTS // max(1, per_state))
+    if per >= states.shape[0]:
+        return _partial_sum(f, logits, states, dist)
+    value = None
+    for chunk in states.split(per):
+        if torch.is_grad_enabled():  # keep only the inputs; recompute the chunk in the backward pass
+            part = checkpoint(_partial_sum, f, logits, chunk, dist, use_reentrant=False)
+        else:
+            part = _partial_sum(f, logits, chunk, dist)
+        value = part if value is None else value + part
+    return value
 
 
 def exact_gradient(f: Callable[[Tensor], Tensor], logits: Tensor, distribution: str | None = None) -> tuple[Tensor, Tensor]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextvars
 import math
+import warnings
 from collections import deque
 from contextlib import contextmanager
 from typing import Iterator
@@ -38,14 +39,30 @@ class Node:
 
 
 class Graph:
-    """Records the stochastic nodes of one forward pass; :meth:`backward` delivers the loss to them."""
+    """Records the stochastic nodes of one forward pass; :meth:`backward` delivers the loss to them.
+
+    A graph dropped while it still holds decisions whose loss was never delivered (e.g. a plain
+    ``loss.mean().backward()`` instead of ``graph.backward(loss)``: those layers get no gradient) warns
+    with a ``RuntimeWarning``; :meth:`discard` drops them on purpose.
+    """
 
     def __init__(self, local: bool = False):
         self.local = local
         self.nodes: list[Node] = []
+        self.step_index: int | None = None   # set by DelayedBroadcast.step: which step this graph records
 
     def record(self, node: Node) -> None:
         self.nodes.append(node)
+
+    def discard(self) -> None:
+        """Drops the recorded decisions without learning from them."""
+        self.nodes.clear()
+
+    def __del__(self):
+        if self.nodes:
+            warnings.warn(f"a stochgrad broadcast graph with {len(self.nodes)} stochastic layer(s) was dropped before "
+                          "their loss was delivered: call graph.backward(per_example_loss) (a plain loss.backward() "
+                          "leaves those layers without gradient), or graph.discard()", RuntimeWarning, stacklevel=2)
 
     def backward(self, loss: Tensor) -> None:
         """Fills ``.grad`` of every parameter with the gradient of ``loss.mean()``.
@@ -84,9 +101,9 @@ class Graph:
             if node.logits.requires_grad:
                 roots.append(node.logits)
                 grads.append(g / count)  # the gradient of the mean loss
+        self.nodes.clear()
         if roots:
             torch.autograd.backward(roots, grads)
-        self.nodes.clear()
 
 
 @contextmanager
@@ -104,6 +121,9 @@ def broadcast(local: bool = False) -> Iterator[Graph]:
     token = _ACTIVE.set(graph)
     try:
         yield graph
+    except BaseException:
+        graph.discard()   # the forward pass failed: nothing to deliver, nothing to warn about
+        raise
     finally:
         _ACTIVE.reset(token)
 
@@ -117,17 +137,25 @@ class DelayedBroadcast:
     """Keeps the stochastic decisions of each step until its reward arrives ``delay`` steps later (seed §3.1:
     "the actual loss or reward will be measured farther into the future"), then delivers it.
 
-    ``with delayed.step(): ...`` records one forward pass; ``delayed.deliver(loss)`` hands the per-example
-    loss (e.g. minus the reward) to the *oldest* pending step, filling the gradients of its decisions.
+    ``with delayed.step() as handle: ...`` records one forward pass; ``delayed.deliver(loss, handle)``
+    hands that step's per-example loss (e.g. minus the reward) to it, filling the gradients of its
+    decisions. Rewards arrive in the order of their steps, each once: a reward for any step but the
+    oldest pending one (a lost reward before it) or for a step already served (a duplicate) is an error,
+    so a reward can never be credited to another step. Without the handle, the reward goes to the oldest
+    pending step and exactly ``delay`` steps must have been recorded after it (record, then deliver).
     At most ``delay + 1`` steps are held: memory is bounded by the delay, not by the run's length; a
-    step that would exceed it is an error, since its reward was never delivered.
+    step that would exceed it is an error, since its reward was never delivered. :meth:`discard` drops
+    the steps still pending (e.g. at the end of a run).
     """
 
     def __init__(self, delay: int, local: bool = True):
+        if isinstance(delay, bool) or not isinstance(delay, int):
+            raise TypeError(f"delay must be an int >= 0, got {delay!r}")
         if delay < 0:
             raise ValueError(f"delay must be >= 0, got {delay}")
         self.delay, self.local = delay, local
         self.pending: deque[Graph] = deque()
+        self.recorded = 0   # steps recorded so far; a step's handle carries its index
 
     @contextmanager
     def step(self) -> Iterator[Graph]:
@@ -135,14 +163,38 @@ class DelayedBroadcast:
             raise RuntimeError(f"{len(self.pending)} steps await their reward with delay {self.delay}: "
                                "deliver the oldest before recording another")
         with broadcast(self.local) as graph:
+            graph.step_index = self.recorded
             yield graph
+        self.recorded += 1
         self.pending.append(graph)
 
-    def deliver(self, loss: Tensor) -> None:
-        """The per-example loss of the oldest pending step."""
+    def deliver(self, loss: Tensor, step: Graph | None = None) -> None:
+        """The per-example loss ``(batch,)`` of ``step`` (the handle yielded by :meth:`step`), which must
+        be the oldest pending step; without ``step``, of the oldest pending step recorded ``delay``
+        steps ago. Raises before any gradient changes when the reward cannot belong to that step."""
         if not self.pending:
             raise RuntimeError("no pending step to deliver a reward to")
-        self.pending.popleft().backward(loss)
+        oldest = self.pending[0]
+        if step is not None and step is not oldest:
+            if not isinstance(step, Graph) or step.step_index is None:
+                raise TypeError(f"step must be the handle yielded by DelayedBroadcast.step(), got {type(step).__name__}")
+            if step.step_index < oldest.step_index:
+                raise RuntimeError(f"the reward of step {step.step_index} was already delivered: a duplicate delivery")
+            raise RuntimeError(f"a reward for step {step.step_index} arrived while step {oldest.step_index} still awaits "
+                               "its own: a reward was lost or delivered out of order")
+        if step is None:
+            after = self.recorded - 1 - oldest.step_index
+            if after != self.delay:
+                raise RuntimeError(f"the oldest pending step ({oldest.step_index}) has {after} step(s) recorded after it, "
+                                   f"not delay = {self.delay}: a reward was lost, duplicated or delivered early; "
+                                   "pass step=<the handle yielded by step()> to say whose reward this is")
+        oldest.backward(loss)   # validates the loss first: a bad one leaves the step pending
+        self.pending.popleft()
+
+    def discard(self) -> None:
+        """Drops every pending step without learning from it."""
+        while self.pending:
+            self.pending.popleft().discard()
 
     def __len__(self) -> int:
         return len(self.pending)

@@ -72,7 +72,7 @@ def train_bandit(cfg: BanditConfig) -> dict:
                            nn.Linear(cfg.hidden, 1), StochasticBinary(cfg.estimator, generator=gen))
     opt = torch.optim.SGD(policy.parameters(), lr=cfg.lr)
     delayed = DelayedBroadcast(cfg.delay, local=True)
-    in_flight: deque[torch.Tensor] = deque()   # the environment's rewards, released k steps late
+    in_flight: deque = deque()   # (step handle, reward) of the environment, released k steps late
     start, seconds, held = 0, 0.0, 0
     if state is not None:   # delay 0: nothing is in flight between steps, so the resume is exact
         policy.load_state_dict(state["model"])
@@ -86,14 +86,15 @@ def train_bandit(cfg: BanditConfig) -> dict:
                      desc=f"bandit {cfg.estimator} k={cfg.delay}", disable=not cfg.progress):
         t0 = time.perf_counter()
         x, correct = multiplexer(cfg.batch_size, gen)
-        with delayed.step():
+        with delayed.step() as handle:
             action = policy(x).squeeze(-1)
         reward = (action == correct).float()
-        in_flight.append(reward)
+        in_flight.append((handle, reward))
         held = max(held, len(delayed))
         if len(in_flight) > cfg.delay:           # the reward of the step taken k steps ago arrives
             opt.zero_grad()
-            delayed.deliver(-in_flight.popleft())
+            past, past_reward = in_flight.popleft()
+            delayed.deliver(-past_reward, past)
             opt.step()
         seconds += time.perf_counter() - t0
         window.append(reward.mean().item())
@@ -104,6 +105,8 @@ def train_bandit(cfg: BanditConfig) -> dict:
             save_checkpoint({"step": step + 1, "seconds": seconds, "held": held, "model": policy.state_dict(),
                          "optimizer": opt.state_dict(), "generator": gen.get_state(), "config": cfg.__dict__},
                         ckpt_path)
+    delayed.discard()   # the last k steps' rewards arrive after the run
+    in_flight.clear()
     policy.eval()
     x, correct = multiplexer(4096, gen)
     with torch.no_grad():

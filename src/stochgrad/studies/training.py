@@ -276,8 +276,12 @@ class Metrics:
     def write(self, **row) -> None:
         """Appends one row (keys: ``fields``); to TensorBoard as well if asked."""
         if self.enabled:
-            with open(self.path, "a", newline="") as fh:
-                csv.DictWriter(fh, fieldnames=self.fields).writerow(row)
+            try:
+                with open(self.path, "a", newline="") as fh:
+                    csv.DictWriter(fh, fieldnames=self.fields).writerow(row)
+            except OSError as err:
+                why = "no space left on the device" if err.errno in (errno.ENOSPC, errno.EDQUOT) else err.strerror
+                fail(f"could not append to {self.path}: {why}")
             if self.writer is not None:
                 for key, value in row.items():
                     if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):

@@ -26,8 +26,8 @@ import torch
 
 from stochgrad.studies.training import load_checkpoint, payload_digest
 
-ARGS = ["--dataset", "digits", "--model", "nonlinear", "--estimator", "disarm", "--steps", "60", "--batch-size", "16",
-        "--log-every", "5", "--checkpoint-every", "2", "--test-samples", "5", "--test-examples", "50", "--quiet"]
+ARGS = ["--dataset", "digits", "--model", "nonlinear", "--estimator", "disarm", "--steps", "300", "--batch-size", "16",
+        "--log-every", "5", "--checkpoint-every", "7", "--test-samples", "5", "--test-examples", "50", "--quiet"]
 
 
 def command(out, *extra):
@@ -68,25 +68,45 @@ def same(a, b) -> list[str]:
 def kill_runs(work, trials, rng) -> list[dict]:
     ref = os.path.join(work, "reference")
     t0 = time.perf_counter()
-    subprocess.run(command(ref), check=True, capture_output=True)
+    proc = subprocess.Popen(command(ref), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = None
+    while proc.poll() is None:   # when does training start writing checkpoints?
+        if first is None and os.path.exists(os.path.join(ref, "checkpoint.pt")):
+            first = time.perf_counter() - t0
+        time.sleep(0.005)
     span = time.perf_counter() - t0
+    if proc.returncode:
+        raise SystemExit("the reference run failed")
+    first = first or 0.5 * span
     reference = outcome(ref)
-    print(f"reference run: {span:.1f} s, {len(reference['rows'])} metric rows")
+    print(f"reference run: {span:.1f} s, first checkpoint after {first:.1f} s, {len(reference['rows'])} metric rows")
     results = []
     for k in range(trials):
         out = os.path.join(work, f"trial{k:02d}")
         proc = subprocess.Popen(command(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         start = time.perf_counter()
-        during_write = k % 2 == 1   # odd trials: kill as soon as a checkpoint's temporary file is seen
-        delay = rng.uniform(0.2, 0.9) * span
+        # odd trials: kill while the n-th checkpoint's temporary file exists (n random); even trials: at a
+        # random moment between 0.8 x the first checkpoint's time (some before it) and the end of the run
+        during_write = k % 2 == 1
+        nth = rng.randint(1, 30)
+        delay = rng.uniform(0.8 * first, span)
+        seen, present = 0, False
         while proc.poll() is None:
             elapsed = time.perf_counter() - start
-            if during_write and elapsed > delay * 0.5 and glob.glob(os.path.join(out, "checkpoint.pt.tmp.*")):
+            if during_write:
+                now = bool(glob.glob(os.path.join(out, "checkpoint.pt.tmp.*")))
+                if now and not present:
+                    seen += 1
+                    if seen >= nth:
+                        break
+                present = now
+                if elapsed > 3 * span:
+                    break
+                time.sleep(0.0005)
+            elif elapsed > delay:
                 break
-            if not during_write and elapsed > delay:
-                break
-            if during_write and elapsed > 2 * span:
-                break
+            else:
+                time.sleep(0.002)
         killed_at = time.perf_counter() - start
         finished_first = proc.poll() is not None
         if not finished_first:

@@ -144,7 +144,7 @@ VAE = ["train", "vae", "--dataset", "digits", "--quiet"]
     (VAE + ["--batch-size", "-3"], "--batch-size"), (VAE + ["--batch-size", "0"], "--batch-size"),
     (VAE + ["--lr", "nan"], "--lr"), (VAE + ["--lr", "inf"], "--lr"), (VAE + ["--samples", "0"], "--samples"),
     (VAE + ["--test-samples", "0"], "--test-samples"), (VAE + ["--steps", "-5"], "--steps"),
-    (VAE + ["--estimator", "reinforce_loo"], "--samples"), (VAE + ["--device", "cuda:7"], "--device"),
+    (VAE + ["--estimator", "reinforce_loo", "--samples", "1"], "--samples"), (VAE + ["--device", "cuda:7"], "--device"),
     (VAE + ["--device", "tpu"], "--device"),
     (["train", "hashing", "--bits", "0"], "--bits"), (["train", "bandit", "--delay", "-1"], "--delay"),
     (["train", "rbm", "--k", "0"], "--k"), (["check", "--estimates", "1"], "--estimates"),

@@ -20,6 +20,7 @@ def _integer(minimum: int):
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {value}")
         return value
+    parse.__doc__ = f"Parses an integer flag >= {minimum}."
     return parse
 
 

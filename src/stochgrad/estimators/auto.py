@@ -102,7 +102,8 @@ class Auto(Estimator):
     broadcast = True
     cost = "S+meas."
 
-    def __init__(self, candidates=None, every: int = 50, warmup: int = 10, decay: float = 0.5):
+    def __init__(self, candidates: list[str] | tuple[str, ...] | None = None, every: int = 50, warmup: int = 10,
+                 decay: float = 0.5):
         super().__init__()
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"every must be an int >= 1, got {every!r}")

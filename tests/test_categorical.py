@@ -266,12 +266,14 @@ def test_categorical_layer_straight_through_shows_its_bias_and_delayed_broadcast
     assert z.abs().max() > 6
     net = categorical_net("reinforce", "reinforce")
     delayed = sg.DelayedBroadcast(delay=1)
+    pending = []
     for step in range(3):
-        with delayed.step():
+        with delayed.step() as handle:
             loss = (net(x) - y).square().sum(-1).detach()
-        if step >= 1:
+        pending.append((loss, handle))
+        if step >= 1:   # one step late: the oldest step's own loss, named by its handle
             net.zero_grad()
-            delayed.deliver(loss)
+            delayed.deliver(*pending.pop(0))
             assert net[0].weight.grad is not None and net[0].weight.grad.abs().sum() > 0
 
 

@@ -14,6 +14,7 @@ A loss ``f`` maps samples ``(*lead, *batch, *event)`` to ``(*lead, *batch)``.
 """
 from __future__ import annotations
 
+import abc
 import math
 
 import torch
@@ -69,7 +70,7 @@ def conditional_gumbel(v: Tensor, h: Tensor, logits: Tensor) -> Tensor:
     return torch.where(h > 0, top, others)
 
 
-class Distribution:
+class Distribution(abc.ABC):
     """What an estimator may ask of a distribution of independent discrete units (see the module doc)."""
 
     name: str = ""
@@ -78,12 +79,13 @@ class Distribution:
     def check(self, logits: Tensor, name: str = "logits") -> None:
         """Shape check beyond :func:`stochgrad.expect.check_logits` (dtype, finiteness)."""
 
+    @abc.abstractmethod
     def probs(self, logits: Tensor) -> Tensor:
-        raise NotImplementedError
+        """The units' probabilities: ``σ(logits)`` or ``softmax(logits)`` over the last dimension."""
 
+    @abc.abstractmethod
     def sample(self, probs: Tensor, lead=(), generator=None) -> Tensor:
         """Samples ``(*lead, *probs.shape)`` from one uniform per unit (:mod:`stochgrad.sampling`)."""
-        raise NotImplementedError
 
     def uniform(self, shape, like: Tensor, generator=None) -> Tensor:
         """U[0,1) noise of ``shape`` = ``(..., *batch, *event)``, drawn with the event flattened so that a
@@ -94,34 +96,34 @@ class Distribution:
         flat = (*shape[:-self.event_dims], math.prod(shape[-self.event_dims:]))
         return uniform(flat, like, generator).view(shape)
 
+    @abc.abstractmethod
     def perturb(self, logits: Tensor, u: Tensor) -> Tensor:
         """``z = a + noise(u)``, ``u ~ U[0,1)`` of ``logits``' shape: the Gumbel-max / logistic trick."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def hard(self, z: Tensor) -> Tensor:
         """The sample a perturbed ``z`` selects: ``1[z > 0]`` or ``onehot(argmax z)``."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def soften(self, z: Tensor, temperature) -> Tensor:
         """The Concrete relaxation of ``hard(z)``: ``σ(z/τ)`` or ``softmax(z/τ)``."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def conditional(self, v: Tensor, h: Tensor, logits: Tensor) -> Tensor:
         """``z̃ ~ p(z | hard(z) = h)`` from uniforms ``v``, differentiable in ``logits``."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def jacobian(self, p: Tensor, logits: Tensor) -> Tensor:
         """A surrogate whose gradient in ``logits`` is the Jacobian of ``σ`` / ``softmax`` taken at the
         (detached) probabilities ``p``: ``p(1−p)·a`` or ``p⊙a − p (p·a)``; its value carries no meaning."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def log_prob(self, h: Tensor, logits: Tensor) -> Tensor:
         """``log P(h)`` summed over the units: ``(*lead, *batch)``."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def states(self, logits: Tensor) -> Tensor:
         """Every state of one example's units, ``(N, *event)``, in the dtype of ``logits``."""
-        raise NotImplementedError
 
     def flat(self, x: Tensor) -> Tensor:
         """``(..., *event)`` to ``(..., units·classes)``: the per-coordinate view baselines work on."""

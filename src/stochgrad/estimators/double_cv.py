@@ -18,6 +18,8 @@ gives zero slopes, and the estimator is then ``reinforce_loo``).
 """
 from __future__ import annotations
 
+import abc
+
 import torch
 from torch import Tensor, nn
 
@@ -46,7 +48,33 @@ def double_cv_gradient(b: Tensor, probs: Tensor, losses: Tensor, slopes: Tensor,
     return (centred.unsqueeze(-1) * score).mean(0) - alpha * slopes.mean(0) * probs * (1 - probs)
 
 
-class DoubleCV(Tuned):
+class SlopeControlVariate(Tuned):
+    """Shared by ``double_cv`` and ``rodeo``: ``K`` Bernoulli samples, their losses and slopes
+    (:func:`loss_and_slope`), a control-variate gradient built on leave-one-out (:meth:`gradient`, the only
+    part that differs), and the tuning step on its variance (:class:`~stochgrad.estimators.base.Tuned`)."""
+
+    min_samples = 2
+
+    @abc.abstractmethod
+    def gradient(self, b: Tensor, probs: Tensor, losses: Tensor, slopes: Tensor) -> Tensor:
+        """``(K, *batch, n)`` samples, ``(K, *batch)`` losses, slopes like ``b`` → ``(*batch, n)``."""
+
+    def estimate(self, f, logits, samples, generator):
+        probs = torch.sigmoid(logits.detach())
+        b = bernoulli(probs, (samples,), generator)
+        if not logits.requires_grad:
+            return f(b).mean(0)
+        losses, slopes = loss_and_slope(f, b)
+        tuning = self.tune and self.training
+        self._follow_dtype(probs)
+        with torch.set_grad_enabled(tuning):
+            grad = self.gradient(b, probs, losses.detach(), slopes)
+            if tuning:
+                self._tune_step(grad)
+        return attach_gradient(losses.mean(0), logits, grad.detach())
+
+
+class DoubleCV(SlopeControlVariate):
     """``double_cv`` (Titsias & Shi 2022): ``reinforce_loo`` plus ``α`` times a first-order Taylor control
     variate from the other samples' slopes, its mean added back (module docstring). Unbiased;
     ``samples >= 2`` and a backward pass to ``b``.
@@ -60,26 +88,14 @@ class DoubleCV(Tuned):
     name = "double_cv"
     description = ("double CV (Titsias & Shi 2022): reinforce_loo + α·(Taylor term from the other samples' "
                    "∂f/∂b), its mean added back; α tuned")
-    min_samples = 2
 
     def __init__(self, alpha: float = 0.0, tune: bool = True, lr: float = 1e-2):
         super().__init__()
         self.alpha = nn.Parameter(torch.tensor(float(alpha)))
         self.tune, self.lr = tune, lr
 
-    def estimate(self, f, logits, samples, generator):
-        probs = torch.sigmoid(logits.detach())
-        b = bernoulli(probs, (samples,), generator)
-        if not logits.requires_grad:
-            return f(b).mean(0)
-        losses, slopes = loss_and_slope(f, b)
-        tuning = self.tune and self.training
-        self._follow_dtype(probs)
-        with torch.set_grad_enabled(tuning):
-            grad = double_cv_gradient(b, probs, losses.detach(), slopes, self.alpha.to(probs.dtype))
-            if tuning:
-                self._tune_step(grad)
-        return attach_gradient(losses.mean(0), logits, grad.detach())
+    def gradient(self, b, probs, losses, slopes):
+        return double_cv_gradient(b, probs, losses, slopes, self.alpha.to(probs.dtype))
 
     def extra_repr(self) -> str:
         return f"tune={self.tune}, lr={self.lr}"

@@ -28,10 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..baselines import leave_one_out_mean
-from ..expect import attach_gradient
-from ..sampling import bernoulli
-from .base import Tuned
-from .double_cv import loss_and_slope
+from .double_cv import SlopeControlVariate
 
 
 class SteinSurrogate(nn.Module):
@@ -73,7 +70,7 @@ def rodeo_gradient(b, probs, losses, slopes, surrogate, alpha, beta) -> Tensor:
     return (centred.unsqueeze(-1) * score + beta * stein_score).mean(0)
 
 
-class RODEO(Tuned):
+class RODEO(SlopeControlVariate):
     """``rodeo`` (Shi et al. 2022): ``reinforce_loo`` plus discrete (Gibbs) Stein control variates of a
     learned surrogate of ``f`` built from the other samples (module docstring). Unbiased;
     ``samples >= 2`` and a backward pass to ``b``.
@@ -87,7 +84,6 @@ class RODEO(Tuned):
     name = "rodeo"
     description = ("RODEO (Shi et al. 2022): reinforce_loo + discrete (Gibbs) Stein control variates of a "
                    "learned Taylor surrogate; tuned")
-    min_samples = 2
 
     def __init__(self, hidden: int = 100, tune: bool = True, lr: float = 1e-2):
         super().__init__()
@@ -96,20 +92,9 @@ class RODEO(Tuned):
         self.surrogate = SteinSurrogate(hidden)
         self.tune, self.lr, self.hidden = tune, lr, hidden
 
-    def estimate(self, f, logits, samples, generator):
-        probs = torch.sigmoid(logits.detach())
-        b = bernoulli(probs, (samples,), generator)
-        if not logits.requires_grad:
-            return f(b).mean(0)
-        losses, slopes = loss_and_slope(f, b)
-        tuning = self.tune and self.training
-        self._follow_dtype(probs)
-        with torch.set_grad_enabled(tuning):
-            grad = rodeo_gradient(b, probs, losses.detach(), slopes, self.surrogate,
-                                  self.alpha.to(probs.dtype), self.beta.to(probs.dtype))
-            if tuning:
-                self._tune_step(grad)
-        return attach_gradient(losses.mean(0), logits, grad.detach())
+    def gradient(self, b, probs, losses, slopes):
+        return rodeo_gradient(b, probs, losses, slopes, self.surrogate, self.alpha.to(probs.dtype),
+                              self.beta.to(probs.dtype))
 
     def extra_repr(self) -> str:
         return f"hidden={self.hidden}, tune={self.tune}, lr={self.lr}"

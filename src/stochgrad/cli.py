@@ -156,8 +156,8 @@ def cmd_compare(args) -> int:
     cfg = compare.Config.make(quick=args.quick, estimators=_estimator_names(args.estimators), device=args.device,
                               seed=args.seed)
     results = compare.run(cfg, args.out, progress=not args.quiet)
-    print(f"wrote {args.out}/report.md, results.json and plots in {results['wall_seconds']:.0f} s")
-    for line in results["findings"] + results["scaling_sentences"]:
+    print(f"wrote {args.out}/report.md, results.json, timings.json and plots in {results['wall_seconds']:.0f} s")
+    for line in results["findings"] + results["timing_findings"] + results["scaling_sentences"]:
         print("-", line.replace("**", "").replace("`", ""))
     if results["quick_vs_full"]:
         print("This quick run's scaling conclusions differ from the full run's here (trust the full run):")
@@ -327,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare", help="the estimator study: bias, variance, cost, scaling with D, race")
     p.add_argument("--quick", action="store_true", help="a smaller study (a few minutes on 2 cores); says where its scaling conclusions differ from the full run's")
-    p.add_argument("--out", type=_folder, default="runs/compare", help="output folder (report.md, results.json, plots)")
+    p.add_argument("--out", type=_folder, default="runs/compare", help="output folder (report.md, results.json: same seed, same bytes; timings.json; plots)")
     p.add_argument("--estimators", help="comma-separated names (default: all but exact)")
     p.add_argument("--device", type=_device, default="cpu", help="cpu or cuda")
     p.add_argument("--seed", type=int, default=0)

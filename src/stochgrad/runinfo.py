@@ -42,16 +42,22 @@ def git_commit(path: str | None = None) -> tuple[str | None, bool | None]:
         return None, None
 
 
-def environment() -> dict:
-    """``{"torch", "threads", "commit", "dirty", "date", "python", "cuda"}``: one JSON-ready dict."""
+def environment(date: bool = True) -> dict:
+    """``{"torch", "threads", "commit", "dirty", "date", "python", "cuda"}``: one JSON-ready dict.
+    ``date=False`` leaves the date out: what remains is fixed by the code and the installation, so a file
+    that must repeat byte for byte (``stochgrad compare``'s ``results.json``) can still name its commit."""
     commit, dirty = git_commit()
-    return {"torch": torch.__version__, "threads": torch.get_num_threads(), "commit": commit, "dirty": dirty,
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "python": platform.python_version(),
-            "cuda": torch.version.cuda if torch.cuda.is_available() else None}
+    env = {"torch": torch.__version__, "threads": torch.get_num_threads(), "commit": commit, "dirty": dirty,
+           "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+           "python": platform.python_version(),
+           "cuda": torch.version.cuda if torch.cuda.is_available() else None}
+    if not date:
+        del env["date"]
+    return env
 
 
-def write_json(path: str, obj: dict, **dump_options) -> None:
-    """Writes ``obj`` with an ``"environment"`` entry (:func:`environment`) added, to ``path``."""
+def write_json(path: str, obj: dict, date: bool = True, **dump_options) -> None:
+    """Writes ``obj`` with an ``"environment"`` entry (:func:`environment`, with the date unless
+    ``date=False``) added, to ``path``."""
     with open(path, "w") as fh:
-        json.dump({**obj, "environment": environment()}, fh, indent=1, **dump_options)
+        json.dump({**obj, "environment": environment(date)}, fh, indent=1, **dump_options)

@@ -10,7 +10,20 @@ Three parts, all against exact gradients:
    estimator and loss, one sentence each.
 3. **Race**: Adam on the logits from the same start, the exact expected loss against steps and time.
 
-Outputs ``report.md``, ``results.json`` (keyed by estimator) and PNG plots in ``--out``.
+Outputs ``report.md``, ``results.json``, ``results_categorical.json``, ``timings.json`` and PNG plots in
+``--out``. The JSON is split by what decides each number:
+
+- ``results.json`` (keyed by estimator) and ``results_categorical.json``: every number that follows from
+  the configuration, the seed and the code (bias, variance, scaling, the race's losses, the findings about
+  them) and the environment without its date (torch, python, threads, commit). All noise comes from
+  generators seeded by ``seed``, so two runs with the same seed and code write these files **byte for
+  byte identical** (``tests/test_compare.py`` runs a tiny study twice and compares the bytes).
+- ``timings.json``: what the clock and the moment decide, shaped like the results it belongs to: time per
+  estimate (median, range, all repeats), efficiency ``1 / (variance × time)`` with its range, the race's
+  clock, the efficiency findings, the wall time and the full environment with its date
+  (:data:`CLOCK_KEYS`; ``"categorical"`` holds the categorical part's timings).
+
+``report.md`` and the plots show both.
 """
 from __future__ import annotations
 
@@ -124,6 +137,38 @@ def timing_summary(seconds: list[float], r: dict) -> dict:
     hi = 1.0 / ((var - 2 * se) * ts[0]) if var - 2 * se > 0 else math.inf
     return {"seconds_per_estimate": med, "seconds_min": ts[0], "seconds_max": ts[-1], "seconds_all": seconds,
             "efficiency": eff, "efficiency_range": [lo, hi]}
+
+
+# What the clock or the moment decides: written to timings.json, never to results.json (see the module's doc)
+CLOCK_KEYS = frozenset({"seconds_per_estimate", "seconds_min", "seconds_max", "seconds_all", "efficiency",
+                        "efficiency_range", "seconds", "wall_seconds", "timing_findings", "environment"})
+
+
+def split_clock(obj, keys=CLOCK_KEYS):
+    """``(kept, clock)``: ``obj`` (nested dicts) without the entries named in ``keys``, at any depth, and
+    those entries in the same nesting (dicts left empty by the split are dropped from ``clock``)."""
+    if not isinstance(obj, dict):
+        return obj, None
+    kept, clock = {}, {}
+    for k, v in obj.items():
+        if k in keys:
+            clock[k] = v
+            continue
+        kept[k], c = split_clock(v, keys)
+        if c:
+            clock[k] = c
+    return kept, clock
+
+
+def write_results(out_dir: str, results: dict, categorical: dict) -> None:
+    """Writes ``results.json`` and ``results_categorical.json`` (what the seed decides, environment
+    without the date) and ``timings.json`` (:data:`CLOCK_KEYS`, environment with the date)."""
+    kept, clock = split_clock(results)
+    write_json(os.path.join(out_dir, "results.json"), kept, date=False, default=float)
+    if categorical:
+        cat_kept, clock["categorical"] = split_clock(categorical)
+        write_json(os.path.join(out_dir, "results_categorical.json"), cat_kept, date=False, default=float)
+    write_json(os.path.join(out_dir, "timings.json"), clock, default=float)
 
 
 # ---- 2. scaling -------------------------------------------------------------------------------------
@@ -311,15 +356,45 @@ def _within(x: dict, y: dict) -> bool:
     return x["efficiency_range"][1] >= lo and x["efficiency_range"][0] <= hi
 
 
+def _unbiased(est: dict, p: str) -> dict:
+    return {n: e["problems"][p] for n, e in est.items() if e["problems"][p]["declared_unbiased"]}
+
+
+def timing_findings(results) -> list[str]:
+    """The findings the clock decides (kept in ``timings.json``): per problem the most efficient unbiased
+    estimator per second, and who is within the noise of its timings and variance."""
+    est = results["estimators"]
+    lines = []
+    for p in next(iter(est.values()))["problems"]:
+        unb = _unbiased(est, p)
+        if not unb:
+            continue
+        eff = max(unb, key=lambda n: unb[n]["efficiency"])
+        e_lo, e_hi = unb[eff]["efficiency_range"]
+        tied = [n for n in unb if n != eff and _within(unb[n], unb[eff])]
+        text = (f"On **{p}**, the most efficient unbiased estimator per second is `{eff}` "
+                f"({_fmt(unb[eff]['efficiency'])}, range {_fmt(e_lo)} … {_fmt(e_hi)} over "
+                f"{len(unb[eff]['seconds_all'])} timings and the variance's ± 2 SE)")
+        if tied:
+            text += f", but {', '.join(f'`{n}`' for n in tied)} {'is' if len(tied) == 1 else 'are'} within that noise of it."
+        else:
+            nxt = max((n for n in unb if n != eff), key=lambda n: unb[n]["efficiency"], default=None)
+            text += (f", ahead of the next, `{nxt}` ({_fmt(unb[nxt]['efficiency'])}), beyond the noise."
+                     if nxt else ".")
+        lines.append(text)
+    return lines
+
+
 def findings(results) -> list[str]:
-    """The report's findings: per problem the lowest-variance and the most efficient unbiased estimator
-    (with who is within noise of it), the lowest MSE, and whether every unbiased estimator passed.
+    """The report's findings that the seed decides (kept in ``results.json``): per problem the
+    lowest-variance unbiased estimator (with who is within noise of it), ``auto``'s choice, the lowest
+    MSE, and whether every unbiased estimator passed. The per-second ones: :func:`timing_findings`.
     """
     est = results["estimators"]
     lines = []
     probs = next(iter(est.values()))["problems"].keys()
     for p in probs:
-        unb = {n: e["problems"][p] for n, e in est.items() if e["problems"][p]["declared_unbiased"]}
+        unb = _unbiased(est, p)
         allp = {n: e["problems"][p] for n, e in est.items()}
         if unb:
             lo = min(unb, key=lambda n: unb[n]["variance"])
@@ -328,19 +403,7 @@ def findings(results) -> list[str]:
                     <= r["variance"] + 2 * r["variance_se"]]
             text = (f"On **{p}**, the lowest-variance unbiased estimator is `{lo}` (variance {_fmt(r['variance'])}"
                     f" ± {_fmt(r['variance_se'])})")
-            text += (f", within 2 standard errors of {', '.join(f'`{n}`' for n in tied)}" if tied else "") + "; "
-            eff = max(unb, key=lambda n: unb[n]["efficiency"])
-            e_lo, e_hi = unb[eff]["efficiency_range"]
-            tied = [n for n in unb if n != eff and _within(unb[n], unb[eff])]
-            text += (f"the most efficient per second is `{eff}` ({_fmt(unb[eff]['efficiency'])}, range "
-                     f"{_fmt(e_lo)} … {_fmt(e_hi)} over {len(unb[eff]['seconds_all'])} timings and the variance's "
-                     "± 2 SE)")
-            if tied:
-                text += f", but {', '.join(f'`{n}`' for n in tied)} {'is' if len(tied) == 1 else 'are'} within that noise of it."
-            else:
-                nxt = max((n for n in unb if n != eff), key=lambda n: unb[n]["efficiency"], default=None)
-                text += (f", ahead of the next, `{nxt}` ({_fmt(unb[nxt]['efficiency'])}), beyond the noise."
-                         if nxt else ".")
+            text += (f", within 2 standard errors of {', '.join(f'`{n}`' for n in tied)}" if tied else "") + "."
             lines.append(text)
         if "auto" in est and len(unb) > 1:
             per_eval = {n: r["variance"] * r["evaluations"] for n, r in unb.items() if n != "auto"}
@@ -371,7 +434,7 @@ def write_report(results, out_dir, plots):
          f"{'Quick run.' if cfg['quick'] else 'Full run.'} Wall time: {results['wall_seconds']:.0f} s.", "",
          _env_line(results["environment"]), "",
          "## Findings", ""]
-    L += [f"- {s}" for s in results["findings"]]
+    L += [f"- {s}" for s in results["findings"] + results["timing_findings"]]
     if cfg["quick"]:
         L += ["", "## This quick run against the full run", "",
               f"The quick run makes {cfg['scaling_warmup']} warm-up calls instead of {Config.scaling_warmup} (so REBAR, RELAX and "
@@ -566,7 +629,8 @@ def plot(results, out_dir) -> dict:
 
 
 def run(cfg: Config, out_dir: str, progress: bool = True) -> dict:
-    """Runs the whole study and writes ``report.md``, ``results.json`` and the plots to ``out_dir``."""
+    """Runs the whole study and writes ``report.md``, the JSON files (:func:`write_results`) and the plots
+    to ``out_dir``; returns the results with their timings (as ``report.md`` shows them)."""
     from tqdm import tqdm
 
     os.makedirs(out_dir, exist_ok=True)
@@ -588,12 +652,13 @@ def run(cfg: Config, out_dir: str, progress: bool = True) -> dict:
                               for n in cfg.estimators},
                "wall_seconds": time.perf_counter() - t0}
     results["findings"] = findings(results)
+    results["timing_findings"] = timing_findings(results)
     by_loss = scaling_sentences(results)
     results["scaling_sentences"] = [s for sentences in by_loss.values() for s in sentences]
     results["quick_vs_full"] = quick_vs_full(results) if cfg.quick else []
     plots = plot(results, out_dir)
-    write_json(os.path.join(out_dir, "results.json"), results, default=float)
     write_report(results, out_dir, plots)
+    categorical_report(categorical, cfg, out_dir)   # appends its section to report.md, adds its plot
+    write_results(out_dir, results, categorical)
     results["categorical"] = categorical
-    categorical_report(categorical, cfg, out_dir)   # appends its section to report.md, adds results_categorical.json
     return results

@@ -5,7 +5,8 @@ variance grows with the number of units ``n`` and with the number of classes ``K
 Scaling losses with closed-form expectations (one-hot ``h_i``, class values ``w_k = k/(K−1)``, all
 units with the same logits ``linspace(−1, 1, K)``): *separable* ``Σ_i (w·h_i − t)²`` and *coupled*
 ``(Σ_i w·h_i − t·n)² / n``; their exact gradients come from autograd through the closed form.
-Writes a section appended to ``report.md``, ``results_categorical.json`` and ``categorical_scaling.png``.
+Writes a section appended to ``report.md`` and ``categorical_scaling.png``; ``compare.write_results`` writes
+``results_categorical.json`` (and its timings into ``timings.json``).
 """
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ import torch
 from .. import problems as P
 from ..checks import sample_gradients
 from ..estimators import REGISTRY, get_estimator
-from ..runinfo import write_json
 from .training import save_figure
 
 TARGET = 0.45
@@ -107,10 +107,10 @@ def _f(x):
 
 
 def categorical_report(res: dict, cfg, out_dir: str) -> None:
-    """Appends the categorical section to ``report.md``; writes its JSON and plot."""
+    """Appends the categorical section to ``report.md`` and writes its plot (``compare.write_results``
+    writes its JSON)."""
     if not res:
         return
-    write_json(os.path.join(out_dir, "results_categorical.json"), res, default=float)
     est = list(res["units"])
     L = ["", "## Categorical units (issue 10)", "",
          f"Estimators that support one-hot categorical units: {', '.join(est)}. Problems: n = 3 units of K = 4 "

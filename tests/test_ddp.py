@@ -33,9 +33,12 @@ def run_state(est_name):
     return est.state_dict()
 
 
+TUNED = {"rebar": 1, "relax": 1, "double_cv": 2, "rodeo": 2}   # every Tuned estimator: its samples
+
+
 def run_tuned(name, rank=None):
-    """REBAR/RELAX tuning on a batch split over ranks (noise sharded as one process draws it): every rank must
-    end with the single process's tuned state."""
+    """Online tuning (REBAR, RELAX, double CV, RODEO) on a batch split over ranks (noise sharded as one process
+    draws it): every rank must end with the single process's tuned state."""
     from stochgrad import problems
     from stochgrad.sampling import Sharded
 
@@ -46,7 +49,7 @@ def run_tuned(name, rank=None):
     for _ in range(STEPS):
         a = full if rank is None else full[rank * B:(rank + 1) * B]
         g = gen if rank is None else Sharded(gen, rank, 2)
-        est(p.f, a.clone().requires_grad_(True), generator=g).sum().backward()
+        est(p.f, a.clone().requires_grad_(True), TUNED[name], generator=g).sum().backward()
     return est.theta.clone()
 
 
@@ -84,7 +87,7 @@ def worker(rank, init_file, out_dir):
     try:
         result = {name: run_state(name) for name in ("reinforce_ma", "reinforce_optimal", "learned")}
         result["train"] = train(rank)
-        result["tuned"] = {name: run_tuned(name, rank) for name in ("rebar", "relax")}
+        result["tuned"] = {name: run_tuned(name, rank) for name in TUNED}
         torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -99,9 +102,9 @@ def test_synchronised_state_and_training_match_one_process():
         for r in ranks:
             for key, value in single.items():
                 assert torch.allclose(r[name][key], value, atol=1e-12), (name, key)
-    for name in ("rebar", "relax"):
+    for name in TUNED:
         single = run_tuned(name)
-        assert single.numel() > 2 or name == "rebar"
+        assert single.numel() > 2 or name in ("rebar", "double_cv")
         for r in ranks:
             assert torch.allclose(r["tuned"][name], single, atol=1e-10, rtol=0), name
     single = train()

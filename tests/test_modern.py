@@ -156,31 +156,72 @@ def test_tuning_every_few_calls_tunes_as_well_as_every_call(name, problem):
     assert new < old + 4 * (se_new ** 2 + se_old ** 2) ** 0.5, (new, old)
 
 
-@pytest.mark.parametrize("name", ["rebar", "relax"])
+TUNED = {"rebar": 1, "relax": 1, "double_cv": 2, "rodeo": 2}   # every Tuned estimator: its samples per estimate
+
+
+def test_every_tuned_estimator_is_listed_here():
+    from stochgrad.estimators import REGISTRY
+    from stochgrad.estimators.base import Tuned
+
+    assert {n for n, cls in REGISTRY.items() if issubclass(cls, Tuned)} == set(TUNED)
+
+
+@pytest.mark.parametrize("name", TUNED)
 def test_tuned_state_is_not_a_model_parameter(name):
-    """A user's optimiser never sees (nor steps) what the estimator tunes itself."""
+    """A user's optimiser never sees (nor steps) what the estimator tunes itself (issue 14.15)."""
     p = problems.decoder()
     est = sg.get_estimator(name)
     model = torch.nn.ModuleDict({"encoder": torch.nn.Linear(3, p.n).double(), "estimator": est})
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
     x = torch.randn(20, 3, dtype=torch.float64)
-    for _ in range(3):
+    start = est.theta.clone()
+    for step in range(3):
         opt.zero_grad()
-        est(p.f, model["encoder"](x), generator=torch.Generator().manual_seed(0)).sum().backward()
+        est(p.f, model["encoder"](x), TUNED[name], torch.Generator().manual_seed(step)).sum().backward()
         before = est.theta.clone()
         opt.step()
         assert torch.equal(before, est.theta)
+    assert start.shape != est.theta.shape or not torch.equal(start, est.theta), "the tuner moved nothing"
     assert list(est.parameters()) == [] and any(k.endswith("estimator.theta") for k in model.state_dict())
     assert {id(q) for q in model.parameters()} == {id(q) for q in model["encoder"].parameters()}
 
 
-def test_relax_is_initialised_from_the_generator():
-    """Same seed, same RELAX, whatever the global RNG did in between."""
+@pytest.mark.parametrize("name", TUNED)
+def test_tuned_state_is_initialised_from_the_generator(name):
+    """Same seed, same tuned state (RELAX's and RODEO's networks included), whatever the global RNG did."""
     p = problems.decoder()
     states = []
     for global_seed in (1, 2):
         torch.manual_seed(global_seed)
-        est = sg.get_estimator("relax")
-        sample_gradients(est, p.f, p.logits, estimates=300, batch=100, generator=torch.Generator().manual_seed(0))
+        est = sg.get_estimator(name)
+        sample_gradients(est, p.f, p.logits, estimates=300, batch=100, samples=TUNED[name],
+                         generator=torch.Generator().manual_seed(0))
         states.append(est.theta.clone())
-    assert states[0].numel() > 2 and torch.equal(states[0], states[1])
+    assert torch.equal(states[0], states[1])
+    if name in ("relax", "rodeo"):
+        assert states[0].numel() > 2
+
+
+@pytest.mark.parametrize("name", TUNED)
+def test_a_nonfinite_loss_leaves_the_tuned_state_as_it_was(name):
+    """Every Tuned estimator: a call with NaN/inf losses raises and changes nothing (its Adam moments and its
+    call counter included); an empty batch changes nothing either."""
+    p = problems.decoder()
+    est = sg.get_estimator(name, tune_every=1)
+    sample_gradients(est, p.f, p.logits, estimates=200, batch=100, samples=TUNED[name],
+                     generator=torch.Generator().manual_seed(0))
+    before = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in est.state_dict().items()}
+
+    def nan_first(b):
+        out = p.f(b)
+        return torch.cat([out[..., :1] * float("nan"), out[..., 1:]], -1)
+
+    a = p.logits.expand(5, p.n).clone().requires_grad_(True)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        est(nan_first, a, TUNED[name], torch.Generator().manual_seed(1))
+    est(p.f, a[:0], TUNED[name], torch.Generator().manual_seed(1)).sum().backward()
+    after = est.state_dict()
+    assert before.keys() == after.keys()
+    for k in before:
+        assert torch.equal(before[k], after[k]) if isinstance(before[k], torch.Tensor) else before[k] == after[k], k
+    assert torch.isfinite(est.theta).all()

@@ -2,15 +2,18 @@
 from __future__ import annotations
 
 import abc
-import copy
 
 import torch
 from torch import Tensor, nn
 
-from ..distributed import mean_over_ranks
+from ..baselines import ResizableBuffers
+from ..distributed import is_distributed, mean_over_ranks
 from ..distributions import BERNOULLI
 from ..expect import CheckedLoss, LossFn, attach_gradient, expect, lead, over_samples
-from ..guard import LOSSES, Verdict, finite
+from ..guard import LOSSES, Verdict, finite, fold_
+from ..sampling import Sharded, uniform
+
+BETAS, EPS = (0.9, 0.999), 1e-8  # Adam (Kingma & Ba 2015) for the tuned state: torch.optim.Adam's defaults
 
 
 def check_positive(value, name: str) -> float:
@@ -18,6 +21,15 @@ def check_positive(value, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
     return float(value)
+
+
+def check_count(value, name: str) -> int:
+    """``value`` as a validated int ``>= 1`` (an option that counts, e.g. calls between tuning steps);
+    a ``ValueError`` naming ``name`` otherwise.
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    return value
 
 
 class Estimator(nn.Module, abc.ABC):
@@ -125,58 +137,101 @@ class ScoreFunction(Estimator):
         return attach_gradient(over_samples(losses, samples), logits, grad)
 
 
-class Tuned(Estimator):
-    """An estimator whose control variate has parameters (``nn.Parameter`` s of the estimator) tuned online.
+class Tuned(Estimator, ResizableBuffers):
+    """An estimator whose control variate has values tuned online to minimise its variance (``rebar``,
+    ``relax``, ``double_cv``, ``rodeo``): one mechanism for all of them.
 
-    The estimate is unbiased whatever the parameters, so the gradient of ``E‖ĝ‖²`` with respect to them
-    is that of the variance: each training call (``tune`` and ``self.training``) takes one Adam step
-    (``lr``) on ``mean ‖ĝ‖²`` over the examples, *after* the estimate was made (so each estimate uses
-    parameters fixed by past calls). The step's gradient is averaged over ranks under
-    ``torch.distributed`` (every rank holds the same parameters), and Adam's state travels with
-    ``state_dict``. The tuner leaves no ``.grad`` on them, so when the estimator sits inside a user's model
-    the user's optimiser (which skips parameters without a gradient) never steps them a second time. Subclasses set ``self.tune``, ``self.lr`` and call :meth:`_tune_step`.
+    - **State, not model parameters.** The tuned values are one flat buffer ``theta`` (each subclass
+      reads its slices) with Adam's moments beside it (``adam_m``, ``adam_v``, ``adam_steps``): they never
+      appear in a user's ``model.parameters()`` (a user's optimiser cannot step them a second time),
+      ``state_dict`` resumes them exactly (the call counter travels in the extra state), and they follow
+      the logits' dtype and device.
+    - **Tuning.** The estimate is unbiased whatever ``theta``, so the gradient of ``E‖ĝ‖²`` is that of
+      the variance: every ``tune_every``-th training call (``tune`` and ``self.training``) takes one Adam
+      step (``lr``; Kingma & Ba 2015) on ``mean ‖ĝ‖²`` over the examples, *after* the estimate was made
+      (each estimate uses values fixed by past calls).
+    - **Ranks.** The step's gradient is averaged over ranks under ``torch.distributed``; values drawn at
+      random (RELAX's and RODEO's networks, :meth:`draw`) come from the call's generator on first use
+      (rank 0's draw without one), so every rank holds the same values and runs with the same seed repeat.
+    - **Guarded** (:mod:`stochgrad.guard`): a call whose losses (hence the step) are NaN/inf changes
+      nothing, bitwise, and is reported; ``theta`` never takes a non-finite value.
+
+    Subclasses pass the initial values to ``__init__``, may append random ones in :meth:`prepare`, compute
+    their estimate from ``theta = self.values(tuning)`` and, on tuning calls, hand it to :meth:`tune_on`.
     """
 
     unbiased = True
-    _optimizer = None
 
-    def _tuned_parameters(self):
-        return [q for q in self.parameters() if q.requires_grad]
+    def __init__(self, initial: list[float], tune: bool, lr: float, tune_every: int = 1):
+        super().__init__()
+        if not isinstance(tune, bool):
+            raise TypeError(f"tune must be True or False, got {tune!r}")
+        self.tune, self.lr, self.tune_every = tune, check_positive(lr, "lr"), check_count(tune_every, "tune_every")
+        self.register_buffer("theta", torch.tensor([float(v) for v in initial]))
+        self.register_buffer("adam_m", torch.zeros(len(initial)))
+        self.register_buffer("adam_v", torch.zeros(len(initial)))
+        self.register_buffer("adam_steps", torch.zeros(()))
+        self._calls = 0  # training calls so far: every tune_every-th one tunes (in the extra state)
 
-    def _follow_dtype(self, like: Tensor) -> None:
-        """Before the first tuning step, moves the parameters to the logits' dtype (float64 problems tune in float64)."""
-        if self._optimizer is None and any(q.dtype != like.dtype for q in self.parameters()):
-            self.to(dtype=like.dtype)
+    def prepare(self, n: int, like: Tensor, generator) -> None:
+        """Sizes the tuned state for ``n`` units on first use (:meth:`grow`); nothing by default."""
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # parameters adopt the checkpoint's dtype (a float64 run resumes in float64), before any child loads
-        for name, q in self.named_parameters():
-            incoming = state_dict.get(prefix + name)
-            if incoming is not None and incoming.dtype != q.dtype:
-                q.data = q.data.to(incoming.dtype)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+    def begin(self, like: Tensor, n: int, generator) -> bool:
+        """At the start of a call that computes a gradient: the state in the dtype and device of ``like`` (the
+        logits), sized by :meth:`prepare`; returns whether this call tunes."""
+        self._follow(like, "theta", "adam_m", "adam_v", "adam_steps")
+        self.prepare(n, like, generator)
+        return self.tune and self.training and self._calls % self.tune_every == 0
 
-    def _tune_step(self, grad: Tensor, event_dims: int = 1) -> None:
-        """One Adam step on ``mean ‖ĝ‖²``; ``grad``: ``(*batch, *event)``, differentiable in the parameters."""
-        params = self._tuned_parameters()
-        if self._optimizer is None:
-            self._optimizer = torch.optim.Adam(params, lr=self.lr)
+    def values(self, tuning: bool) -> Tensor:
+        """``theta`` for the formula: a detached copy, differentiable on a tuning call."""
+        return self.theta.detach().requires_grad_(tuning)
+
+    def end(self) -> None:
+        """After the call's checks: counts a training call (a call that raised leaves even the count)."""
+        if self.training:
+            self._calls += 1
+
+    def draw(self, size: int, bound: float, like: Tensor, generator) -> Tensor:
+        """``size`` values uniform in ``[−bound, bound)`` (``nn.Linear``'s default initialisation) from the
+        caller's generator (its unsharded stream: the same on every rank; rank 0's draw without one)."""
+        gen = generator.generator if isinstance(generator, Sharded) else generator
+        out = (2 * uniform((size,), like, gen) - 1) * bound
+        if is_distributed() and gen is None:  # the global RNG differs across ranks: take rank 0's draw
+            torch.distributed.broadcast(out, 0)
+        return out
+
+    def grow(self, extra: Tensor) -> None:
+        """Appends ``extra`` to ``theta`` (on first use, before any tuning step), with zero Adam moments."""
+        self.theta = torch.cat([self.theta, extra.to(self.theta)])
+        self.adam_m = self.theta.new_zeros(self.theta.shape)
+        self.adam_v = self.theta.new_zeros(self.theta.shape)
+
+    def tune_on(self, grad: Tensor, theta: Tensor, event_dims: int = 1) -> None:
+        """One guarded Adam step on ``mean ‖ĝ‖²``; ``grad``: the estimate ``(*batch, *event)``, differentiable
+        in ``theta`` (from :meth:`values`)."""
         per_example = grad.square().flatten(grad.dim() - event_dims).sum(-1)
-        objective, count = per_example.mean(), per_example.numel()
-        grads = torch.autograd.grad(objective, params, allow_unused=True)
-        ok = finite(objective.detach())   # a non-finite call steps nothing (zero gradient), without a sync
-        for q, g in zip(params, grads):
-            q.grad = None if g is None else torch.where(ok, mean_over_ranks(g.detach().to(q.dtype), count), 0.0)
-        self._optimizer.step()
-        for q in params:  # issue 14.15: a user's optimiser over model.parameters() skips what it sees no .grad on
-            q.grad = None
+        (g,) = torch.autograd.grad(per_example.mean(), theta, allow_unused=True)
+        self._step(torch.zeros_like(theta) if g is None else g.detach(), per_example.numel())
+
+    @torch.no_grad()
+    def _step(self, g: Tensor, count: int) -> None:
+        """Adam on ``theta`` with the gradient ``g`` averaged over ranks; nothing changes unless it is finite."""
+        g = mean_over_ranks(g.to(self.theta.dtype), count)
+        ok = finite(g)
+        g = torch.where(ok, g, 0.0)
+        (b1, b2), steps = BETAS, self.adam_steps + 1
+        m, v = b1 * self.adam_m + (1 - b1) * g, b2 * self.adam_v + (1 - b2) * g.square()
+        update = self.lr * (m / (1 - b1 ** steps)) / ((v / (1 - b2 ** steps)).sqrt() + EPS)
+        fold_(ok, (self.theta, self.theta - update), (self.adam_m, m), (self.adam_v, v), (self.adam_steps, steps))
+        self.verdict.report(ok, LOSSES)
 
     def get_extra_state(self):
-        """The tuner's Adam state travels with ``state_dict`` (a copy: Adam's own shares its tensors)."""
-        return {"optimizer": None if self._optimizer is None else copy.deepcopy(self._optimizer.state_dict())}
+        """The call counter (which calls tune) travels with ``state_dict``."""
+        return {"calls": self._calls}
 
     def set_extra_state(self, state):
-        self._optimizer = None
-        if state and state.get("optimizer") is not None:
-            self._optimizer = torch.optim.Adam(self._tuned_parameters(), lr=self.lr)
-            self._optimizer.load_state_dict(state["optimizer"])
+        self._calls = int(state.get("calls", 0)) if isinstance(state, dict) else 0
+
+    def extra_repr(self) -> str:
+        return f"tune={self.tune}, tune_every={self.tune_every}, lr={self.lr}"

@@ -19,12 +19,14 @@ gives zero slopes, and the estimator is then ``reinforce_loo``).
 from __future__ import annotations
 
 import abc
+import math
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..baselines import leave_one_out_mean
 from ..expect import attach_gradient
+from ..guard import LOSSES, finite
 from ..sampling import bernoulli
 from .base import Tuned
 
@@ -51,26 +53,30 @@ def double_cv_gradient(b: Tensor, probs: Tensor, losses: Tensor, slopes: Tensor,
 class SlopeControlVariate(Tuned):
     """Shared by ``double_cv`` and ``rodeo``: ``K`` Bernoulli samples, their losses and slopes
     (:func:`loss_and_slope`), a control-variate gradient built on leave-one-out (:meth:`gradient`, the only
-    part that differs), and the tuning step on its variance (:class:`~stochgrad.estimators.base.Tuned`)."""
+    part that differs) from the tuned values ``theta``, and the tuning step on its variance
+    (:class:`~stochgrad.estimators.base.Tuned`)."""
 
     min_samples = 2
 
     @abc.abstractmethod
-    def gradient(self, b: Tensor, probs: Tensor, losses: Tensor, slopes: Tensor) -> Tensor:
-        """``(K, *batch, n)`` samples, ``(K, *batch)`` losses, slopes like ``b`` → ``(*batch, n)``."""
+    def gradient(self, b: Tensor, probs: Tensor, losses: Tensor, slopes: Tensor, theta: Tensor) -> Tensor:
+        """``(K, *batch, n)`` samples, ``(K, *batch)`` losses, slopes like ``b``, the tuned values → ``(*batch, n)``."""
 
     def estimate(self, f, logits, samples, generator):
         probs = torch.sigmoid(logits.detach())
         b = bernoulli(probs, (samples,), generator)
-        if not logits.requires_grad:
-            return f(b).mean(0)
+        if not logits.requires_grad or probs.numel() == 0:  # no gradient wanted, or an empty batch: no state touched
+            return attach_gradient(f(b).mean(0), logits, torch.zeros_like(probs))
         losses, slopes = loss_and_slope(f, b)
-        tuning = self.tune and self.training
-        self._follow_dtype(probs)
+        tuning = self.begin(probs, probs.shape[-1], generator)
         with torch.set_grad_enabled(tuning):
-            grad = self.gradient(b, probs, losses.detach(), slopes)
+            theta = self.values(tuning)
+            grad = self.gradient(b, probs, losses.detach(), slopes, theta)
             if tuning:
-                self._tune_step(grad)
+                self.tune_on(grad, theta)
+            elif self.training:
+                self.verdict.report(finite(losses.detach()), LOSSES)
+        self.end()
         return attach_gradient(losses.mean(0), logits, grad.detach())
 
 
@@ -80,22 +86,23 @@ class DoubleCV(SlopeControlVariate):
     ``samples >= 2`` and a backward pass to ``b``.
 
     Args:
-        alpha: the Taylor term's initial weight.
+        alpha: the Taylor term's initial weight (``theta = [α]``).
         tune: tune ``α`` online to minimise the variance.
-        lr: the tuner's learning rate.
+        lr: the tuner's learning rate; ``tune_every``: training calls per tuning step.
     """
 
     name = "double_cv"
     description = ("double CV (Titsias & Shi 2022): reinforce_loo + α·(Taylor term from the other samples' "
                    "∂f/∂b), its mean added back; α tuned")
 
-    def __init__(self, alpha: float = 0.0, tune: bool = True, lr: float = 1e-2):
-        super().__init__()
-        self.alpha = nn.Parameter(torch.tensor(float(alpha)))
-        self.tune, self.lr = tune, lr
+    def __init__(self, alpha: float = 0.0, tune: bool = True, lr: float = 1e-2, tune_every: int = 1):
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
+            raise ValueError(f"alpha must be a finite number, got {alpha!r}")
+        super().__init__([alpha], tune, lr, tune_every)
 
-    def gradient(self, b, probs, losses, slopes):
-        return double_cv_gradient(b, probs, losses, slopes, self.alpha.to(probs.dtype))
+    @property
+    def alpha(self) -> Tensor:
+        return self.theta[0]
 
-    def extra_repr(self) -> str:
-        return f"tune={self.tune}, lr={self.lr}"
+    def gradient(self, b, probs, losses, slopes, theta):
+        return double_cv_gradient(b, probs, losses, slopes, theta[0])

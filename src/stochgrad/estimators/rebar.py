@@ -15,14 +15,12 @@ second-order passes (tests/test_modern.py compares the variance after tuning). C
 of ``f`` per sample (at ``b``, ``σ(z/λ)``, ``σ(z̃/λ)``) and one backward pass to ``a`` for ``∂_a c``
 (created with a graph only on tuning calls, which add one more pass for ``∂E[ĝ²]/∂(η, λ, ρ)``).
 
-The contract is :class:`~stochgrad.estimators.base.Tuned`'s (shared with ``double_cv`` and ``rodeo``), but
-the tuned quantities are estimator *state*, not model parameters: one vector buffer ``theta`` =
-``[η, log λ, ρ]`` and Adam's moments beside it, so they never appear in a user's ``model.parameters()``
-(a user's optimiser cannot step them a second time), ``state_dict`` resumes them exactly, and under
-``torch.distributed`` the tuning gradient is averaged over ranks so every rank holds the same values.
-The update is guarded (:mod:`stochgrad.guard`): a call with NaN/inf losses changes nothing. RELAX's
-network ``r_ρ`` (``n → hidden → 1``, tanh) is initialised from the call's generator (its last layer at
-zero: it starts as REBAR), so runs with the same seed repeat exactly.
+The tuning is :class:`~stochgrad.estimators.base.Tuned`'s, shared with ``double_cv`` and ``rodeo``: the
+tuned quantities are estimator *state*, not model parameters: one vector buffer ``theta`` =
+``[η, log λ, ρ]`` and Adam's moments beside it, out of a user's ``model.parameters()``, resumed exactly by
+``state_dict``, averaged over ranks under ``torch.distributed``, and guarded: a call with NaN/inf losses
+changes nothing. RELAX's network ``r_ρ`` (``n → hidden → 1``, tanh) is initialised from the call's
+generator (its last layer at zero: it starts as REBAR), so runs with the same seed repeat exactly.
 
 Categorical units (Tucker et al. 2017 §3.3 and appendix; Grathwohl et al. 2018 §3.3): ``z = a + Gumbel``,
 ``b = onehot(argmax z)``, ``z̃`` the conditional Gumbel given ``b``, ``softmax(·/λ)`` for ``σ(·/λ)`` and the
@@ -34,27 +32,13 @@ import math
 
 import torch
 
-from ..baselines import ResizableBuffers
-from ..distributed import is_distributed, mean_over_ranks
 from ..distributions import BERNOULLI, conditional_logistic  # noqa: F401  (conditional_logistic: public here)
 from ..expect import attach_gradient
-from ..guard import LOSSES, finite, fold_
-from ..sampling import Sharded, uniform
-from .base import Tuned, check_positive
-
-BETAS, EPS = (0.9, 0.999), 1e-8  # Adam (Kingma & Ba 2015), torch.optim.Adam's defaults
+from ..guard import LOSSES, finite
+from .base import Tuned, check_count, check_positive
 
 
-def check_count(value, name: str) -> int:
-    """``value`` as a validated int ``>= 1`` (an option that counts, e.g. calls between tuning steps);
-    a ``ValueError`` naming ``name`` otherwise.
-    """
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    return value
-
-
-class REBAR(Tuned, ResizableBuffers):
+class REBAR(Tuned):
     """``rebar`` (Tucker et al. 2017): the control variate ``c(z) = η·f(σ(z/λ))`` in Grathwohl et al.'s
     Eq. 6 (module docstring); ``η`` and ``λ`` tuned online to minimise the variance. Unbiased;
     3 evaluations per sample.
@@ -68,18 +52,10 @@ class REBAR(Tuned, ResizableBuffers):
 
     def __init__(self, eta: float = 1.0, temperature: float = 0.5, tune: bool = True, lr: float = 4e-2,
                  tune_every: int = 4):
-        super().__init__()
         if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not math.isfinite(eta):
             raise ValueError(f"eta must be a finite number, got {eta!r}")
         temperature = check_positive(temperature, "temperature")
-        if not isinstance(tune, bool):
-            raise TypeError(f"tune must be True or False, got {tune!r}")
-        self.tune, self.lr, self.tune_every = tune, check_positive(lr, "lr"), check_count(tune_every, "tune_every")
-        self.register_buffer("theta", torch.tensor([float(eta), math.log(temperature)]))  # [η, log λ, ρ...]
-        self.register_buffer("adam_m", torch.zeros(2))
-        self.register_buffer("adam_v", torch.zeros(2))
-        self.register_buffer("adam_steps", torch.zeros(()))
-        self._calls = 0  # training calls so far: every tune_every-th one tunes (in the extra state)
+        super().__init__([eta, math.log(temperature)], tune, lr, tune_every)  # theta = [η, log λ, ρ...]
 
     @property
     def eta(self) -> torch.Tensor:
@@ -91,9 +67,6 @@ class REBAR(Tuned, ResizableBuffers):
 
     def evaluations(self, n, samples=1):
         return 3 * samples
-
-    def prepare(self, n: int, like, generator) -> None:
-        """Sizes the tuned state for ``n`` units on first use (nothing to size for REBAR)."""
 
     def extra(self, soft, theta):
         """The part of the control variate beyond ``η·f``: none for REBAR."""
@@ -107,12 +80,10 @@ class REBAR(Tuned, ResizableBuffers):
         if not logits.requires_grad or a0.numel() == 0:  # no gradient wanted, or an empty batch: no tuning
             value = f(dist.hard(dist.perturb(a0, u))).mean(0)
             return attach_gradient(value, logits, torch.zeros_like(a0))
-        self._follow(a0, "theta", "adam_m", "adam_v", "adam_steps")  # the tuned state in the logits' dtype
-        self.prepare(dist.flat(a0).shape[-1], a0, generator)
-        tuning = self.tune and self.training and self._calls % self.tune_every == 0
+        tuning = self.begin(a0, dist.flat(a0).shape[-1], generator)
         with torch.enable_grad():
             a = a0.requires_grad_(True)
-            theta = self.theta.detach().to(a.dtype).requires_grad_(tuning)
+            theta = self.values(tuning)
             lam = theta[1].exp()
             z = dist.perturb(a, u)
             b = dist.hard(z.detach())
@@ -126,35 +97,11 @@ class REBAR(Tuned, ResizableBuffers):
             centred = (f_b.detach() - c_zt).reshape(*c_zt.shape, *([1] * dist.event_dims))
             grad = (centred * (b - probs)).mean(0) + d_c / samples
             if tuning:
-                objective = grad.square().flatten(grad.dim() - dist.event_dims).sum(-1).mean()
-                (g,) = torch.autograd.grad(objective, theta)
-                self._tune_step(g.detach(), grad.shape[:grad.dim() - dist.event_dims].numel())
+                self.tune_on(grad, theta, dist.event_dims)
             elif self.training:
                 self.verdict.report(finite(f_b.detach()), LOSSES)
-        if self.training:
-            self._calls += 1  # after the checks: a call that raised leaves even the count as it was
+        self.end()
         return attach_gradient(f_b.mean(0), logits, grad.detach())
-
-    @torch.no_grad()
-    def _tune_step(self, g, count: int) -> None:
-        """One Adam step on ``mean ‖ĝ‖²`` (= variance + a constant), the gradient averaged over ranks; guarded."""
-        g = mean_over_ranks(g.to(self.theta.dtype), count)
-        ok = finite(g)
-        g = torch.where(ok, g, 0.0)
-        (b1, b2), steps = BETAS, self.adam_steps + 1
-        m, v = b1 * self.adam_m + (1 - b1) * g, b2 * self.adam_v + (1 - b2) * g.square()
-        update = self.lr * (m / (1 - b1 ** steps)) / ((v / (1 - b2 ** steps)).sqrt() + EPS)
-        fold_(ok, (self.theta, self.theta - update), (self.adam_m, m), (self.adam_v, v), (self.adam_steps, steps))
-        self.verdict.report(ok, LOSSES)
-
-    def get_extra_state(self):
-        return {"calls": self._calls}
-
-    def set_extra_state(self, state):
-        self._calls = int(state.get("calls", 0)) if isinstance(state, dict) else 0
-
-    def extra_repr(self) -> str:
-        return f"tune={self.tune}, tune_every={self.tune_every}, lr={self.lr}"
 
 
 class RELAX(REBAR):
@@ -181,14 +128,8 @@ class RELAX(REBAR):
                                  "object per stochastic site")
             return
         h = self.hidden
-        gen = generator.generator if isinstance(generator, Sharded) else generator  # the same on every rank
-        bound = 1 / math.sqrt(n)  # nn.Linear's default range, drawn from the generator
-        first = (2 * uniform((h * n + h,), self.theta, gen) - 1) * bound
-        if is_distributed() and gen is None:  # the global RNG differs across ranks: take rank 0's draw
-            torch.distributed.broadcast(first, 0)
-        self.theta = torch.cat([self.theta, first, self.theta.new_zeros(h + 1)])  # last layer 0: starts as REBAR
-        self.adam_m = self.theta.new_zeros(self.theta.shape)
-        self.adam_v = self.theta.new_zeros(self.theta.shape)
+        first = self.draw(h * n + h, 1 / math.sqrt(n), like, generator)
+        self.grow(torch.cat([first, first.new_zeros(h + 1)]))  # last layer 0: starts as REBAR
 
     def extra(self, soft, theta):
         h, n = self.hidden, soft.shape[-1]

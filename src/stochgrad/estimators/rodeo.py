@@ -25,30 +25,28 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..baselines import leave_one_out_mean
+from .base import check_count
 from .double_cv import SlopeControlVariate
 
 
-class SteinSurrogate(nn.Module):
-    """``(t, f̄) ↦ (h⁰, h¹)``: ``t``, ``f̄`` of any shape ``s`` (broadcastable) to ``(*s, 2)``."""
+def surrogate_size(hidden: int) -> int:
+    """Values of the surrogate network of width ``hidden``: two affine maps ``1 → hidden`` and one ``hidden → 2``."""
+    return 6 * hidden + 2
 
-    def __init__(self, hidden: int = 100, seed: int = 0):
-        super().__init__()
-        self.taylor, self.level, self.out = nn.Linear(1, hidden), nn.Linear(1, hidden), nn.Linear(hidden, 2)
-        # PyTorch's default initialisation, from a fixed seed: every rank (and every run) starts alike
-        g = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            for layer in (self.taylor, self.level, self.out):
-                bound = layer.in_features ** -0.5
-                for q in (layer.weight, layer.bias):
-                    q.copy_(torch.rand(q.shape, generator=g) * 2 * bound - bound)
 
-    def forward(self, t: Tensor, level: Tensor) -> Tensor:
-        dtype = self.out.weight.dtype
-        z = self.taylor(t.unsqueeze(-1).to(dtype)) + self.level(level.unsqueeze(-1).to(dtype))
-        return self.out(F.leaky_relu(z, 0.3)).to(t.dtype)
+def stein_surrogate(weights: Tensor, t: Tensor, level: Tensor) -> Tensor:
+    """``(t, f̄) ↦ (h⁰, h¹)``: ``t``, ``f̄`` of any shape ``s`` (broadcastable) to ``(*s, 2)``; ``weights``: the
+    network's :func:`surrogate_size` values, ``[w_t, b_t, w_f, b_f]`` (``hidden`` each), ``W_out`` (``2·hidden``),
+    ``b_out`` (2) — the paper's: two affine maps of the inputs summed, LeakyReLU(0.3), affine to 2 outputs."""
+    h = (weights.numel() - 2) // 6
+    w_t, b_t, w_f, b_f = weights[:4 * h].view(4, h)
+    w_out, b_out = weights[4 * h:6 * h].view(2, h), weights[6 * h:]
+    t, level = t.to(weights.dtype).unsqueeze(-1), level.to(weights.dtype).unsqueeze(-1)
+    z = t * w_t + b_t + level * w_f + b_f
+    return F.leaky_relu(z, 0.3) @ w_out.T + b_out
 
 
 def rodeo_gradient(b, probs, losses, slopes, surrogate, alpha, beta) -> Tensor:
@@ -75,26 +73,36 @@ class RODEO(SlopeControlVariate):
     learned surrogate of ``f`` built from the other samples (module docstring). Unbiased;
     ``samples >= 2`` and a backward pass to ``b``.
 
+    Tuned values (:class:`~stochgrad.estimators.base.Tuned`): ``theta = [α, β, network]``, ``α = β = 0`` at
+    first (``reinforce_loo``); the network (:func:`stein_surrogate`) is initialised like PyTorch's
+    ``nn.Linear`` from the first call's generator.
+
     Args:
         hidden: the surrogate network's width.
         tune: train the surrogate online to minimise the variance.
-        lr: the tuner's learning rate.
+        lr: the tuner's learning rate; ``tune_every``: training calls per tuning step.
     """
 
     name = "rodeo"
     description = ("RODEO (Shi et al. 2022): reinforce_loo + discrete (Gibbs) Stein control variates of a "
                    "learned Taylor surrogate; tuned")
 
-    def __init__(self, hidden: int = 100, tune: bool = True, lr: float = 1e-2):
-        super().__init__()
-        self.alpha = nn.Parameter(torch.zeros(()))
-        self.beta = nn.Parameter(torch.zeros(()))
-        self.surrogate = SteinSurrogate(hidden)
-        self.tune, self.lr, self.hidden = tune, lr, hidden
+    def __init__(self, hidden: int = 100, tune: bool = True, lr: float = 1e-2, tune_every: int = 1):
+        self.hidden = check_count(hidden, "hidden")
+        super().__init__([0.0, 0.0], tune, lr, tune_every)
 
-    def gradient(self, b, probs, losses, slopes):
-        return rodeo_gradient(b, probs, losses, slopes, self.surrogate, self.alpha.to(probs.dtype),
-                              self.beta.to(probs.dtype))
+    def prepare(self, n, like, generator):
+        if self.theta.numel() == 2:   # first use: the network, nn.Linear's initialisation (bound 1/√fan_in)
+            h = self.hidden
+            self.grow(torch.cat([self.draw(4 * h, 1.0, like, generator),
+                                 self.draw(2 * h + 2, h ** -0.5, like, generator)]))
+        elif self.theta.numel() != 2 + surrogate_size(self.hidden):
+            raise ValueError(f"rodeo: a state of {self.theta.numel()} values does not fit hidden={self.hidden}")
+
+    def gradient(self, b, probs, losses, slopes, theta):
+        weights = theta[2:]
+        return rodeo_gradient(b, probs, losses, slopes, lambda t, level: stein_surrogate(weights, t, level),
+                              theta[0], theta[1])
 
     def extra_repr(self) -> str:
-        return f"hidden={self.hidden}, tune={self.tune}, lr={self.lr}"
+        return f"hidden={self.hidden}, " + super().extra_repr()

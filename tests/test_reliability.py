@@ -163,3 +163,57 @@ def test_out_pointing_to_a_file_is_refused(tmp_path, capsys):  # item 14
     with pytest.raises(SystemExit):
         main(VAE + ["--out", str(f)])
     assert "argument --out" in capsys.readouterr().err and f.read_text() == "x"
+
+
+# ---- the configurations that Python callers build: the command line's checks, from one place ----------------
+from stochgrad import options  # noqa: E402
+from stochgrad.cli import build_parser  # noqa: E402
+from stochgrad.studies import bandit, compare, gating, hashing, rbm, vae  # noqa: E402
+
+CONFIGS = {"vae": vae.VAEConfig, "gating": gating.GatingConfig, "rbm": rbm.RBMConfig, "hashing": hashing.HashingConfig,
+           "bandit": bandit.BanditConfig}
+
+
+@pytest.mark.parametrize("make, name, words", [
+    (lambda tmp: vae.VAEConfig(steps=-5, out=tmp), "steps", "must be an integer >= 1, got -5"),
+    (lambda tmp: vae.VAEConfig(lr=float("nan"), out=tmp), "lr", "must be a finite number > 0, got nan"),
+    (lambda tmp: vae.VAEConfig(estimator="reinforce_loo", samples=1, out=tmp), "samples", "must be >= 2"),
+    (lambda tmp: rbm.RBMConfig(k=0, out=tmp), "k", "must be an integer >= 1, got 0"),
+    (lambda tmp: bandit.BanditConfig(delay=-1, out=tmp), "delay", "must be an integer >= 0, got -1"),
+    (lambda tmp: gating.GatingConfig(target=1.5, out=tmp), "target", "must be a number in (0, 1), got 1.5"),
+    (lambda tmp: compare.Config.make(quick=True, race_steps=0), "race_steps", "must be an integer >= 1, got 0"),
+])
+def test_configurations_built_in_python_are_checked_like_flags(make, name, words, tmp_path):
+    with pytest.raises(options.OptionError) as err:
+        make(str(tmp_path / "run"))
+    assert str(err.value) == f"{name} {words}" if "got" in words else str(err.value).startswith(f"{name} {words}")
+    with pytest.raises(TypeError, match="batch_size must be an integer >= 1, got 2.5"):
+        hashing.HashingConfig(batch_size=2.5)
+
+
+@pytest.mark.parametrize("train, cfg, field, value", [
+    (vae.train_vae, vae.VAEConfig(dataset="digits", steps=3), "batch_size", 0),
+    (hashing.train_hashing, hashing.HashingConfig(dataset="digits", steps=3), "lr", float("inf")),
+    (bandit.train_bandit, bandit.BanditConfig(steps=3), "steps", -5),
+])
+def test_a_training_function_checks_its_config_before_it_writes(train, cfg, field, value, tmp_path):
+    """A configuration changed after it was built is checked again when training starts, before the out
+    folder is even created."""
+    cfg.out = str(tmp_path / "run")
+    setattr(cfg, field, value)
+    with pytest.raises(ValueError, match=f"^{field} must be"):
+        train(cfg)
+    assert not (tmp_path / "run").exists()
+
+
+def test_every_flag_has_its_config_fields_check():
+    """One check per setting: a trainer's flag parses with the kind its configuration declares for the field."""
+    sub = next(a for a in build_parser()._subparsers._group_actions).choices["train"]
+    trainers = next(a for a in sub._subparsers._group_actions).choices
+    checked = 0
+    for name, cls in CONFIGS.items():
+        for action in trainers[name]._actions:
+            if action.dest in cls.OPTIONS:
+                assert action.type is cls.OPTIONS[action.dest], (name, action.dest)
+                checked += 1
+    assert checked >= 30

@@ -2,85 +2,23 @@
 from __future__ import annotations
 
 import argparse
-import math
-import os
 import sys
 
 import torch
 
-
-# ---- flag validators: every numeric or path flag is checked where it is parsed, one line naming it ----
-def _integer(minimum: int):
-    """An ``int >= minimum`` flag."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {value}")
-        return value
-    parse.__doc__ = f"Parses an integer flag >= {minimum}."
-    return parse
+from .options import (DEVICE, FOLDER, FRACTION, NON_NEGATIVE, NON_NEGATIVE_FLOAT, POSITIVE, POSITIVE_FLOAT, SEED,
+                      OptionError, integer)
 
 
-def _positive_float(text: str) -> float:
-    """A finite ``float > 0`` flag (learning rates, thresholds)."""
+# every numeric or path flag is checked where it is parsed, one line naming it, by the kind of value of the
+# configuration field it fills (stochgrad.options: the same check and words as a Python caller gets)
+def _config(args, cls, **fields):
+    """``cls(**fields)``; a setting that depends on another (which no single flag's check sees) is one line
+    naming its flag."""
     try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    """A finite ``float >= 0`` flag (0 often meaning "no limit")."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    """A number strictly between 0 and 1."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}") from None
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"must be a number in (0, 1), got {text}")
-    return value
-
-
-def _device(text: str) -> str:
-    """``cpu``, ``cuda`` or ``cuda:N``, and only a device this machine has."""
-    try:
-        device = torch.device(text)
-    except (RuntimeError, ValueError):
-        raise argparse.ArgumentTypeError(f"not a device: {text!r} (cpu, cuda or cuda:N)") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise argparse.ArgumentTypeError(f"{text} asked for, but no GPU is available (torch.cuda.is_available() is False)")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise argparse.ArgumentTypeError(f"{text} asked for, but this machine has {torch.cuda.device_count()} GPU(s)")
-    elif device.type != "cpu":
-        raise argparse.ArgumentTypeError(f"unsupported device {text!r} (cpu, cuda or cuda:N)")
-    return text
-
-
-def _folder(text: str) -> str:
-    """An output folder: it may not exist yet, but it may not be a file."""
-    if os.path.exists(text) and not os.path.isdir(text):
-        raise argparse.ArgumentTypeError(f"{text} is a file, not a folder")
-    return text
-
-
-POSITIVE, NON_NEGATIVE = _integer(1), _integer(0)
+        return cls(**fields)
+    except OptionError as err:
+        args.parser.error(f"argument --{err.name.replace('_', '-')}: {err.problem}")
 
 
 def _estimator_names(text: str | None) -> list[str]:
@@ -168,15 +106,9 @@ def cmd_compare(args) -> int:
 
 def cmd_train_vae(args) -> int:
     """``stochgrad train vae``: the binary-latent VAE benchmark."""
-    from .estimators import REGISTRY
     from .studies.vae import VAEConfig, train_vae
 
-    if args.samples is not None:   # None: the estimator's minimum
-        need = getattr(REGISTRY.get(args.estimator), "min_samples", 1)
-        if args.samples < need:
-            args.parser.error(f"argument --samples: estimator {args.estimator} needs --samples >= {need}, got {args.samples}")
-
-    cfg = VAEConfig(dataset=args.dataset, protocol=args.protocol, model=args.model, estimator=args.estimator,
+    cfg = _config(args, VAEConfig, dataset=args.dataset, protocol=args.protocol, model=args.model, estimator=args.estimator,
                     steps=args.steps, batch_size=args.batch_size, lr=args.lr, prior_lr=args.prior_lr,
                     signal=args.signal, seed=args.seed, device=args.device, out=args.out,
                     resume=args.resume or args.force_resume, force_resume=args.force_resume,
@@ -196,7 +128,7 @@ def cmd_train_gating(args) -> int:
     """``stochgrad train gating``: conditional computation with stochastic gates."""
     from .studies.gating import GatingConfig, train_gating
 
-    summary = train_gating(GatingConfig(dataset=args.dataset, gater=args.gater, epochs=args.epochs,
+    summary = train_gating(_config(args, GatingConfig, dataset=args.dataset, gater=args.gater, epochs=args.epochs,
                                         batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
                                         out=args.out, target=args.target, sparsity_weight=args.sparsity_weight,
                                         rate_control=args.rate_control, patience=args.patience,
@@ -213,7 +145,7 @@ def cmd_train_rbm(args) -> int:
     """``stochgrad train rbm``: an RBM by CD-k or PCD."""
     from .studies.rbm import RBMConfig, train_rbm
 
-    _print_summary(train_rbm(RBMConfig(dataset=args.dataset, hidden=args.hidden, method=args.method, k=args.k,
+    _print_summary(train_rbm(_config(args, RBMConfig, dataset=args.dataset, hidden=args.hidden, method=args.method, k=args.k,
                                        steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                                        out=args.out, resume=args.resume, progress=not args.quiet, tensorboard=args.tensorboard)))
     return 0
@@ -223,7 +155,7 @@ def cmd_train_hashing(args) -> int:
     """``stochgrad train hashing``: binary codes for retrieval."""
     from .studies.hashing import HashingConfig, train_hashing
 
-    summary = train_hashing(HashingConfig(dataset=args.dataset, estimator=args.estimator, bits=args.bits,
+    summary = train_hashing(_config(args, HashingConfig, dataset=args.dataset, estimator=args.estimator, bits=args.bits,
                                           steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                                           out=args.out, resume=args.resume, progress=not args.quiet, tensorboard=args.tensorboard))
     for name, r in summary["retrieval"].items():
@@ -235,7 +167,7 @@ def cmd_train_bandit(args) -> int:
     """``stochgrad train bandit``: the multiplexer from a (delayed) broadcast reward."""
     from .studies.bandit import BanditConfig, train_bandit
 
-    _print_summary(train_bandit(BanditConfig(estimator=args.estimator, delay=args.delay, steps=args.steps,
+    _print_summary(train_bandit(_config(args, BanditConfig, estimator=args.estimator, delay=args.delay, steps=args.steps,
                                              batch_size=args.batch_size, hidden=args.hidden, lr=args.lr,
                                              seed=args.seed, out=args.out, resume=args.resume,
                                              progress=not args.quiet, tensorboard=args.tensorboard)))
@@ -264,8 +196,8 @@ def _trainer(sub, name: str, help: str, run, dataset: bool = True) -> argparse.A
     _add_threads(p)
     if dataset:
         p.add_argument("--dataset", default="mnist", help="mnist, fashion-mnist or digits")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=_folder, default=f"runs/{name}", help="output folder")
+    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--out", type=FOLDER, default=f"runs/{name}", help="output folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--tensorboard", action="store_true",
                    help="also log the metrics to OUT/tensorboard (needs the tensorboard extra)")
@@ -315,22 +247,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--categorical", action="store_true",
                    help="the categorical problems (3 units of 4 classes) and the estimators that support them")
     p.add_argument("--estimators", help="comma-separated names (default: all)")
-    p.add_argument("--estimates", type=_integer(2), default=10000, help="gradient estimates per problem")
+    p.add_argument("--estimates", type=integer(2), default=10000, help="gradient estimates per problem")
     p.add_argument("--batch", type=POSITIVE, default=500, help="estimates per call (stateful estimators update per call)")
     p.add_argument("--samples", type=POSITIVE, default=2, help="samples per estimate")
     p.add_argument("--warmup", type=NON_NEGATIVE, default=5, help="calls discarded first (baselines, tuning)")
-    p.add_argument("--threshold", type=_positive_float, default=4.0, help="largest |z| allowed of an unbiased estimator")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threshold", type=POSITIVE_FLOAT, default=4.0, help="largest |z| allowed of an unbiased estimator")
+    p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_threads(p)
     p.set_defaults(run=cmd_check)
 
     p = sub.add_parser("compare", help="the estimator study: bias, variance, cost, scaling with D, race")
     p.add_argument("--quick", action="store_true", help="a smaller study (a few minutes on 2 cores); says where its scaling conclusions differ from the full run's")
-    p.add_argument("--out", type=_folder, default="runs/compare", help="output folder (report.md, results.json: same seed, same bytes; timings.json; plots)")
+    p.add_argument("--out", type=FOLDER, default="runs/compare", help="output folder (report.md, results.json: same seed, same bytes; timings.json; plots)")
     p.add_argument("--estimators", help="comma-separated names (default: all but exact)")
-    p.add_argument("--device", type=_device, default="cpu", help="cpu or cuda")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", type=DEVICE, default="cpu", help="cpu or cuda")
+    p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_threads(p)
     p.set_defaults(run=cmd_compare)
@@ -344,13 +276,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--estimator", default="disarm")
     p.add_argument("--steps", type=POSITIVE, default=None, help="default: the protocol's 1,000,000")
     p.add_argument("--batch-size", type=POSITIVE, default=None)
-    p.add_argument("--lr", type=_positive_float, default=None, help="Adam's, for encoder and decoder")
-    p.add_argument("--prior-lr", type=_non_negative_float, default=None, help="SGD's, for the prior logits (0: fixed prior)")
+    p.add_argument("--lr", type=POSITIVE_FLOAT, default=None, help="Adam's, for encoder and decoder")
+    p.add_argument("--prior-lr", type=NON_NEGATIVE_FLOAT, default=None, help="SGD's, for the prior logits (0: fixed prior)")
     p.add_argument("--signal", default="elbo", choices=["elbo", "analytic_kl"],
                    help="what the estimator sees: the per-example ELBO term (published) or -log p(x|b) + exact KL")
     p.add_argument("--samples", type=POSITIVE, default=None,
                    help="samples (antithetic pairs) per estimate; default: the estimator's minimum")
-    p.add_argument("--device", type=_device, default="cpu")
+    p.add_argument("--device", type=DEVICE, default="cpu")
     p.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt")
     p.add_argument("--force-resume", action="store_true",
                    help="with --resume: continue even if the checkpoint's estimator/model/data/seed/lr/batch differ")
@@ -358,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=POSITIVE, default=1000)
     p.add_argument("--variance-every", type=POSITIVE, default=10, help="steps between encoder-gradient-variance updates")
     p.add_argument("--eval-at", type=POSITIVE, nargs="*", default=[], help="steps at which to evaluate the test bounds too")
-    p.add_argument("--max-seconds", type=_non_negative_float, default=0.0, help="stop once training has taken this long (0: never)")
+    p.add_argument("--max-seconds", type=NON_NEGATIVE_FLOAT, default=0.0, help="stop once training has taken this long (0: never)")
     p.add_argument("--test-samples", type=POSITIVE, default=100, help="samples of the importance-weighted test bound")
     p.add_argument("--test-examples", type=NON_NEGATIVE, default=0, help="test examples to evaluate (0: all)")
     p.add_argument("--categories", type=NON_NEGATIVE, default=0,
@@ -371,14 +303,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "sigmoid_noise, noisy_rectifier, rectifier")
     p.add_argument("--epochs", type=POSITIVE, default=100, help="epochs over the training split (early stopping on validation)")
     p.add_argument("--patience", type=POSITIVE, default=20, help="epochs without a better validation error before stopping")
-    p.add_argument("--target", type=_fraction, default=0.1, help="fraction of gates open")
-    p.add_argument("--sparsity-weight", type=_non_negative_float, default=1.0,
+    p.add_argument("--target", type=FRACTION, default=0.1, help="fraction of gates open")
+    p.add_argument("--sparsity-weight", type=NON_NEGATIVE_FLOAT, default=1.0,
                    help="weight of the KL penalty (sigmoid family) / start of the adaptive L1 (rectifiers, x1e-3)")
     p.add_argument("--rate-control", action="store_true", help="also seed section 2's per-unit firing-rate control")
-    p.add_argument("--max-seconds", type=_non_negative_float, default=0.0, help="stop after the epoch that passes this training time")
+    p.add_argument("--max-seconds", type=NON_NEGATIVE_FLOAT, default=0.0, help="stop after the epoch that passes this training time")
     p.add_argument("--batch-size", type=POSITIVE, default=32)
-    p.add_argument("--lr", type=_positive_float, default=0.1)
-    p.add_argument("--device", type=_device, default="cpu")
+    p.add_argument("--lr", type=POSITIVE_FLOAT, default=0.1)
+    p.add_argument("--device", type=DEVICE, default="cpu")
 
     p = _trainer(train, "rbm", "a restricted Boltzmann machine by CD-k or PCD (reward correlation, §4.2)", cmd_train_rbm)
     p.add_argument("--hidden", type=POSITIVE, default=100)
@@ -386,14 +318,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=POSITIVE, default=1, help="Gibbs steps per update")
     p.add_argument("--steps", type=POSITIVE, default=5000)
     p.add_argument("--batch-size", type=POSITIVE, default=100)
-    p.add_argument("--lr", type=_positive_float, default=0.05)
+    p.add_argument("--lr", type=POSITIVE_FLOAT, default=0.05)
 
     p = _trainer(train, "hashing", "semantic hashing: binary codes from a stochastic code layer", cmd_train_hashing)
     p.add_argument("--estimator", default="straight_through", help="any layer estimator (pathwise or reinforce*)")
     p.add_argument("--bits", type=POSITIVE, default=32)
     p.add_argument("--steps", type=POSITIVE, default=5000)
     p.add_argument("--batch-size", type=POSITIVE, default=100)
-    p.add_argument("--lr", type=_positive_float, default=1e-3)
+    p.add_argument("--lr", type=POSITIVE_FLOAT, default=1e-3)
 
     p = _trainer(train, "bandit", "the 6-bit multiplexer learned from a (delayed) broadcast reward", cmd_train_bandit, dataset=False)
     p.add_argument("--estimator", default="reinforce_optimal", help="reinforce, reinforce_ma or reinforce_optimal")
@@ -401,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=POSITIVE, default=4000)
     p.add_argument("--batch-size", type=POSITIVE, default=64)
     p.add_argument("--hidden", type=POSITIVE, default=32)
-    p.add_argument("--lr", type=_positive_float, default=1.0)
+    p.add_argument("--lr", type=POSITIVE_FLOAT, default=1.0)
 
     p = sub.add_parser("estimators", help="list the registered estimators")
     p.set_defaults(run=cmd_estimators)

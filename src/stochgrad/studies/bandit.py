@@ -19,6 +19,7 @@ from torch import nn
 
 from ..graph import DelayedBroadcast
 from ..neurons import StochasticBinary
+from ..options import FOLDER, NON_NEGATIVE, POSITIVE, POSITIVE_FLOAT, SEED, Options
 from ..runinfo import write_json
 from .training import (CheckpointError, Metrics, fail, load_checkpoint, plot_curves, prepare_out, save_checkpoint)
 
@@ -34,7 +35,11 @@ def multiplexer(batch: int, generator) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @dataclass
-class BanditConfig:
+class BanditConfig(Options):
+    """The bandit study's settings, checked when built and when training starts (:mod:`stochgrad.options`)."""
+
+    OPTIONS = {"delay": NON_NEGATIVE, "steps": POSITIVE, "batch_size": POSITIVE, "hidden": POSITIVE,
+               "lr": POSITIVE_FLOAT, "seed": SEED, "out": FOLDER, "log_every": POSITIVE, "checkpoint_every": POSITIVE}
     estimator: str = "reinforce_optimal"
     delay: int = 0
     steps: int = 4000
@@ -54,6 +59,7 @@ def train_bandit(cfg: BanditConfig) -> dict:
     """Trains the multiplexer from the (delayed) broadcast reward; writes metrics and a summary to ``cfg.out``."""
     from tqdm import tqdm
 
+    cfg.validate()   # before anything is read or written: the same checks as the command line's
     if cfg.estimator not in ESTIMATORS:
         fail(f"unknown estimator {cfg.estimator!r} for learning from reward alone; valid: {', '.join(ESTIMATORS)}")
     if cfg.resume and cfg.delay > 0:

@@ -38,13 +38,21 @@ from .. import problems as P
 from ..checks import check_unbiased, sample_gradients
 from ..estimators import REGISTRY, get_estimator
 from ..exact import MAX_UNITS, all_states, exact_expectation
+from ..options import DEVICE, FOLDER, NON_NEGATIVE, POSITIVE, SEED, OptionError, Options, integer
 from ..runinfo import environment, write_json
 from .compare_reference import FULL_RUN_EXPONENTS, SOURCE as REFERENCE_SOURCE
 from .training import save_figure
 
 
 @dataclass
-class Config:
+class Config(Options):
+    """The study's sizes (:meth:`make` fills in the quick or the full run's), checked when built and when
+    :func:`run` starts (:mod:`stochgrad.options`)."""
+
+    OPTIONS = {"device": DEVICE, "seed": SEED, "problem_estimates": integer(2), "scaling_D": POSITIVE,
+               "scaling_estimates": integer(2), "scaling_warmup": NON_NEGATIVE, "race_steps": POSITIVE,
+               "race_units": POSITIVE, "timing_repeats": POSITIVE}
+
     quick: bool = False
     estimators: tuple[str, ...] = ()
     device: str = "cpu"
@@ -64,6 +72,12 @@ class Config:
                     scaling_warmup=10, race_steps=150) if quick else {}
         base.update(over)
         return cls(quick=quick, estimators=names, device=device, seed=seed, **base)
+
+    def check(self) -> None:
+        """Every estimator registered."""
+        unknown = [n for n in self.estimators if n not in REGISTRY]
+        if unknown:
+            raise OptionError("estimators", f"must be registered names ({', '.join(REGISTRY)}), got {', '.join(unknown)}")
 
 
 def _sync(device):
@@ -633,6 +647,8 @@ def run(cfg: Config, out_dir: str, progress: bool = True) -> dict:
     to ``out_dir``; returns the results with their timings (as ``report.md`` shows them)."""
     from tqdm import tqdm
 
+    cfg.validate()
+    FOLDER.check(out_dir, "out_dir")
     os.makedirs(out_dir, exist_ok=True)
     n_est = len(cfg.estimators)
     total = n_est * (len(P.suite()) + 2 * len(cfg.scaling_D) + len(race_problems(cfg)))

@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..graph import broadcast
+from ..options import DEVICE, FOLDER, FRACTION, NON_NEGATIVE_FLOAT, POSITIVE, POSITIVE_FLOAT, SEED, Options
 from ..neurons import FiringRateControl, NoisyRectifier, StochasticBinary, StochasticTimesSmooth
 from ..runinfo import write_json
 from ..sampling import normal
@@ -216,7 +217,12 @@ def kl_sparsity(rho: Tensor, target: float) -> Tensor:
 
 
 @dataclass
-class GatingConfig:
+class GatingConfig(Options):
+    """The gating study's settings, checked when built and when training starts (:mod:`stochgrad.options`)."""
+
+    OPTIONS = {"epochs": POSITIVE, "batch_size": POSITIVE, "lr": POSITIVE_FLOAT, "seed": SEED, "device": DEVICE,
+               "out": FOLDER, "target": FRACTION, "sparsity_weight": NON_NEGATIVE_FLOAT, "validation": POSITIVE,
+               "patience": POSITIVE, "max_seconds": NON_NEGATIVE_FLOAT, "log_every": POSITIVE}
     dataset: str = "mnist"
     gater: str = "straight_through"
     epochs: int = 100
@@ -240,12 +246,6 @@ class GatingConfig:
 def _check(cfg: GatingConfig) -> None:
     if cfg.gater not in GATERS:
         fail(f"unknown gater {cfg.gater!r}; valid: {', '.join(GATERS)}")
-    if not 0 < cfg.target < 1:
-        fail(f"--target must be in (0, 1), got {cfg.target}")
-    if not cfg.sparsity_weight >= 0:
-        fail(f"--sparsity-weight must be >= 0, got {cfg.sparsity_weight}")
-    if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.patience < 1:
-        fail("--epochs, --batch-size and --patience must be >= 1")
     if cfg.rate_control and cfg.gater.startswith("sigmoid"):
         fail("--rate-control needs gates that output exact zeros; sigmoid gates never do")
 
@@ -254,6 +254,7 @@ def train_gating(cfg: GatingConfig) -> dict:
     """Trains one gater; writes metrics, a summary and a plot to ``cfg.out``."""
     from tqdm import tqdm
 
+    cfg.validate()   # before anything is read or written: the same checks as the command line's
     _check(cfg)
     train, test = datasets_or_fail(cfg.dataset)
     device = torch.device(cfg.device)

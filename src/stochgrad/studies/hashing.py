@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from ..estimators import REGISTRY
 from ..graph import broadcast
 from ..neurons import StochasticBinary
+from ..options import FOLDER, POSITIVE, POSITIVE_FLOAT, SEED, Options
 from ..runinfo import write_json
 from .training import (CheckpointError, datasets_or_fail, Metrics, fail, load_checkpoint, plot_curves, prepare_out,
                        save_checkpoint)
@@ -80,7 +81,12 @@ def baseline_codes(train_x: Tensor, x: Tensor, bits: int, kind: str, generator=N
 
 
 @dataclass
-class HashingConfig:
+class HashingConfig(Options):
+    """The hashing study's settings, checked when built and when training starts (:mod:`stochgrad.options`)."""
+
+    OPTIONS = {"bits": POSITIVE, "steps": POSITIVE, "batch_size": POSITIVE, "lr": POSITIVE_FLOAT, "seed": SEED,
+               "out": FOLDER, "queries": POSITIVE, "database": POSITIVE, "log_every": POSITIVE,
+               "checkpoint_every": POSITIVE}
     dataset: str = "mnist"
     estimator: str = "straight_through"
     bits: int = 32
@@ -102,6 +108,7 @@ def train_hashing(cfg: HashingConfig) -> dict:
     """Trains the codes; reports retrieval against PCA and random projections."""
     from tqdm import tqdm
 
+    cfg.validate()   # before anything is read or written: the same checks as the command line's
     if cfg.estimator not in REGISTRY:
         fail(f"unknown estimator {cfg.estimator!r}; valid: {', '.join(REGISTRY)}")
     train, test = datasets_or_fail(cfg.dataset)

@@ -11,6 +11,7 @@ import torch
 
 from .. import data as D
 from ..boltzmann import RBM, ContrastiveDivergence, ais_log_partition
+from ..options import FOLDER, POSITIVE, POSITIVE_FLOAT, SEED, Options, integer
 from ..runinfo import write_json
 from ..sampling import bernoulli
 from .training import (CheckpointError, datasets_or_fail, diverged, Metrics, fail, load_checkpoint, plot_curves,
@@ -21,7 +22,12 @@ IDENTITY = ("dataset", "hidden", "method", "k", "batch_size", "lr", "seed")
 
 
 @dataclass
-class RBMConfig:
+class RBMConfig(Options):
+    """The RBM study's settings, checked when built and when training starts (:mod:`stochgrad.options`)."""
+
+    OPTIONS = {"hidden": POSITIVE, "k": POSITIVE, "steps": POSITIVE, "batch_size": POSITIVE, "lr": POSITIVE_FLOAT,
+               "seed": SEED, "out": FOLDER, "log_every": POSITIVE, "ais_betas": integer(2), "ais_runs": integer(2),
+               "checkpoint_every": POSITIVE}
     dataset: str = "mnist"
     hidden: int = 100
     method: str = "pcd"
@@ -60,6 +66,7 @@ def train_rbm(cfg: RBMConfig) -> dict:
     """Trains an RBM by CD-k or PCD; reports the AIS log-likelihood."""
     from tqdm import tqdm
 
+    cfg.validate()   # before anything is read or written: the same checks as the command line's
     if cfg.method not in ("cd", "pcd"):
         fail(f"unknown method {cfg.method!r}; valid: cd, pcd")
     train, test = datasets_or_fail(cfg.dataset)

@@ -42,6 +42,8 @@ from torch import Tensor, nn
 from .. import data as D
 from ..estimators import REGISTRY, get_estimator
 from ..expect import expect
+from ..options import (DEVICE, FOLDER, NON_NEGATIVE, NON_NEGATIVE_FLOAT, POSITIVE, POSITIVE_FLOAT, SEED, OptionError,
+                       Options)
 from ..runinfo import write_json
 from ..sampling import Sharded, bernoulli
 from .training import (CheckpointError, NonFiniteError, datasets_or_fail, Metrics, all_mean, distributed_from_env, diverged,
@@ -148,8 +150,16 @@ class BernoulliVAE(nn.Module):
 
 
 @dataclass
-class VAEConfig:
-    """``None`` fields take the protocol's value (:data:`PROTOCOLS`)."""
+class VAEConfig(Options):
+    """``None`` fields take the protocol's value (:data:`PROTOCOLS`). Checked when built and when training
+    starts (:mod:`stochgrad.options`: ``OPTIONS``; ``samples`` at least the estimator's minimum)."""
+
+    OPTIONS = {"steps": POSITIVE, "batch_size": POSITIVE, "lr": POSITIVE_FLOAT, "prior_lr": NON_NEGATIVE_FLOAT,
+               "seed": SEED, "device": DEVICE, "out": FOLDER, "samples": POSITIVE, "latent": POSITIVE,
+               "categories": NON_NEGATIVE, "log_every": POSITIVE, "checkpoint_every": POSITIVE,
+               "variance_every": POSITIVE, "eval_at": POSITIVE, "max_seconds": NON_NEGATIVE_FLOAT,
+               "test_samples": POSITIVE, "test_examples": NON_NEGATIVE}
+    DEFAULTED = ("steps", "batch_size", "lr", "prior_lr", "samples")
     dataset: str = "mnist"
     protocol: str = "disarm"
     model: str | None = None
@@ -176,6 +186,14 @@ class VAEConfig:
     test_samples: int = 100
     test_examples: int = 0   # 0: the whole test set
     progress: bool = True
+
+    def check(self) -> None:
+        """``samples`` at least the estimator's minimum (``reinforce_loo``: 2); ``categories`` 0 or >= 2."""
+        est = REGISTRY.get(self.estimator)
+        if self.samples is not None and est is not None and self.samples < est.min_samples:
+            raise OptionError("samples", f"must be >= {est.min_samples} for estimator {self.estimator}, got {self.samples}")
+        if self.categories == 1:
+            raise OptionError("categories", "must be 0 (Bernoulli latents) or >= 2 classes, got 1")
 
     def resolved(self) -> "VAEConfig":
         """A copy with the protocol's values in the ``None`` fields; raises ``ValueError`` on bad values."""
@@ -240,6 +258,7 @@ def train_vae(cfg: VAEConfig) -> dict:
     """Trains (or resumes), evaluates the test bound, writes ``metrics.csv``, ``summary.json``, a plot."""
     from tqdm import tqdm
 
+    cfg.validate()   # before anything is read or written: the same checks as the command line's
     if cfg.estimator not in REGISTRY or cfg.estimator == "exact":
         fail(f"unknown or unusable estimator {cfg.estimator!r} for the VAE; valid: "
              f"{', '.join(n for n in REGISTRY if n != 'exact')}")

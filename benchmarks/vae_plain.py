@@ -43,11 +43,15 @@ class PlainVAE(nn.Module):
     def __init__(self, pixel_mean: torch.Tensor, latent: int = 200):
         super().__init__()
         d = pixel_mean.numel()
-        self.enc_w, self.enc_b = nn.Parameter(torch.empty(latent, d)), nn.Parameter(torch.zeros(latent))
-        self.dec_w, self.dec_b = nn.Parameter(torch.empty(d, latent)), nn.Parameter(torch.zeros(d))
+        # nn.Linear's own initialisation first, then Xavier/zeros: the global RNG moves as in stochgrad's model,
+        # so the same seed gives the same initial weights (and, with the same generator, the same batches)
+        enc, dec = nn.Linear(d, latent), nn.Linear(latent, d)
+        self.enc_w, self.enc_b, self.dec_w, self.dec_b = enc.weight, enc.bias, dec.weight, dec.bias
         self.prior = nn.Parameter(torch.zeros(latent))
-        nn.init.xavier_uniform_(self.enc_w)
-        nn.init.xavier_uniform_(self.dec_w)
+        with torch.no_grad():
+            nn.init.xavier_uniform_(self.enc_w)
+            nn.init.xavier_uniform_(self.dec_w)
+            self.enc_b.zero_()
         mean = pixel_mean.clamp(1e-3, 1 - 1e-3)
         with torch.no_grad():
             self.dec_b.copy_(torch.log(mean) - torch.log1p(-mean))
@@ -126,25 +130,44 @@ def train(a):
     gen = torch.Generator().manual_seed(a.seed)
     n, bsz = len(x_train), 50
     os.makedirs(a.out, exist_ok=True)
+    ckpt = os.path.join(a.out, "checkpoint.pt")
+    st = dict(step=0, seconds=0.0, perm=None, pos=n, window=[], epoch_sum=0.0, epoch_n=0, last_epoch=float("nan"),
+              evaluations=[])
+    if a.resume and os.path.exists(ckpt):   # exact resume: weights, optimisers, noise, epoch position, reports
+        saved = torch.load(ckpt, weights_only=False)
+        if (saved["estimator"], saved["seed"]) != (a.estimator, a.seed):
+            raise SystemExit(f"{ckpt} is from {saved['estimator']} seed {saved['seed']}, not this command's")
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["opt"])
+        prior_opt.load_state_dict(saved["prior_opt"])
+        gen.set_state(saved["gen"])
+        st = saved["state"]
+    rows = []
+    if st["step"] and os.path.exists(os.path.join(a.out, "metrics.csv")):
+        with open(os.path.join(a.out, "metrics.csv")) as fh:
+            rows = [r for r in list(csv.reader(fh))[1:] if int(r[0]) <= st["step"]]
     fh = open(os.path.join(a.out, "metrics.csv"), "w", newline="")
     w = csv.writer(fh)
     w.writerow(["step", "train_elbo", "seconds"])
-    perm, pos, seconds, window, epoch_sum, epoch_n, last_epoch = None, n, 0.0, [], 0.0, 0, float("nan")
-    evaluations = []
-    step = 0
+    w.writerows(rows)
+
+    def save():   # atomic: a kill mid-write leaves the previous checkpoint
+        torch.save({"estimator": a.estimator, "seed": a.seed, "model": model.state_dict(), "opt": opt.state_dict(),
+                    "prior_opt": prior_opt.state_dict(), "gen": gen.get_state(), "state": st}, ckpt + ".tmp")
+        os.replace(ckpt + ".tmp", ckpt)
 
     def last_epoch_report():   # the last full epoch's mean one-sample ELBO (the current one, when complete)
-        if epoch_n == n // bsz or not math.isfinite(last_epoch):
-            return epoch_sum / max(epoch_n, 1)
-        return last_epoch
-    while step < a.steps and not (a.max_seconds and seconds >= a.max_seconds):
+        if st["epoch_n"] == n // bsz or not math.isfinite(st["last_epoch"]):
+            return st["epoch_sum"] / max(st["epoch_n"], 1)
+        return st["last_epoch"]
+    while st["step"] < a.steps and not (a.max_seconds and st["seconds"] >= a.max_seconds):
         t0 = time.perf_counter()
-        if pos + bsz > n:
-            if epoch_n:
-                last_epoch, epoch_sum, epoch_n = epoch_sum / epoch_n, 0.0, 0
-            perm, pos = torch.randperm(n, generator=gen), 0
-        xb = x_train[perm[pos:pos + bsz]]
-        pos += bsz
+        if st["pos"] + bsz > n:
+            if st["epoch_n"]:
+                st["last_epoch"], st["epoch_sum"], st["epoch_n"] = st["epoch_sum"] / st["epoch_n"], 0.0, 0
+            st["perm"], st["pos"] = torch.randperm(n, generator=gen), 0
+        xb = x_train[st["perm"][st["pos"]:st["pos"] + bsz]]
+        st["pos"] += bsz
         x = (torch.rand(xb.shape, generator=gen) < xb).float()
         loss = model.loss(x, a.estimator, gen)
         value = -loss.item()
@@ -153,22 +176,28 @@ def train(a):
         loss.backward()
         opt.step()
         prior_opt.step()
-        seconds += time.perf_counter() - t0
-        step += 1
-        window.append(value)
-        epoch_sum, epoch_n = epoch_sum + value, epoch_n + 1
+        st["seconds"] += time.perf_counter() - t0
+        st["step"] += 1
+        step = st["step"]
+        st["window"].append(value)
+        st["epoch_sum"], st["epoch_n"] = st["epoch_sum"] + value, st["epoch_n"] + 1
         if step % a.log_every == 0:
-            w.writerow([step, sum(window) / len(window), seconds])
+            w.writerow([step, sum(st["window"]) / len(st["window"]), st["seconds"]])
             fh.flush()
-            window = []
+            st["window"] = []
         if step in a.eval_at:
-            evaluations.append({"step": step, "train_seconds": seconds, "train_elbo_last_epoch": last_epoch_report(),
-                                **test_bounds(model, x_test, a.test_samples, a.seed)})
+            st["evaluations"].append({"step": step, "train_seconds": st["seconds"],
+                                      "train_elbo_last_epoch": last_epoch_report(),
+                                      **test_bounds(model, x_test, a.test_samples, a.seed)})
+        if step % a.checkpoint_every == 0:
+            save()
     fh.close()
+    save()
+    step, seconds = st["step"], st["seconds"]
     summary = {"estimator": a.estimator, "implementation": "plain torch", "protocol": "disarm", "model": "linear",
-               "steps": step, "train_seconds": seconds, "steps_per_second": step / seconds,
+               "seed": a.seed, "steps": step, "train_seconds": seconds, "steps_per_second": step / seconds,
                "train_elbo_last_epoch": last_epoch_report(),
-               **test_bounds(model, x_test, a.test_samples, a.seed), "evaluations": evaluations}
+               **test_bounds(model, x_test, a.test_samples, a.seed), "evaluations": st["evaluations"]}
     with open(os.path.join(a.out, "summary.json"), "w") as out:
         json.dump(summary, out, indent=1)
     print(json.dumps({k: v for k, v in summary.items() if k != "evaluations"}))
@@ -215,23 +244,28 @@ def speed(a):
             for o in l_opts:
                 o.step()
 
-        times = {"plain": [], "stochgrad": []}
+        times, ratios = {"plain": [], "stochgrad": []}, []
         for r in range(a.rounds):
+            xs = [batch(r * a.reps + i) for i in range(a.reps)]   # the same batches for both, made untimed
             order = [("plain", plain_step), ("stochgrad", lib_step)]
             for label, fn in (order if r % 2 == 0 else order[::-1]):   # alternate who goes first
-                for i in range(5):
-                    fn(batch(i))
-                t = time.perf_counter()
-                for i in range(a.reps):
-                    fn(batch(i))
-                times[label].append((time.perf_counter() - t) / a.reps)
+                for x in xs[:5]:
+                    fn(x)
+                t = time.process_time()   # this process's CPU time: other processes' load does not count
+                for x in xs:
+                    fn(x)
+                times[label].append((time.process_time() - t) / a.reps)
+            ratios.append(times["stochgrad"][-1] / times["plain"][-1])
         tp, tl = statistics.median(times["plain"]), statistics.median(times["stochgrad"])
+        q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
         rows.append({"estimator": name, "plain_steps_per_second": 1 / tp, "stochgrad_steps_per_second": 1 / tl,
-                     "time_ratio_stochgrad_over_plain": tl / tp})
-    print("| estimator | plain steps/s | stochgrad steps/s | time per step, stochgrad ÷ plain |\n|---|---|---|---|")
+                     "time_ratio_stochgrad_over_plain": statistics.median(ratios), "ratio_quartiles": [q[0], q[2]],
+                     "rounds": a.rounds, "reps": a.reps, "clock": "process CPU time, 1 thread"})
+    print("| estimator | plain steps/CPU-s | stochgrad steps/CPU-s | time per step, stochgrad ÷ plain (median of rounds) "
+          "| quartiles |\n|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['estimator']} | {r['plain_steps_per_second']:.0f} | {r['stochgrad_steps_per_second']:.0f} | "
-              f"{r['time_ratio_stochgrad_over_plain']:.3f} |")
+              f"{r['time_ratio_stochgrad_over_plain']:.3f} | {r['ratio_quartiles'][0]:.3f}–{r['ratio_quartiles'][1]:.3f} |")
     if a.out:
         os.makedirs(a.out, exist_ok=True)
         with open(os.path.join(a.out, "speed.json"), "w") as fh:
@@ -251,6 +285,8 @@ if __name__ == "__main__":
     t.add_argument("--test-samples", type=int, default=100)
     t.add_argument("--test-examples", type=int, default=0)
     t.add_argument("--out", default="runs/vae_plain")
+    t.add_argument("--checkpoint-every", type=int, default=1000)
+    t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt (if there is one)")
     s = sub.add_parser("speed")
     s.add_argument("--estimators", default=",".join(ESTIMATORS))
     s.add_argument("--reps", type=int, default=200)

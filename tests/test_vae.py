@@ -43,6 +43,12 @@ def test_outputs_and_learning(tmp_path):
         assert (tmp_path / name).exists()
     rows = [r.split(",") for r in (tmp_path / "metrics.csv").read_text().splitlines()[1:]]
     assert float(rows[-1][1]) > float(rows[0][1])  # the training ELBO rises
+    import json
+
+    assert "train_elbo_5_samples" in json.loads((tmp_path / "summary.json").read_text())
+    run(tmp_path / "short", 5, "--no-train-bound")   # the summary without the training-set bound
+    summary = json.loads((tmp_path / "short" / "summary.json").read_text())
+    assert "train_elbo_5_samples" not in summary and "test_elbo_5_samples" in summary
 
 
 def test_corrupted_checkpoint_is_a_clear_error_and_left_alone(tmp_path, capsys):
@@ -190,3 +196,41 @@ def test_batches_are_epoch_permutations(tmp_path, monkeypatch):
     assert used.shape[0] == len(train)
     key = lambda t: sorted(map(tuple, t.tolist()))   # noqa: E731
     assert key(used) == key(train)
+
+
+@pytest.mark.parametrize("estimator", ["disarm", "reinforce_loo", "straight_through_sigmoid"])
+def test_plain_reference_loop_follows_stochgrad_step_for_step(estimator):
+    """benchmarks/vae_plain.py (the hand-written loop the equal-step table compares against) starts from the same
+    weights and draws the same noise from one generator as stochgrad's model: equal losses and encoder gradients
+    for a few Adam steps (up to float rounding), so their equal-step gap measures only divergence and noise."""
+    import importlib.util
+
+    import stochgrad as sg
+
+    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "vae_plain.py")
+    spec = importlib.util.spec_from_file_location("vae_plain", path)
+    plain_mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plain_mod)
+    data = torch.rand(40, 784, generator=torch.Generator().manual_seed(3))
+    mean = data.mean(0)
+    torch.manual_seed(0)
+    plain = plain_mod.PlainVAE(mean, latent=20)
+    torch.manual_seed(0)
+    lib = vae.BernoulliVAE(784, 20, "linear", pixel_mean=mean, demean=True, signed_latents=True, bias_init=True)
+    opts = [*plain_mod.optimisers([plain.enc_w, plain.enc_b, plain.dec_w, plain.dec_b], plain.prior),
+            *plain_mod.optimisers([*lib.encoder.parameters(), *lib.decoder.parameters()], lib.prior_logits)]
+    est = sg.get_estimator(estimator)
+    g1, g2 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
+    for i in range(4):
+        xb = data[i * 10:(i + 1) * 10]
+        x1, x2 = (torch.rand(xb.shape, generator=g1) < xb).float(), sg.sampling.bernoulli(xb, (), g2)
+        assert torch.equal(x1, x2)
+        l1, l2 = plain.loss(x1, estimator, g1), lib(x2, est, max(1, est.min_samples), g2).mean()
+        for o in opts:
+            o.zero_grad()
+        l1.backward()
+        l2.backward()
+        assert torch.allclose(l1, l2, rtol=1e-5)
+        assert torch.allclose(plain.enc_w.grad, lib.encoder[0].weight.grad, atol=1e-4 * plain.enc_w.grad.abs().max().item())
+        for o in opts:
+            o.step()

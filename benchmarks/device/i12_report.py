@@ -62,14 +62,15 @@ def vae_tables(d, steps_long, steps_short):
 
 def speed_table(d):
     p = os.path.join(d, "vae_speed", "speed.json")
-    out = ["", "## Time per training step, interleaved in one process (same batches)", ""]
+    out = ["", "## Time per training step, interleaved in one process (same batches; process CPU time, median of the "
+           "rounds' ratios)", ""]
     if not os.path.exists(p):
         return out + ["(no speed result)"]
     out += ["| estimator | plain steps/s | stochgrad steps/s | time per step, stochgrad ÷ plain |", "|---|---|---|---|"]
     for r in json.load(open(p)):
         out.append(f"| {r['estimator']} | {r['plain_steps_per_second']:.0f} | {r['stochgrad_steps_per_second']:.0f} | "
                    f"{r['time_ratio_stochgrad_over_plain']:.3f} |")
-    out += ["", "Steps per second of each training run (8 processes and the other engineers' beside it):", "",
+    out += ["", "Steps per second of each training run (16 processes and the other engineers' beside it):", "",
             "| run | steps | steps/s |", "|---|---|---|"]
     for name in sorted(os.listdir(d)):
         s = load(d, name)
@@ -144,7 +145,9 @@ def main(d):
     long_steps = sorted({e["step"] for n in ("vae_long_disarm_s0", "vae_disarm_s1", "plain_disarm_s0")
                          for e in ((load(d, n) or {}).get("evaluations", []))} |
                         {(load(d, n) or {}).get("steps", 0) for n in ("vae_disarm_s1", "plain_disarm_s0")} - {0})
-    short = sorted({(load(d, n) or {}).get("steps", 0) for n in ("vae_straight_through_sigmoid_s0",)} - {0})
+    short = sorted({e["step"] for n in ("vae_straight_through_sigmoid_s0", "plain_straight_through_sigmoid_s0")
+                    for e in ((load(d, n) or {}).get("evaluations", []))} |
+                   {(load(d, n) or {}).get("steps", 0) for n in ("vae_straight_through_sigmoid_s0",)} - {0})
     lines = ["# issue 12 device runs", ""] + vae_tables(d, long_steps, short) + speed_table(d) + long_runs(d) + gating_table(d)
     print("\n".join(lines))
 

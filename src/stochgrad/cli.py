@@ -117,7 +117,7 @@ def cmd_train_vae(args) -> int:
                     eval_at=tuple(args.eval_at), max_seconds=args.max_seconds, test_samples=args.test_samples,
                     test_examples=args.test_examples, progress=not args.quiet, categories=args.categories,
                     latent=args.latents or (20 if args.categories else 200),
-                    tensorboard=args.tensorboard)
+                    tensorboard=args.tensorboard, train_bound=args.train_bound)
     summary = train_vae(cfg)
     if summary:
         _print_summary(summary)
@@ -293,6 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-seconds", type=NON_NEGATIVE_FLOAT, default=0.0, help="stop once training has taken this long (0: never)")
     p.add_argument("--test-samples", type=POSITIVE, default=100, help="samples of the importance-weighted test bound")
     p.add_argument("--test-examples", type=NON_NEGATIVE, default=0, help="test examples to evaluate (0: all)")
+    p.add_argument("--no-train-bound", dest="train_bound", action="store_false",
+                   help="skip the summary's bound on as many training images (one evaluation less)")
     p.add_argument("--categories", type=NON_NEGATIVE, default=0,
                    help="0: Bernoulli latents; K >= 2: categorical latents of K classes (e.g. 10)")
     p.add_argument("--latents", type=NON_NEGATIVE, default=0, help="latent variables (default 200 Bernoulli, 20 categorical)")

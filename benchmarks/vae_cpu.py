@@ -5,9 +5,9 @@ loop (``benchmarks/vae_plain.py``), same seed: the same initial weights, batches
 generator in the same order), so a gap is floating-point divergence plus the estimator's own noise. Every run
 checkpoints and is resumed, so the table fills in stages and a kill loses at most ``--checkpoint-every`` steps:
 
-1. every (estimator, seed, implementation) to 5,000 steps;
-2. the same runs on to 20,000 steps (disarm and reinforce_loo first);
-3. stochgrad's seed-0 disarm and reinforce_loo runs on towards ``--long-steps`` (the long runs), in
+1. per seed: disarm to 5,000 then 20,000 steps, straight_through_sigmoid to 5,000, reinforce_loo to 5,000 and
+   20,000 (each stage by stochgrad, then by the plain loop); then straight_through_sigmoid to 20,000;
+2. stochgrad's seed-0 disarm and reinforce_loo runs on towards ``--long-steps`` (the long runs), in
    alternating chunks, with the test bounds at every chunk's end.
 
 Run from the repository root (it resumes where it stopped; ``touch OUT/STOP`` stops it between runs)::
@@ -15,11 +15,16 @@ Run from the repository root (it resumes where it stopped; ``touch OUT/STOP`` st
     PYTHONPATH=$PWD/src nice -n 5 python benchmarks/vae_cpu.py --out benchmarks/results/vae_cpu --runs runs/vae_cpu
 
 Results: ``OUT/<impl>_<estimator>_s<seed>_<k>k.json`` (the run's summary at that step, plus the machine) and
-``OUT/<impl>_<estimator>_s<seed>.csv`` (its training curve so far). ``--tiny`` runs a seconds-long version.
+``OUT/<impl>_<estimator>_s<seed>.csv`` (its training curve so far); after every run ``OUT/report.md`` (the
+equal-step table, gaps stochgrad − plain) and ``OUT/long_curves.png`` / ``.json`` (the seed-0 disarm and
+reinforce_loo curves: training ELBO, test bounds, encoder-gradient variance). ``--report`` only rewrites those;
+``--tiny`` runs a seconds-long version.
 """
 from __future__ import annotations
 
 import argparse
+import csv
+import glob
 import json
 import os
 import platform
@@ -38,6 +43,111 @@ def _children_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
+KEYS = (("train_elbo_last_epoch", "train (last epoch, 1 sample)"), ("test_elbo_1_sample", "test 1-sample"),
+        ("test_elbo_100_samples", "test 100-sample bound"))
+
+
+def _results(out):
+    """{(impl, estimator, seed, steps): summary} from OUT's json files."""
+    res = {}
+    for path in glob.glob(os.path.join(out, "*_s[0-9]*_*.json")):
+        s = json.load(open(path))
+        res[(s["implementation"], s["estimator"], s["seed"], s["steps"])] = s
+    return res
+
+
+def _fmt(v, spec=".2f"):
+    return "–" if v is None else format(v, spec)
+
+
+def report(out):
+    """OUT/report.md (the equal-step table) and OUT/long_curves.{png,json}."""
+    res = _results(out)
+    steps_all = sorted({k[3] for k in res})
+    lines = ["# Linear VAE, DisARM protocol: stochgrad against the plain-torch loop at equal steps", "",
+             "Same seed = same initial weights, batches and noise (the two draw from one generator in the same order); "
+             "gap = stochgrad − plain, nats. 1 thread per run, one run at a time, on a shared 2-core machine.", "",
+             "| estimator | steps | seed | " + " | ".join(f"{label}: stochgrad | plain | gap" for _, label in KEYS) + " |",
+             "|---|---|---|" + "---|---|---|" * len(KEYS)]
+    gaps = {}
+    for est in ESTIMATORS:
+        for steps in steps_all:
+            for seed in sorted({k[2] for k in res}):
+                lib, pl = res.get(("stochgrad", est, seed, steps)), res.get(("plain", est, seed, steps))
+                if lib is None and pl is None:
+                    continue
+                row = [est, f"{steps:,}", str(seed)]
+                for key, _ in KEYS:
+                    a, b = (None if r is None else r.get(key) for r in (lib, pl))
+                    g = None if a is None or b is None else a - b
+                    if g is not None:
+                        gaps.setdefault((est, steps, key), []).append(g)
+                    row += [_fmt(a), _fmt(b), _fmt(g, "+.2f")]
+                lines.append("| " + " | ".join(row) + " |")
+    lines += ["", "Mean gap over the seeds present (nats):", "",
+              "| estimator | steps | seeds | " + " | ".join(label for _, label in KEYS) + " |", "|---|---|---|" + "---|" * len(KEYS)]
+    for (est, steps) in sorted({(e, s) for e, s, _ in gaps}, key=lambda k: (ESTIMATORS.index(k[0]), k[1])):
+        vals = [gaps.get((est, steps, k), []) for k, _ in KEYS]
+        lines.append(f"| {est} | {steps:,} | {max(len(v) for v in vals)} | "
+                     + " | ".join(_fmt(sum(v) / len(v) if v else None, "+.2f") for v in vals) + " |")
+    curves = {}
+    for est in ("disarm", "reinforce_loo"):
+        for impl in ("stochgrad", "plain"):
+            path = os.path.join(out, f"{impl}_{est}_s0.csv")
+            if not os.path.exists(path):
+                continue
+            rows = list(csv.DictReader(open(path)))
+            points = sorted((s["steps"], s.get("test_elbo_100_samples"), s.get("test_elbo_1_sample"))
+                            for k, s in res.items() if k[:3] == (impl, est, 0))
+            curves[f"{impl} {est}"] = {
+                "step": [int(r["step"]) for r in rows], "train_elbo": [float(r["train_elbo"]) for r in rows],
+                "encoder_grad_variance": [float(r["encoder_grad_variance"]) for r in rows] if rows and
+                "encoder_grad_variance" in rows[0] else None,
+                "test_steps": [p[0] for p in points], "test_elbo_100_samples": [p[1] for p in points],
+                "test_elbo_1_sample": [p[2] for p in points]}
+    long = [f"| {name} | {c['step'][-1] if c['step'] else 0:,} | "
+            + ", ".join(f"{s:,}: {_fmt(v)}" for s, v in zip(c["test_steps"], c["test_elbo_100_samples"])) + " |"
+            for name, c in curves.items()]
+    lines += ["", "## Seed-0 runs of disarm and reinforce_loo (the long runs), curves in `long_curves.png`", "",
+              "| run | steps | test 100-sample bound at steps |", "|---|---|---|", *long]
+    with open(os.path.join(out, "report.md"), "w") as fh:
+        fh.write("\n".join(lines) + "\n")
+    with open(os.path.join(out, "long_curves.json"), "w") as fh:
+        json.dump(curves, fh)
+    if curves:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(1, 3, figsize=(15, 4))
+        for name, c in curves.items():
+            style = "-" if name.startswith("stochgrad") else "--"
+            ax[0].plot(c["step"], c["train_elbo"], style, label=name)
+            ax[1].plot(c["test_steps"], c["test_elbo_100_samples"], style + "o", label=name)
+            if c["encoder_grad_variance"]:
+                ax[2].plot(c["step"], c["encoder_grad_variance"], style, label=name)
+        for a_, title in zip(ax, ("training ELBO (1 sample, mean over 500 steps)", "test 100-sample bound",
+                                  "encoder-gradient variance (stochgrad)")):
+            a_.set_title(title)
+            a_.set_xlabel("step")
+            a_.legend()
+        ax[0].set_ylim(bottom=max(min(min(c["train_elbo"]) for c in curves.values() if c["train_elbo"]), -200))
+        fig.suptitle("Linear VAE, DisARM protocol, seed 0 (2-core shared CPU, 1 thread)")
+        fig.tight_layout()
+        fig.savefig(os.path.join(out, "long_curves.png"), dpi=90)
+        plt.close(fig)
+
+
+def plan(stages, seeds):
+    """(estimator, seed, steps) in the order run: per seed, disarm through every stage, straight-through's first
+    stage, reinforce_loo through every stage; then straight-through's later stages (the cheapest evidence first)."""
+    out = []
+    for seed in seeds:
+        out += [("disarm", seed, s) for s in stages] + [("straight_through_sigmoid", seed, stages[0])]
+        out += [("reinforce_loo", seed, s) for s in stages]
+    return out + [("straight_through_sigmoid", seed, s) for s in stages[1:] for seed in seeds]
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="benchmarks/results/vae_cpu")
@@ -47,7 +157,10 @@ def main():
     p.add_argument("--long-steps", type=int, default=100000)
     p.add_argument("--long-chunk", type=int, default=20000)
     p.add_argument("--tiny", action="store_true", help="a seconds-long version (tests the script)")
+    p.add_argument("--report", action="store_true", help="only write OUT/report.md and the curves from OUT")
     a = p.parse_args()
+    if a.report:
+        return report(a.out)
     extra = []
     if a.tiny:
         a.stages, a.long_steps, a.long_chunk = [20, 40], 80, 20
@@ -75,10 +188,12 @@ def main():
             cmd = [sys.executable, os.path.join(HERE, "vae_plain.py"), "train", "--estimator", est,
                    "--seed", str(seed), "--steps", str(steps), "--out", d]
         t, cpu = time.time(), _children_cpu()
-        proc = subprocess.run(cmd + extra + resume, env=env, capture_output=True, text=True)
-        if proc.returncode:
-            print(f"{name} to {steps}: rc {proc.returncode}\n{proc.stderr[-2000:]}", flush=True)
-            return
+        done = os.path.join(d, "summary.json")
+        if not (os.path.exists(done) and json.load(open(done))["steps"] == steps):   # else: finished, not yet copied
+            proc = subprocess.run(cmd + extra + resume, env=env, capture_output=True, text=True)
+            if proc.returncode:
+                print(f"{name} to {steps}: rc {proc.returncode}\n{proc.stderr[-2000:]}", flush=True)
+                return
         with open(os.path.join(d, "summary.json")) as fh:
             summary = json.load(fh)
         summary.update(implementation=impl, seed=seed, wall_seconds_this_stage=time.time() - t,
@@ -91,14 +206,11 @@ def main():
               f"{summary['test_elbo_1_sample']:.2f} test{'5' if a.tiny else '100'} "
               f"{summary['test_elbo_5_samples' if a.tiny else 'test_elbo_100_samples']:.2f} "
               f"({time.time() - t:.0f} s)", flush=True)
+        report(a.out)
 
-    for i, steps in enumerate(a.stages):
-        order = [(s, e) for s in a.seeds for e in ESTIMATORS]
-        if i:   # later stages: the unbiased estimators of every seed before straight-through
-            order = sorted(order, key=lambda se: (se[1] == "straight_through_sigmoid", se[0]))
-        for seed, est in order:
-            for impl in ("stochgrad", "plain"):
-                run(impl, est, seed, steps)
+    for est, seed, steps in plan(a.stages, a.seeds):
+        for impl in ("stochgrad", "plain"):
+            run(impl, est, seed, steps)
     steps = a.stages[-1]
     while steps < a.long_steps:   # the long runs: stochgrad seed 0, alternating chunks
         steps = min(steps + a.long_chunk, a.long_steps)

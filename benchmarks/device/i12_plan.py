@@ -9,7 +9,8 @@ images), then prints shell assignments (and ``#`` comments that explain them) fo
 * ``LONG_S``: training seconds of the long runs: the wall minus start-up and their three evaluations;
 * ``CAP`` / ``SPEED_CAP``: the training-seconds cap of a 20k run (alone / after the speed comparison): all its
   steps ×1.1, or, under a given ``--wall`` too short, what fits (the plan then says how many steps);
-* ``G_*``: the gating runs' training seconds; ``KILL``: the hard ``timeout`` (the wall plus a margin).
+* ``G_*``: the gating runs' training seconds; ``KILL``: the hard ``timeout``, 1.2 × the wall + 30 s (room for a
+  machine slower under load than calibrated).
 
 Run: ``python benchmarks/device/i12_plan.py`` (i12.sh does).
 """
@@ -71,7 +72,7 @@ def plan(wall: float, rate: float, evaluation: float, steps: int, speed_steps: i
     wall = wall or needed
     budgets = dict(LONG_S=wall - MARGIN - run(3), CAP=min(need, wall - MARGIN - run(2)),
                    SPEED_CAP=min(need, wall - MARGIN - run(2) - speed), G_ST=wall - 50, G_RO=wall - 50,
-                   G_SMALL=(wall - 3 * 45) / 3, G_RECT=(wall - 2 * 45) / 2, KILL=wall + 30)
+                   G_SMALL=(wall - 3 * 45) / 3, G_RECT=(wall - 2 * 45) / 2, KILL=1.2 * wall + 30)
     return budgets, rate, evaluation, wall
 
 

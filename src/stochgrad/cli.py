@@ -306,8 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=POSITIVE, default=100, help="epochs over the training split (early stopping on validation)")
     p.add_argument("--patience", type=POSITIVE, default=20, help="epochs without a better validation error before stopping")
     p.add_argument("--target", type=FRACTION, default=0.1, help="fraction of gates open")
-    p.add_argument("--sparsity-weight", type=NON_NEGATIVE_FLOAT, default=1.0,
-                   help="weight of the KL penalty (sigmoid family) / start of the adaptive L1 (rectifiers, x1e-3)")
+    p.add_argument("--sparsity-weight", type=NON_NEGATIVE_FLOAT, default=0.1,
+                   help="weight of the KL penalty (sigmoid family) / start of the adaptive L1 (rectifiers, x1e-2)")
     p.add_argument("--rate-control", action="store_true", help="also seed section 2's per-unit firing-rate control")
     p.add_argument("--max-seconds", type=NON_NEGATIVE_FLOAT, default=0.0, help="stop after the epoch that passes this training time")
     p.add_argument("--batch-size", type=POSITIVE, default=32)

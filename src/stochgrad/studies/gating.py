@@ -20,7 +20,7 @@ gater                         training output                                   
 Sparsity as the paper does it: ``sparsity_weight · Σ_units KL(target ‖ ρ_j)`` with ``ρ_j`` the unit's
 mean probability of being open over the minibatch, for the sigmoid family; for rectifiers
 ``λ · mean_batch Σ_units h_j`` with ``λ`` adapted every step (multiplied by ``exp(0.01·(open − target) /
-target)``, starting at ``sparsity_weight · 1e-3``) until the fraction of non-zero gates sits at the target.
+target)``, starting at ``sparsity_weight · 1e-2``) until the fraction of non-zero gates sits at the target.
 Seed §2's firing-rate control (:class:`stochgrad.FiringRateControl`, a per-unit offset) is available with
 ``rate_control=True`` but is off by default: its offset fights the gater and, measured in issue 12,
 turned straight-through's gates into input-independent 10% dropout.
@@ -31,8 +31,22 @@ are the validation split. After every epoch the test-time threshold is chosen on
 (the pre-activation quantile that leaves ``target`` of the gates open) and the validation error is
 measured with deterministic gates; the best epoch's parameters are kept (early stopping, ``patience``
 epochs). The test set is used once, at the end, with the validation threshold. Beside the test error the
-summary reports what shows conditional computation: the fraction of gates open at test time and how
-input-dependent they are (:func:`input_dependence`).
+summary reports what shows conditional computation: the fraction of gates open at test time, how
+input-dependent they are (:func:`input_dependence`), and the test error when each example is classified
+through the gates of another example (input-independent gates leave it unchanged).
+
+Sources and what is ours. The architecture, optimiser, batch, max-norm, the 100× smaller learning rate of
+the unbiased gater, the optimal baseline's decay 0.9, the 10% target with a KL penalty (sigmoid gaters) or
+an L1 penalty (rectifiers) and the test-time rule "deterministic gates, 10% open" are the settings of
+1308.3432's MNIST experiment as recorded in the project's paper notes. The paper's own experiment section
+(its penalty weights, epochs, results table) could not be read here: the stored renderings of the paper
+(arxiv-vanity, ar5iv) give only its abstract and introduction, and no code of the experiment was found
+(Léonard's public repositories hold later Torch work). Therefore these are our choices, measured on MNIST
+(issue 12): the KL weight 0.1 summed over the 2,000 gates (at 1.0 the penalty outweighs the
+classification loss: straight-through's gates collapsed to input-independent dropout at 10.4% test
+error; at 0.1 the gates stay input-dependent and the error falls below the linear model's), the sigmoid
+gates' biases started at ``logit(target)`` (the penalty starts at its minimum instead of driving every
+bias down from σ = 0.5 and shutting units for good), and the adaptive-L1 constants.
 """
 from __future__ import annotations
 
@@ -107,6 +121,10 @@ class GatingNet(nn.Module):
         self.gate = make_gate(gater, generator, target, rate_control)
         self.expert = nn.Linear(x_dim, gates)
         self.out = nn.Linear(gates, classes)
+        if gater not in RECTIFIERS:   # start every gate at the target open rate: the KL penalty starts at its minimum
+            p_open = target ** 2 if gater == "stochastic_times_smooth" else target      # STS fires with √σ(a)
+            with torch.no_grad():
+                self.gater[2].bias.fill_(math.log(p_open / (1 - p_open)))
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Class logits ``(B, classes)``, the gates' training outputs ``(B, gates)`` and the gates'
@@ -164,17 +182,19 @@ class GatingNet(nn.Module):
         return a.reshape(-1).kthvalue(k).values.item()
 
     @torch.no_grad()
-    def evaluate(self, x: Tensor, y: Tensor, threshold: float) -> tuple[float, Tensor]:
+    def evaluate(self, x: Tensor, y: Tensor, threshold: float, donors: Tensor | None = None) -> tuple[float, Tensor]:
         """Error % with deterministic gates open where the pre-activation exceeds ``threshold``, and the
-        open/shut patterns ``(N, gates)`` (bool)."""
-        wrong, patterns = 0, []
-        for xc, yc in zip(x.split(1000), y.split(1000)):
-            a = self.pre_activation(xc)
-            is_open = a > threshold
-            gate = self.gate_value(a) * is_open.to(a.dtype)
-            wrong += (self.out(self.expert(xc) * gate).argmax(-1) != yc).sum().item()
-            patterns.append(is_open)
-        return 100.0 * wrong / len(y), torch.cat(patterns)
+        open/shut patterns ``(N, gates)`` (bool). With ``donors`` (a permutation of ``range(N)``), example
+        ``i`` is classified through the gates of example ``donors[i]``: the error that input-independent
+        gates would not change."""
+        a = torch.cat([self.pre_activation(xc) for xc in x.split(1000)])
+        patterns = a > threshold
+        gate = self.gate_value(a) * patterns.to(a.dtype)
+        if donors is not None:
+            gate = gate[donors]
+        wrong = sum((self.out(self.expert(xc) * gc).argmax(-1) != yc).sum().item()
+                    for xc, gc, yc in zip(x.split(1000), gate.split(1000), y.split(1000)))
+        return 100.0 * wrong / len(y), patterns
 
 
 def input_dependence(patterns: Tensor, labels: Tensor, pairs: int = 4000, generator=None) -> dict:
@@ -233,7 +253,7 @@ class GatingConfig(Options):
     out: str = "runs/gating"
     tensorboard: bool = False   # also log metrics to OUT/tensorboard (the tensorboard extra)
     target: float = 0.1
-    sparsity_weight: float = 1.0
+    sparsity_weight: float = 0.1
     rate_control: bool = False
     validation: int = 10000
     patience: int = 20          # epochs without a better validation error before stopping
@@ -276,7 +296,7 @@ def train_gating(cfg: GatingConfig) -> dict:
     gater_lr = cfg.lr / 100 if score_function else cfg.lr
     opt = torch.optim.SGD([{"params": model.gater.parameters(), "lr": gater_lr},
                            {"params": [*model.expert.parameters(), *model.out.parameters()]}], lr=cfg.lr)
-    l1 = torch.tensor(cfg.sparsity_weight * 1e-3)       # the adaptive L1 coefficient of rectifier gaters
+    l1 = torch.tensor(cfg.sparsity_weight * 1e-2)       # the adaptive L1 coefficient of rectifier gaters (1e-3 by default)
     epoch, step, seconds, best, stale, history = 0, 0, 0.0, None, 0, []
     if state is not None:
         model.load_state_dict(state["model"])
@@ -358,6 +378,8 @@ def train_gating(cfg: GatingConfig) -> dict:
     test_err, patterns = model.evaluate(x_test, y_test, threshold)
     train_err_final, _ = model.evaluate(xs[:10000], ys[:10000], threshold)
     dep = input_dependence(patterns, y_test.cpu(), generator=torch.Generator().manual_seed(cfg.seed))
+    donors = torch.randperm(len(y_test), generator=torch.Generator().manual_seed(cfg.seed)).to(device)
+    shuffled_err, _ = model.evaluate(x_test, y_test, threshold, donors)
     with torch.no_grad():
         spread = torch.cat([model.open_probability(model.pre_activation(c)) for c in xv.split(1000)]).std(0).mean().item()
     summary = {"gater": cfg.gater, "dataset": cfg.dataset, "epochs": epoch, "best_epoch": best["epoch"],
@@ -370,6 +392,7 @@ def train_gating(cfg: GatingConfig) -> dict:
                "test_hamming_same_class": dep["hamming_same_class"],
                "test_hamming_different_class": dep["hamming_different_class"],
                "test_class_contrast": dep["class_contrast"],
+               "test_error_percent_gates_of_another_example": shuffled_err,
                "validation_open_probability_spread": spread,
                "mean_field_test_error_percent": model.mean_field_error(x_test, y_test), "train_seconds": seconds}
     write_json(os.path.join(cfg.out, "summary.json"), summary)

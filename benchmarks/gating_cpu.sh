@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Issue 12's gating study on a shared CPU: the gaters named in GATERS advance in turn, one epoch each, so each
+# gets its share of a limited budget. Every call resumes exactly from its checkpoint (--resume), so the runs equal
+# uninterrupted ones. One process at a time, one thread, niced. Stops at the first of: EPOCHS epochs, early
+# stopping, or the wall-clock time UNTIL (a `date` string). Then copies summary.json, metrics.csv and curves.png
+# of every run to benchmarks/results/gating_cpu/<gater>/ and writes the report there.
+#   GATERS="straight_through reinforce_optimal" EPOCHS=30 UNTIL="00:20" bash benchmarks/gating_cpu.sh
+set -u
+cd "$(dirname "$0")/.."
+GATERS=${GATERS:-"straight_through reinforce_optimal"}
+EPOCHS=${EPOCHS:-30}
+UNTIL=$(date -d "${UNTIL:-+1 hour}" +%s)
+RUNS=${RUNS:-runs/gating_cpu}
+PY=${PY:-python}
+mkdir -p "$RUNS"
+for e in $(seq 1 "$EPOCHS"); do
+  for g in $GATERS; do
+    [ "$(date +%s)" -ge "$UNTIL" ] && break 2
+    resume=(); [ -f "$RUNS/$g/checkpoint.pt" ] && resume=(--resume)
+    OMP_NUM_THREADS=1 nice -n 5 $PY -m stochgrad train gating --threads 1 --gater "$g" --epochs "$e" \
+      --out "$RUNS/$g" --quiet "${resume[@]}" >> "$RUNS/$g.log" 2>&1 || echo "$g: exit $? at epoch $e" >> "$RUNS/$g.log"
+  done
+done
+for g in $GATERS; do
+  mkdir -p "benchmarks/results/gating_cpu/$g"
+  cp "$RUNS/$g/summary.json" "$RUNS/$g/metrics.csv" "$RUNS/$g/curves.png" "benchmarks/results/gating_cpu/$g/" 2>/dev/null
+done
+$PY benchmarks/gating_report.py benchmarks/results/gating_cpu

@@ -13,13 +13,20 @@ UNTIL=$(date -d "${UNTIL:-+1 hour}" +%s)
 RUNS=${RUNS:-runs/gating_cpu}
 PY=${PY:-python}
 mkdir -p "$RUNS"
-for e in $(seq 1 "$EPOCHS"); do
+done_epochs() { [ -f "$RUNS/$1/metrics.csv" ] && echo $(($(wc -l < "$RUNS/$1/metrics.csv") - 1)) || echo 0; }
+declare -A stopped=()
+while :; do
+  advanced=0
   for g in $GATERS; do
     [ "$(date +%s)" -ge "$UNTIL" ] && break 2
+    e=$(done_epochs "$g")
+    { [ "$e" -ge "$EPOCHS" ] || [ -n "${stopped[$g]:-}" ]; } && continue
     resume=(); [ -f "$RUNS/$g/checkpoint.pt" ] && resume=(--resume)
-    OMP_NUM_THREADS=1 nice -n 5 $PY -m stochgrad train gating --threads 1 --gater "$g" --epochs "$e" \
-      --out "$RUNS/$g" --quiet "${resume[@]}" >> "$RUNS/$g.log" 2>&1 || echo "$g: exit $? at epoch $e" >> "$RUNS/$g.log"
+    OMP_NUM_THREADS=1 nice -n 5 $PY -m stochgrad train gating --threads 1 --gater "$g" --epochs $((e + 1)) \
+      --out "$RUNS/$g" --quiet "${resume[@]}" >> "$RUNS/$g.log" 2>&1 || echo "$g: exit $? at epoch $((e + 1))" >> "$RUNS/$g.log"
+    if [ "$(done_epochs "$g")" -gt "$e" ]; then advanced=1; else stopped[$g]=1; fi   # early stopping or a failure
   done
+  [ "$advanced" -eq 1 ] || break
 done
 for g in $GATERS; do
   mkdir -p "benchmarks/results/gating_cpu/$g"

@@ -21,7 +21,7 @@ from ..graph import DelayedBroadcast
 from ..neurons import StochasticBinary
 from ..options import FOLDER, NON_NEGATIVE, POSITIVE, POSITIVE_FLOAT, SEED, Options
 from ..runinfo import write_json
-from .training import (CheckpointError, Metrics, fail, load_checkpoint, plot_curves, prepare_out, save_checkpoint)
+from .training import (fail, Metrics, open_run, plot_curves, save_checkpoint)
 
 ESTIMATORS = ("reinforce", "reinforce_ma", "reinforce_optimal")
 IDENTITY = ("estimator", "delay", "batch_size", "hidden", "lr", "seed")
@@ -65,13 +65,7 @@ def train_bandit(cfg: BanditConfig) -> dict:
     if cfg.resume and cfg.delay > 0:
         fail("--resume works with --delay 0 only: the decisions still awaiting their reward hold autograd graphs, "
              "which a checkpoint cannot carry")
-    ckpt_path = prepare_out(cfg.out, cfg.resume)
-    state = None
-    if cfg.resume:
-        try:
-            state = load_checkpoint(ckpt_path, cfg.__dict__, IDENTITY)
-        except CheckpointError as err:
-            fail(str(err))
+    ckpt_path, state = open_run(cfg, IDENTITY)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     policy = nn.Sequential(nn.Linear(6, cfg.hidden), StochasticBinary(cfg.estimator, generator=gen),

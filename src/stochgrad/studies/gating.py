@@ -65,8 +65,7 @@ from ..options import DEVICE, FOLDER, FRACTION, NON_NEGATIVE_FLOAT, POSITIVE, PO
 from ..neurons import FiringRateControl, NoisyRectifier, StochasticBinary, StochasticTimesSmooth
 from ..runinfo import write_json
 from ..sampling import normal
-from .training import (CheckpointError, Metrics, NonFiniteError, datasets_or_fail, fail, load_checkpoint, plot_curves,
-                       prepare_out, save_checkpoint)
+from .training import (datasets_or_fail, fail, Metrics, NonFiniteError, open_run, plot_curves, save_checkpoint)
 
 # the settings a resumed run must share with the run that wrote the checkpoint
 IDENTITY = ("dataset", "gater", "batch_size", "lr", "seed", "target", "sparsity_weight", "rate_control", "validation")
@@ -278,13 +277,7 @@ def train_gating(cfg: GatingConfig) -> dict:
     _check(cfg)
     train, test = datasets_or_fail(cfg.dataset)
     device = torch.device(cfg.device)
-    ckpt_path = prepare_out(cfg.out, cfg.resume)
-    state = None
-    if cfg.resume:
-        try:
-            state = load_checkpoint(ckpt_path, asdict(cfg), IDENTITY)
-        except CheckpointError as err:
-            fail(str(err))
+    ckpt_path, state = open_run(cfg, IDENTITY)
     n_valid = cfg.validation if len(train) >= 2 * cfg.validation else len(train) // 5
     n_train = len(train) - n_valid
     xs, ys = train.images[:n_train].to(device), train.labels[:n_train].to(device)

@@ -22,8 +22,7 @@ from ..graph import broadcast
 from ..neurons import StochasticBinary
 from ..options import FOLDER, POSITIVE, POSITIVE_FLOAT, SEED, Options
 from ..runinfo import write_json
-from .training import (CheckpointError, datasets_or_fail, Metrics, fail, load_checkpoint, plot_curves, prepare_out,
-                       save_checkpoint)
+from .training import (datasets_or_fail, fail, Metrics, open_run, plot_curves, save_checkpoint)
 
 
 IDENTITY = ("dataset", "estimator", "bits", "batch_size", "lr", "seed")
@@ -112,13 +111,7 @@ def train_hashing(cfg: HashingConfig) -> dict:
     if cfg.estimator not in REGISTRY:
         fail(f"unknown estimator {cfg.estimator!r}; valid: {', '.join(REGISTRY)}")
     train, test = datasets_or_fail(cfg.dataset)
-    ckpt_path = prepare_out(cfg.out, cfg.resume)
-    state = None
-    if cfg.resume:
-        try:
-            state = load_checkpoint(ckpt_path, cfg.__dict__, IDENTITY)
-        except CheckpointError as err:
-            fail(str(err))
+    ckpt_path, state = open_run(cfg, IDENTITY)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     try:

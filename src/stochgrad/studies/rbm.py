@@ -14,8 +14,7 @@ from ..boltzmann import RBM, ContrastiveDivergence, ais_log_partition
 from ..options import FOLDER, POSITIVE, POSITIVE_FLOAT, SEED, Options, integer
 from ..runinfo import write_json
 from ..sampling import bernoulli
-from .training import (CheckpointError, datasets_or_fail, diverged, Metrics, fail, load_checkpoint, plot_curves,
-                       prepare_out, save_checkpoint)
+from .training import (datasets_or_fail, diverged, fail, Metrics, open_run, plot_curves, save_checkpoint)
 
 
 IDENTITY = ("dataset", "hidden", "method", "k", "batch_size", "lr", "seed")
@@ -70,13 +69,7 @@ def train_rbm(cfg: RBMConfig) -> dict:
     if cfg.method not in ("cd", "pcd"):
         fail(f"unknown method {cfg.method!r}; valid: cd, pcd")
     train, test = datasets_or_fail(cfg.dataset)
-    ckpt_path = prepare_out(cfg.out, cfg.resume)
-    state = None
-    if cfg.resume:
-        try:
-            state = load_checkpoint(ckpt_path, cfg.__dict__, IDENTITY)
-        except CheckpointError as err:
-            fail(str(err))
+    ckpt_path, state = open_run(cfg, IDENTITY)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     mean = train.images.mean(0).clamp(1e-3, 1 - 1e-3)

@@ -14,6 +14,7 @@ A trainer's checkpoint cycle, in four calls::
 from __future__ import annotations
 
 import csv
+import dataclasses
 import errno
 import glob
 import hashlib
@@ -221,6 +222,20 @@ def prepare_out(out: str, resume: bool, main: bool = True, name: str = "checkpoi
             print(f"stochgrad: a fresh run in {out}: the earlier run's checkpoint was moved to {name}.previous",
                   file=sys.stderr)
     return path
+
+
+def open_run(cfg, identity: tuple, main: bool = True, force: bool = False) -> tuple[str, dict | None]:
+    """How every trainer starts: the output folder ``cfg.out`` (:func:`prepare_out`) and its checkpoint's
+    path, and with ``cfg.resume`` the verified checkpoint, whose configuration must match ``cfg`` on the
+    ``identity`` fields unless ``force`` (:func:`load_checkpoint`; a clear exit otherwise); ``None`` on a
+    fresh run."""
+    path = prepare_out(cfg.out, cfg.resume, main)
+    if not cfg.resume:
+        return path, None
+    try:
+        return path, load_checkpoint(path, dataclasses.asdict(cfg), identity, force)
+    except CheckpointError as err:
+        fail(str(err))
 
 
 def _alive(pid: int) -> bool:

@@ -47,7 +47,7 @@ from ..options import (DEVICE, FOLDER, NON_NEGATIVE, NON_NEGATIVE_FLOAT, POSITIV
 from ..runinfo import write_json
 from ..sampling import Sharded, bernoulli
 from .training import (CheckpointError, NonFiniteError, datasets_or_fail, Metrics, all_mean, distributed_from_env, diverged,
-                       fail, load_checkpoint, plot_curves, prepare_out, save_checkpoint)
+                       fail, open_run, plot_curves, save_checkpoint)
 
 SIGNALS = ("elbo", "analytic_kl")
 
@@ -277,13 +277,7 @@ def train_vae(cfg: VAEConfig) -> dict:
     n_train = train_split(len(train), proto["validation"])
     if cfg.batch_size > n_train:
         fail(f"--batch-size {cfg.batch_size} exceeds the {n_train} training examples")
-    ckpt_path = prepare_out(cfg.out, cfg.resume, main)
-    state = None
-    if cfg.resume:
-        try:
-            state = load_checkpoint(ckpt_path, asdict(cfg), IDENTITY, cfg.force_resume)
-        except CheckpointError as err:
-            fail(str(err))
+    ckpt_path, state = open_run(cfg, IDENTITY, main, cfg.force_resume)
 
     torch.manual_seed(cfg.seed)
     x_train = train.images[:n_train].to(device)

@@ -58,15 +58,15 @@ def test_chunked_exact_matches_one_call(monkeypatch, gen):  # item 5: chunks cha
 @pytest.mark.parametrize("kwargs, match", [(dict(threshold=float("nan")), "threshold"),
                                            (dict(threshold=float("inf")), "threshold"),
                                            (dict(threshold=-1.0), "threshold"),
-                                           (dict(estimates=1), "estimates must be >= 2"),
-                                           (dict(estimates=100, batch=0), "batch must be >= 1"),
-                                           (dict(samples=0), "samples must be >= 1"),
-                                           (dict(warmup=-1), "warmup must be >= 0")])
+                                           (dict(estimates=1), "estimates must be an integer >= 2"),
+                                           (dict(estimates=100, batch=0), "batch must be an integer >= 1"),
+                                           (dict(samples=0), "samples must be an integer >= 1"),
+                                           (dict(warmup=-1), "warmup must be an integer >= 0")])
 def test_check_unbiased_refuses_meaningless_settings(kwargs, match):  # item 6
     p = problems.suite()[0]
     with pytest.raises(ValueError, match=match):
         check_unbiased("straight_through", p.f, p.logits, **{"estimates": 100, **kwargs})
-    with pytest.raises(TypeError, match="estimates must be an int"):
+    with pytest.raises(TypeError, match="estimates must be an integer"):
         check_unbiased("reinforce", p.f, p.logits, estimates=10.5)
 
 

@@ -11,6 +11,7 @@ from torch import Tensor
 from .distributions import get_distribution
 from .exact import exact_expectation, exact_gradient
 from .expect import LossFn, check_logits, expect
+from .options import NON_NEGATIVE, POSITIVE, POSITIVE_FLOAT, integer
 
 if TYPE_CHECKING:
     from .estimators.base import Estimator
@@ -95,9 +96,9 @@ def sample_gradients(estimator: Estimator, f: LossFn, logits: Tensor, estimates:
     means; ``batch=1`` is the sequential setting. ``warmup`` calls come first and are discarded.
     ``distribution``: as in :func:`stochgrad.expect` (``"categorical"``: logits ``(*batch, n, K)``).
     """
-    _count("estimates", estimates, 1)
-    batch = estimates if batch is None else _count("batch", batch, 1)
-    _count("warmup", warmup, 0)
+    POSITIVE.check(estimates, "estimates")
+    batch = estimates if batch is None else POSITIVE.check(batch, "batch")
+    NON_NEGATIVE.check(warmup, "warmup")
     calls = -(-estimates // batch)
     grads = []
     for call in range(warmup + calls):
@@ -107,14 +108,6 @@ def sample_gradients(estimator: Estimator, f: LossFn, logits: Tensor, estimates:
         if call >= warmup:
             grads.append(g)
     return torch.cat(grads)[:estimates]
-
-
-def _count(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int >= {minimum}, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
 
 
 def check_unbiased(estimator: str | Estimator, f: LossFn, logits: Tensor, *, estimates: int = 4000, batch: int | None = None,
@@ -143,12 +136,9 @@ def check_unbiased(estimator: str | Estimator, f: LossFn, logits: Tensor, *, est
     from .estimators import get_estimator
 
     check_logits(logits)
-    _count("estimates", estimates, 2)
-    _count("samples", samples, 1)
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
-        raise TypeError(f"threshold must be a finite number > 0, got {threshold!r}")
-    if not (math.isfinite(threshold) and threshold > 0):
-        raise ValueError(f"threshold must be a finite number > 0 (a |z| bound; 4 is usual), got {threshold}")
+    integer(2).check(estimates, "estimates")   # the kinds of `stochgrad check`'s flags (stochgrad.options)
+    POSITIVE.check(samples, "samples")
+    POSITIVE_FLOAT.check(threshold, "threshold")
     est = get_estimator(estimator) if isinstance(estimator, str) else estimator
     exact = exact_gradient(f, logits, distribution)[1]
     with torch.no_grad():

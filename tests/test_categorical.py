@@ -346,3 +346,53 @@ def test_sharded_noise_splits_categorical_units_along_the_batch(name):
     whole = grad(a, torch.Generator().manual_seed(5))
     halves = [grad(a[3 * r:3 * (r + 1)], Sharded(torch.Generator().manual_seed(5), r, 2)) for r in range(2)]
     assert torch.allclose(torch.cat(halves), whole)
+
+
+def test_carms_is_invariant_to_a_constant_added_to_f():
+    """CARMS's signal is a weighted difference f(z_i) − f(z_j): a constant added to f cancels sample by sample."""
+    p = problems.categorical_decoder()
+    grads = []
+    for shift in [0.0, 1e3]:
+        a = p.logits.expand(50, -1, -1).clone().requires_grad_(True)
+        sg.expect(lambda h: p.f(h) + shift, a, "carms", 4, torch.Generator().manual_seed(7), distribution=CAT).sum().backward()
+        grads.append(a.grad)
+    assert grads[0].abs().max() > 0.1 and torch.allclose(grads[0], grads[1], rtol=0, atol=1e-9)
+
+
+def test_carms_pair_weight_for_two_classes_is_the_arms_factor():
+    """K = 2: a pair of different classes has weight p(1−p)/(q − C(q, q)), ARMS's debiasing factor."""
+    from stochgrad.estimators.arms import copula_cdf
+    from stochgrad.estimators.carms import pair_law
+    p1 = torch.tensor([0.1, 0.3, 0.5, 0.8], dtype=torch.float64)
+    probs = torch.stack([1 - p1, p1], -1).unsqueeze(-2)                   # (4 examples, 1 unit, 2)
+    for S in [2, 3, 5]:
+        z = torch.tensor([0, 1] + [0] * (S - 2)).view(S, 1, 1).expand(S, 4, 1)
+        w = probs[..., 0, 0] * probs[..., 0, 1] / pair_law(probs, z, S)[0, 1, :, 0]
+        q = torch.minimum(p1, 1 - p1)
+        assert torch.allclose(w, p1 * (1 - p1) / (q - copula_cdf(q, S))), S
+
+
+def paper_toy(alpha: float, seed: int = 0):
+    """Dimitriev & Zhou 2021's toy (official ``toy.py``): 3 units of 3 classes, f = Σ_{i,k} 3(3i + k + 1)·h_ik,
+    probabilities drawn from Dirichlet(α, α, α)."""
+    g = torch.Generator().manual_seed(seed)
+    probs = torch._standard_gamma(torch.full((3, 3), alpha, dtype=torch.float64), generator=g)
+    weights = 3 * torch.arange(1, 10, dtype=torch.float64).view(3, 3)
+    return (lambda h: (h * weights).sum((-2, -1))), (probs / probs.sum(-1, keepdim=True)).log()
+
+
+def test_carms_has_lower_variance_than_reinforce_loo_on_the_papers_toy(gen):
+    """The paper's toy (α = 10) at its M = 3 samples: CARMS's total variance is below leave-one-out's by more
+    than 4 standard errors of the difference (each variance's SE from the spread of ‖g − ḡ‖² over N = 20000
+    estimates). Measured: ratio 0.88, the difference about 14 SE."""
+    f, logits = paper_toy(10.0)
+    exact = exact_gradient(f, logits, CAT)[1]
+    stats = {}
+    for name in ["reinforce_loo", "carms"]:
+        g = sample_gradients(sg.get_estimator(name), f, logits, 20000, samples=3, generator=gen, distribution=CAT)
+        dev = (g - g.mean(0)).square().flatten(1).sum(-1)
+        stats[name] = (dev.mean().item(), dev.std().item() / len(dev) ** 0.5)
+        z = (g.mean(0) - exact) / (g.var(0) / len(g)).sqrt()
+        assert z.abs().max() < 4, (name, z)
+    (v_loo, se_loo), (v_carms, se_carms) = stats["reinforce_loo"], stats["carms"]
+    assert v_carms + 4 * (se_loo ** 2 + se_carms ** 2) ** 0.5 < v_loo, stats

@@ -1,4 +1,6 @@
 """Categorical units (issue 10): the same estimators on one-hot samples, against exact enumeration of K^n states."""
+import math
+
 import pytest
 import torch
 
@@ -69,6 +71,13 @@ def test_two_classes_are_a_bernoulli_unit_with_logit_a1_minus_a0(gen):
         gb = sample_gradients(name, p.f, p.logits, 50, samples=2, generator=torch.Generator().manual_seed(7))
         gc = sample_gradients(name, f2, a2, 50, samples=2, generator=torch.Generator().manual_seed(7), distribution=CAT)
         assert torch.allclose(gc[..., 1], gb) and torch.allclose(gc[..., 0], -gb), name
+    # straight-through: the categorical one goes back through softmax(a), i.e. it is already the scaled
+    # variant, the K = 2 case of straight_through_sigmoid (∂h/∂a := σ'(a)), not of straight_through (:= 1)
+    gb = sample_gradients("straight_through_sigmoid", p.f, p.logits, 50, generator=torch.Generator().manual_seed(7))
+    gc = sample_gradients("straight_through", f2, a2, 50, generator=torch.Generator().manual_seed(7), distribution=CAT)
+    assert torch.allclose(gc[..., 1], gb) and torch.allclose(gc[..., 0], -gb)
+    gu = sample_gradients("straight_through", p.f, p.logits, 50, generator=torch.Generator().manual_seed(7))
+    assert not torch.allclose(gu, gb)
 
 
 def test_gumbel_rao_has_gumbel_st_mean_and_lower_variance(gen):
@@ -396,3 +405,30 @@ def test_carms_has_lower_variance_than_reinforce_loo_on_the_papers_toy(gen):
         assert z.abs().max() < 4, (name, z)
     (v_loo, se_loo), (v_carms, se_carms) = stats["reinforce_loo"], stats["carms"]
     assert v_carms + 4 * (se_loo ** 2 + se_carms ** 2) ** 0.5 < v_loo, stats
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_categorical_logits_are_sampled_in_float32(dtype):
+    """Logits (0, 0, −7): P(class 2) = e^−7/(2 + e^−7) ≈ 4.6e-4, which sampling on bfloat16's own grid never
+    draws (its 1 − P rounds to 1). Functional view and layer sample in float32 and answer in the logits' dtype."""
+    B = 400000
+    p = math.exp(-7) / (2 + math.exp(-7))
+    se = math.sqrt(p * (1 - p) / B)
+    logits = torch.tensor([0.0, 0.0, -7.0]).expand(B, 1, 3).to(dtype).requires_grad_(True)
+    gen = torch.Generator().manual_seed(0)
+    value = sg.expect(lambda h: h[..., 0, 2], logits, "reinforce", generator=gen, distribution=CAT)
+    assert value.dtype == dtype and abs(value.float().mean().item() - p) < 5 * se
+    value.sum().backward()
+    assert logits.grad.dtype == dtype and torch.isfinite(logits.grad.float()).all()
+    for name in ["straight_through", "reinforce_optimal"]:
+        a = logits.detach().clone().requires_grad_(True)
+        layer = sg.StochasticCategorical(name, generator=gen)
+        if layer.estimator.pathwise:
+            out = layer(a)
+            out[..., 0, 2].float().sum().backward()
+        else:
+            with sg.broadcast() as graph:
+                out = layer(a)
+            graph.backward(out[..., 0, 2].float())
+        assert out.dtype == dtype and abs(out[..., 0, 2].float().mean().item() - p) < 5 * se, name
+        assert a.grad.dtype == dtype and torch.isfinite(a.grad.float()).all() and a.grad.float().abs().sum() > 0, name

@@ -60,10 +60,18 @@ def make_model():
     return nn.Sequential(nn.Linear(D_IN, N), rate, nn.Linear(N, 1)).double(), gen
 
 
-def train(rank=None):
+def make_categorical_model(K=3):
+    """The categorical counterpart: N units of K classes (one uniform per unit, as the binary layer draws)."""
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(5)
+    layer = sg.StochasticCategorical("reinforce_optimal", categories=K, generator=gen)
+    return nn.Sequential(nn.Linear(D_IN, N * K), layer, nn.Linear(N * K, 1)).double(), gen
+
+
+def train(rank=None, make=make_model):
     """A few SGD steps. Under DDP each rank draws its half of the single process's noise stream."""
     x, y = batch()
-    model, gen = make_model()
+    model, gen = make()
     net = model
     if rank is not None:
         net = nn.parallel.DistributedDataParallel(model)
@@ -87,6 +95,7 @@ def worker(rank, init_file, out_dir):
     try:
         result = {name: run_state(name) for name in ("reinforce_ma", "reinforce_optimal", "learned")}
         result["train"] = train(rank)
+        result["categorical"] = train(rank, make_categorical_model)
         result["tuned"] = {name: run_tuned(name, rank) for name in TUNED}
         torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
@@ -113,3 +122,8 @@ def test_synchronised_state_and_training_match_one_process():
             assert torch.allclose(r["train"][key], value, atol=1e-10), key
     # the firing-rate statistics and the baselines are part of that state
     assert any("rate" in k for k in single) and any("numerator" in k for k in single)
+    single = train(make=make_categorical_model)   # StochasticCategorical: its per-class baseline averaged over ranks
+    assert any("numerator" in k for k in single)
+    for r in ranks:
+        for key, value in single.items():
+            assert torch.allclose(r["categorical"][key], value, atol=1e-10), key

@@ -121,7 +121,8 @@ class StochasticCategorical(nn.Module):
     :func:`stochgrad.broadcast` (``local=True`` and :class:`DelayedBroadcast` too) and learn from
     ``(onehot − softmax(a))·(L − c)``; their baselines see the ``n·K`` coordinates, in buffers averaged
     over ranks. Evaluation: the most probable class (``eval_output="argmax"``) or ``softmax(a)``
-    (``"probability"``).
+    (``"probability"``). float16/bfloat16 inputs are sampled in float32 (a low-precision grid biases the
+    class probabilities) and returned in their dtype.
     """
 
     def __init__(self, estimator="straight_through", categories: int | None = None, eval_output: str = "argmax",
@@ -147,13 +148,18 @@ class StochasticCategorical(nn.Module):
             p = torch.softmax(a, -1)
             out = p if self.eval_output == "probability" else one_hot(p.argmax(-1), a.shape[-1], a)
             return out.reshape(shape)
+        if a.dtype in LOW_PRECISION:  # as StochasticBinary: sample in float32, return the input's dtype
+            return self._train(a.float()).to(a.dtype).reshape(shape)
+        return self._train(a).reshape(shape)
+
+    def _train(self, a: Tensor) -> Tensor:
         graph = active_graph()
         est = self.estimator
         if est.pathwise:
             if graph is not None and graph.local:
                 raise ValueError(f"StochasticCategorical(estimator={est.name!r}) learns by back-propagation, "
                                  "which broadcast(local=True) forbids: use a reinforce* estimator")
-            return est.sample(a, (), self.generator, dist=CATEGORICAL).reshape(shape)
+            return est.sample(a, (), self.generator, dist=CATEGORICAL)
         if graph is None:
             raise RuntimeError(f"StochasticCategorical(estimator={est.name!r}) needs the loss broadcast in training: "
                                "run the forward pass inside `with sg.broadcast() as graph:` and call "
@@ -161,7 +167,7 @@ class StochasticCategorical(nn.Module):
         probs = torch.softmax(a.detach(), -1)
         h = CATEGORICAL.sample(probs, (), self.generator)
         graph.record(Node(est, a.flatten(-2), h.flatten(-2), probs.flatten(-2)))  # n·K coordinates per example
-        return h.reshape(shape)
+        return h
 
     def extra_repr(self) -> str:
         return f"estimator={self.estimator.name}, categories={self.categories}, eval_output={self.eval_output}"

@@ -376,7 +376,9 @@ def test_carms_pair_weight_for_two_classes_is_the_arms_factor():
     probs = torch.stack([1 - p1, p1], -1).unsqueeze(-2)                   # (4 examples, 1 unit, 2)
     for S in [2, 3, 5]:
         z = torch.tensor([0, 1] + [0] * (S - 2)).view(S, 1, 1).expand(S, 4, 1)
-        w = probs[..., 0, 0] * probs[..., 0, 1] / pair_law(probs, z, S)[0, 1, :, 0]
+        i, j, q_pairs = pair_law(probs, z, S)
+        assert (i[0], j[0]) == (0, 1)
+        w = probs[..., 0, 0] * probs[..., 0, 1] / q_pairs[0, :, 0]
         q = torch.minimum(p1, 1 - p1)
         assert torch.allclose(w, p1 * (1 - p1) / (q - copula_cdf(q, S))), S
 

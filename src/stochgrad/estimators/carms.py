@@ -80,19 +80,24 @@ def lower_edges(p: Tensor, c: Tensor, a: Tensor, b: Tensor) -> Tensor:
                        torch.where(c == last, 1 - p.gather(-1, last), middle)).clamp(0, 1)
 
 
-def pair_law(p: Tensor, z: Tensor, samples: int) -> Tensor:
-    """``q(z_i, z_j)`` for every two of the ``S`` samples' classes ``z`` ``(S, *batch, n)``: ``(S, S, *batch, n)``."""
+def pair_law(p: Tensor, z: Tensor, samples: int) -> tuple[Tensor, Tensor, Tensor]:
+    """``q(z_i, z_j)`` for every two ``i < j`` of the ``S`` samples' classes ``z`` ``(S, *batch, n)``.
+
+    Returns ``(i, j, q)``: the pairs' indices ``(M,)`` and their probabilities ``(M, *batch, n)``,
+    ``M = S(S−1)/2`` (the copula is exchangeable, so ``q(c, c') = q(c', c)``).
+    """
     a, b, _ = end_pairs(p.shape[-1], p.device)
     c = z.unsqueeze(-1)
     lo = lower_edges(p, c, a, b)                                          # (S, *batch, n, P)
     hi = (lo + p.expand(*c.shape[:-1], p.shape[-1]).gather(-1, c)).clamp(0, 1)
     k = samples - 1
     lo, hi = lo.pow(1.0 / k), hi.pow(1.0 / k)
+    i, j = torch.triu_indices(samples, samples, 1, device=p.device)
 
-    def cdf(x, y):  # C(x_i, y_j) on the k-th roots, (S, S, *batch, n, P)
-        return (x.unsqueeze(1) + y.unsqueeze(0) - 1).clamp_min(0).pow(k)
+    def cdf(x, y):  # C(x_i, y_j) from the k-th roots, (M, *batch, n, P)
+        return (x[i] + y[j] - 1).clamp_min(0).pow(k)
 
-    return (cdf(hi, hi) - cdf(lo, hi) - cdf(hi, lo) + cdf(lo, lo)).mean(-1)
+    return i, j, (cdf(hi, hi) - cdf(lo, hi) - cdf(hi, lo) + cdf(lo, lo)).mean(-1)
 
 
 def carms_sample(p: Tensor, samples: int, generator=None) -> Tensor:
@@ -130,10 +135,10 @@ class CARMS(Estimator):
         losses = f(h)                                                     # (S, *batch)
         S = samples
         pz = h.mul(p).sum(-1)                                             # p_{z_s}: (S, *batch, n)
-        q = pair_law(p, z, S).clamp_min(torch.finfo(p.dtype).tiny)       # > 0 for every pair that can occur
-        others = ~torch.eye(S, dtype=torch.bool, device=p.device).view(S, S, *(1,) * (z.dim() - 1))
-        w = torch.where(others, pz.unsqueeze(1) * pz.unsqueeze(0) / q, torch.zeros_like(q))    # (S, S, *batch, n)
+        i, j, q = pair_law(p, z, S)                                       # q > 0 for every pair that can occur
+        w = pz[i] * pz[j] / q.clamp_min(torch.finfo(p.dtype).tiny)       # (M, *batch, n)
         L = losses.detach().unsqueeze(-1)                                 # (S, *batch, 1)
-        signal = (w * (L.unsqueeze(1) - L.unsqueeze(0))).sum(1)           # Σ_{j≠i} w_ij (f_i − f_j)
+        wd = w * (L[i] - L[j])                                            # w_ij (f_i − f_j), pairs i < j
+        signal = torch.zeros_like(pz).index_add_(0, i, wd).index_add_(0, j, -wd)   # Σ_{j≠i} w_ij (f_i − f_j)
         grad = (signal.unsqueeze(-1) * (h - p)).sum(0) / (S * (S - 1))
         return attach_gradient(losses.mean(0), logits, grad)

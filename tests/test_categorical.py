@@ -357,6 +357,15 @@ def test_sharded_noise_splits_categorical_units_along_the_batch(name):
     assert torch.allclose(torch.cat(halves), whole)
 
 
+@pytest.mark.parametrize("samples, K", [(4, 4), (3, 6)])
+def test_carms_is_unbiased_for_more_samples_and_classes(samples, K, gen):
+    """Beyond the S = 2 of the shared test: the copula's pair law for S > 2, and more orderings (K = 6: 15)."""
+    p = problems.categorical_decoder(n=2, K=K)
+    r = sg.check_unbiased("carms", p.f, p.logits, estimates=8000, batch=400, samples=samples, generator=gen,
+                          distribution=CAT)
+    assert r.passed, f"S={samples}, K={K}: max |z| = {r.max_abs_z:.2f}"
+
+
 def test_carms_is_invariant_to_a_constant_added_to_f():
     """CARMS's signal is a weighted difference f(z_i) − f(z_j): a constant added to f cancels sample by sample."""
     p = problems.categorical_decoder()

@@ -177,3 +177,39 @@ def test_low_precision_logits_are_sampled_in_float32(dtype):
     layer = sg.StochasticBinary("straight_through", generator=gen)
     out = layer(torch.full((B, 1), -7.0, dtype=dtype))
     assert out.dtype == dtype and abs(out.float().mean().item() - p) < 5 * se
+
+
+@pytest.mark.parametrize("name", ["reinforce_ma", "reinforce_optimal", "learned"])
+def test_host_and_device_paths_keep_the_same_state(name, monkeypatch):
+    """The CPU refuses a bad call by reading it on the host (a few in-place ops on the happy path); a device
+    guards it with device-side flags. Both fold in the same statistics: same gradients, same state."""
+    def run():
+        est, gen, grads = sg.get_estimator(name), torch.Generator().manual_seed(0), []
+        for _ in range(6):
+            a = torch.randn(7, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+            sg.expect(quad, a, est, generator=gen).sum().backward()
+            grads.append(a.grad)
+        return torch.stack(grads), est.state_dict()
+
+    host_grads, host_state = run()
+    monkeypatch.setattr(guard, "HOST_READS", frozenset())
+    device_grads, device_state = run()
+    assert torch.allclose(host_grads, device_grads, rtol=1e-12, atol=1e-12)
+    assert host_state.keys() == device_state.keys()
+    assert all(torch.allclose(host_state[k], device_state[k], rtol=1e-12, atol=1e-12) for k in host_state)
+
+
+def test_a_moving_average_saved_before_version_2_loads_as_the_same_baseline():
+    """Version 1 stored the raw average (c = mean / weight); version 2 stores c itself."""
+    est = used("reinforce_ma")
+    state = est.state_dict()
+    c, weight = state["baseline.mean"].clone(), state["baseline.weight"]
+    old = {"baseline.mean": c * weight, "baseline.weight": weight.clone()}
+    old = type(state)(old)
+    old._metadata = {"": {"version": 1}, "baseline": {"version": 1}}
+    fresh = sg.get_estimator("reinforce_ma")
+    fresh.load_state_dict(old)
+    assert torch.allclose(fresh.baseline.mean, c) and torch.equal(fresh.baseline.weight, weight)
+    again = sg.get_estimator("reinforce_ma")
+    again.load_state_dict(state)  # a version-2 state loads as it is
+    assert torch.equal(again.baseline.mean, c)

@@ -12,11 +12,13 @@ averaged over ranks under ``torch.distributed``.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
-from .distributed import mean_over_ranks
-from .guard import finite, fold_
+from .distributed import is_distributed, mean_over_ranks
+from .guard import finite, fold_, reads_at_once
 
 
 def check_decay(decay, name: str = "decay") -> float:
@@ -76,32 +78,59 @@ class Baseline(ResizableBuffers):
 class MovingAverage(Baseline):
     """``c`` = exponential moving average of past losses (seed Corollary 1), one scalar per site.
 
-    Bias-corrected like Adam's moments, so the first steps are not pulled toward zero.
+    Bias-corrected like Adam's moments, so the first steps are not pulled toward zero, and stored that way:
+    the buffer ``mean`` *is* ``c`` (zero before the first update) and ``weight`` = ``1 − decay^t``. One
+    update is one in-place EMA step, ``mean ← lerp(mean, L̄, (1 − decay)/weight)`` (the same ``c`` as
+    dividing the raw average by ``weight``). On the CPU the call's mean loss is read on the host, so a
+    NaN/inf call is refused before any write (two in-place ops on the happy path); elsewhere the step is
+    guarded on the device (:mod:`stochgrad.guard`).
     """
+
+    _version = 2  # version 1 stored the raw average (c = mean / weight): converted on load
 
     def __init__(self, decay: float = 0.9):
         super().__init__()
         self.decay = check_decay(decay)
-        self.register_buffer("mean", torch.zeros(()))
+        self.register_buffer("mean", torch.zeros(()))    # c, bias-corrected
         self.register_buffer("weight", torch.zeros(()))  # 1 − decay^steps: the bias correction
 
+    def _ready(self, losses) -> Tensor:
+        """The buffer ``mean``, in the losses' dtype and device (``weight`` with it)."""
+        mean = self._buffers["mean"]
+        if mean.dtype is not losses.dtype or mean.device != losses.device:
+            self._follow(losses, "mean", "weight")
+            mean = self._buffers["mean"]
+        return mean
+
     def forward(self, score, losses):
-        self._follow(losses, "mean", "weight")
-        # weight == 0 before the first update, when mean is 0 too: the ratio is then 0.
-        return self.mean / self.weight.clamp_min(1e-30)
+        return self._ready(losses)  # the live buffer: read it before update() (Corollary 1 reads, then folds in)
 
     @torch.no_grad()
     def update(self, score, losses):
         count = losses.numel()
         if count == 0:
             return None
-        self._follow(losses, "mean", "weight")
+        mean, weight, keep = self._ready(losses), self._buffers["weight"], 1 - self.decay
         m = mean_over_ranks(losses.mean(), count)
+        if reads_at_once(m) and not torch.compiler.is_compiling():  # the CPU: refuse a bad call before writing
+            if not math.isfinite(m.item()):
+                return False
+            w = 1 - self.decay * (1 - weight.item())
+            weight.fill_(w)
+            mean.lerp_(m, keep / w)
+            return True
         ok = finite(m)
-        step = ok.to(m.dtype) * (1 - self.decay)   # 0 for a rejected call: both moments stay bitwise as they were
-        self.mean.lerp_(torch.where(ok, m, 0.0), step)
-        self.weight.add_(step * (1 - self.weight))
+        step = ok.to(m.dtype) * keep   # 0 for a rejected call: both buffers stay bitwise as they were
+        weight.add_(step * (1 - weight))
+        mean.lerp_(torch.where(ok, m, 0.0), step / weight.clamp_min(torch.finfo(weight.dtype).tiny))
         return ok
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, *args, **kwargs):
+        if (local_metadata.get("version") or 1) < 2 and prefix + "mean" in state_dict:  # raw average → c
+            raw, weight = state_dict[prefix + "mean"], state_dict.get(prefix + "weight")
+            if weight is not None:
+                state_dict[prefix + "mean"] = torch.where(weight > 0, raw / weight.clamp_min(1e-30), 0.0)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, *args, **kwargs)
 
     def extra_repr(self) -> str:
         return f"decay={self.decay}"
@@ -121,10 +150,17 @@ class OptimalBaseline(Baseline):
         self.register_buffer("numerator", torch.zeros(0))
         self.register_buffer("denominator", torch.zeros(0))
 
+    def _ready(self, score, losses) -> tuple[Tensor, Tensor]:
+        """The buffers ``(numerator, denominator)``, sized for ``score``'s units, in the losses' dtype and device."""
+        num, den = self._buffers["numerator"], self._buffers["denominator"]
+        if num.shape[0] != score.shape[-1] or num.dtype is not losses.dtype or num.device != losses.device:
+            self._sized(score.shape[-1], losses, "numerator", "denominator")
+            num, den = self._buffers["numerator"], self._buffers["denominator"]
+        return num, den
+
     def forward(self, score, losses):
-        self._sized(score.shape[-1], losses, "numerator", "denominator")
-        den = self.denominator
-        return torch.where(den > 0, self.numerator / den.clamp_min(torch.finfo(den.dtype).tiny), 0.0)
+        num, den = self._ready(score, losses)
+        return torch.where(den > 0, num / den.clamp_min(torch.finfo(den.dtype).tiny), 0.0)
 
     def statistics(self, score, losses) -> tuple[Tensor, Tensor] | None:
         """This call's ``(E[(h − σ)² L], E[(h − σ)²])`` per unit over the examples of all ranks; ``None`` if empty."""
@@ -132,20 +168,33 @@ class OptimalBaseline(Baseline):
         count = per_unit.shape[0]
         if count == 0:
             return None
-        weights = torch.stack([losses.reshape(-1), torch.ones_like(losses.reshape(-1))]) / count   # (2, count)
-        both = mean_over_ranks(weights @ per_unit, count)   # one small matmul: both means at once
-        return both[0], both[1]
+        num, den = (losses.reshape(-1) / count) @ per_unit, per_unit.mean(0)
+        if is_distributed():  # both means in one reduction
+            both = mean_over_ranks(torch.stack([num, den]), count)
+            return both[0], both[1]
+        return num, den
 
     def fold(self, stats, ok) -> None:
-        d = self.decay
-        fold_(ok, (self.numerator, self.numerator * d + (1 - d) * stats[0]),
-              (self.denominator, self.denominator * d + (1 - d) * stats[1]))
+        """Folds ``stats`` into the moving numerator and denominator where the 0-dim ``ok`` (device-side guard)."""
+        keep = 1 - self.decay
+        fold_(ok, (self.numerator, self.numerator.lerp(stats[0], keep)),
+              (self.denominator, self.denominator.lerp(stats[1], keep)))
 
     @torch.no_grad()
     def update(self, score, losses):
         stats = self.statistics(score, losses)
         if stats is None:
             return None
+        num, den = self._ready(score, losses)
+        if reads_at_once(stats[0]) and not torch.compiler.is_compiling():  # the CPU: refuse before writing
+            # NaN/inf in the losses or the scores reaches the numerator (x·NaN, 0·inf are NaN); the
+            # denominator is a mean of (h − σ)² ∈ [0, 1]
+            if not math.isfinite(stats[0].sum().item()):
+                return False
+            keep = 1 - self.decay
+            num.lerp_(stats[0], keep)
+            den.lerp_(stats[1], keep)
+            return True
         ok = finite(stats[0] + stats[1])
         self.fold(stats, ok)
         return ok

@@ -143,7 +143,8 @@ def _total_variance(est, p, gen, n=6000):
 @pytest.mark.parametrize("name", ["rebar", "relax"])
 @pytest.mark.parametrize("problem", ["two_layer", "nonseparable"])
 def test_tuning_every_few_calls_tunes_as_well_as_every_call(name, problem):
-    """Default (tune every 4th call, lr 4e-2) against the former setting (every call, lr 1e-2), 100 calls each."""
+    """Defaults (rebar: tune every 8th call, lr 8e-2; relax: every 4th, 4e-2) against the former setting (every
+    call, lr 1e-2), 100 calls each."""
     p = HARD[problem]()
     result = []
     for options in ({}, {"tune_every": 1, "lr": 1e-2}):
@@ -225,3 +226,18 @@ def test_a_nonfinite_loss_leaves_the_tuned_state_as_it_was(name):
     for k in before:
         assert torch.equal(before[k], after[k]) if isinstance(before[k], torch.Tensor) else before[k] == after[k], k
     assert torch.isfinite(est.theta).all()
+
+
+def test_the_conditional_logistic_slope_is_its_derivative():
+    """REBAR/RELAX chain ∂z̃/∂a by hand for Bernoulli units (one backward pass through f alone): the closed
+    form must be autograd's derivative of the conditional sample."""
+    from stochgrad.distributions import BERNOULLI
+
+    g = torch.Generator().manual_seed(0)
+    a = (4 * torch.randn(50, 7, generator=g, dtype=torch.float64)).requires_grad_(True)
+    v = torch.rand(50, 7, generator=g, dtype=torch.float64)
+    h = (torch.rand(50, 7, generator=g, dtype=torch.float64) < torch.sigmoid(a.detach())).double()
+    zt = BERNOULLI.conditional(v, h, a)
+    (auto,) = torch.autograd.grad(zt.sum(), a)
+    closed = BERNOULLI.conditional_slope(zt.detach(), h, torch.sigmoid(a.detach()))
+    assert torch.allclose(auto, closed, rtol=1e-10, atol=1e-12)

@@ -159,6 +159,12 @@ class Bernoulli(Distribution):
     def conditional(self, v, h, logits):
         return conditional_logistic(v, h, torch.sigmoid(logits))
 
+    def conditional_slope(self, zt: Tensor, h: Tensor, probs: Tensor) -> Tensor:
+        """``∂z̃/∂a`` of :meth:`conditional` (unit by unit: ``z̃_i`` depends on ``a_i`` alone), in closed form:
+        differentiating :func:`conditional_logistic` gives ``p(1 − e^{−z̃})`` for ``h = 1`` (``z̃ ≥ 0``) and
+        ``(1 − p)(1 − e^{z̃})`` for ``h = 0`` (``z̃ ≤ 0``), that is ``−expm1(−|z̃|)·(p if h else 1 − p)``."""
+        return -torch.expm1(-zt.abs()) * torch.where(h > 0, probs, 1 - probs)
+
     def jacobian(self, p, logits):
         return p * (1 - p) * logits
 

@@ -68,6 +68,15 @@ def check_finite_logits(logits: Tensor, name: str, verdict: "Verdict | None") ->
         verdict.report(finite(logits.detach()), LOGITS, name)
 
 
+def report_finite(verdict: "Verdict", x: Tensor, problem: int, name: str = "") -> None:
+    """Reports to ``verdict`` whether all of ``x`` (detached) is finite: read at once where that is free (the
+    CPU: one reduction and a read), else as a device flag (:meth:`Verdict.report`)."""
+    if reads_at_once(x) and not torch.compiler.is_compiling():
+        verdict.report(math.isfinite(x.sum(dtype=_ACCUMULATE.get(x.dtype)).item()), problem, name)
+    else:
+        verdict.report(finite(x), problem, name)
+
+
 class Verdict:
     """Turns a site's device-side check flags into errors without synchronising (see the module docstring).
 

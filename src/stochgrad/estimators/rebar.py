@@ -9,11 +9,15 @@ control variate ``c(z)``::
 is unbiased for any ``c``. REBAR: ``c(z) = η·f(σ(z/λ))``; RELAX adds a small network ``r_ρ(σ(z/λ))``.
 Because ``E[ĝ]`` does not depend on ``(η, λ, ρ)``, the gradient of ``E[ĝ²]`` is that of the variance:
 every ``tune_every``-th training call takes one Adam step on it (``tune=True``; Grathwohl et al. Alg. 2
-tune every step, which costs a second-order backward pass through ``f`` each time). The defaults, every
-4th call at ``lr = 4e-2``, tune as far per call as one step per call at ``1e-2`` did, at a quarter of the
-second-order passes (tests/test_modern.py compares the variance after tuning). Costs 3 evaluations
-of ``f`` per sample (at ``b``, ``σ(z/λ)``, ``σ(z̃/λ)``) and one backward pass to ``a`` for ``∂_a c``
-(created with a graph only on tuning calls, which add one more pass for ``∂E[ĝ²]/∂(η, λ, ρ)``).
+tune every step, which costs a second-order backward pass through ``f`` each time). The defaults tune as far
+per call as one step per call at ``lr = 1e-2`` did, at a fraction of the second-order passes: REBAR every
+8th call at ``8e-2``, RELAX every 4th at ``4e-2`` (its network needs more steps: every 8th left its variance
+about 15% higher after 100 calls); tests/test_modern.py compares the variance after tuning. Costs 3
+evaluations of ``f`` per sample (at ``b``, ``σ(z/λ)``, ``σ(z̃/λ)``; the last two stacked into one call) and
+one backward pass for ``∂_a c``: for Bernoulli units through ``f`` alone, to the relaxed points, with
+``∂z̃/∂a`` in closed form (:meth:`~stochgrad.distributions.Bernoulli.conditional_slope`); for categorical
+units through the conditional sample's graph. The pass is created with a graph only on tuning calls,
+which add one more for ``∂E[ĝ²]/∂(η, λ, ρ)``.
 
 The tuning is :class:`~stochgrad.estimators.base.Tuned`'s, shared with ``double_cv`` and ``rodeo``: the
 tuned quantities are estimator *state*, not model parameters: one vector buffer ``theta`` =
@@ -33,8 +37,8 @@ import math
 import torch
 
 from ..distributions import BERNOULLI, conditional_logistic  # noqa: F401  (conditional_logistic: public here)
-from ..expect import attach_gradient
-from ..guard import LOSSES, finite
+from ..expect import attach_gradient, lead, over_samples
+from ..guard import LOSSES, report_finite
 from .base import Tuned, check_count, check_positive
 
 
@@ -50,8 +54,8 @@ class REBAR(Tuned):
     cost = "3S"
     distributions = ("bernoulli", "categorical")
 
-    def __init__(self, eta: float = 1.0, temperature: float = 0.5, tune: bool = True, lr: float = 4e-2,
-                 tune_every: int = 4):
+    def __init__(self, eta: float = 1.0, temperature: float = 0.5, tune: bool = True, lr: float = 8e-2,
+                 tune_every: int = 8):
         if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not math.isfinite(eta):
             raise ValueError(f"eta must be a finite number, got {eta!r}")
         temperature = check_positive(temperature, "temperature")
@@ -69,39 +73,53 @@ class REBAR(Tuned):
         return 3 * samples
 
     def extra(self, soft, theta):
-        """The part of the control variate beyond ``η·f``: none for REBAR."""
-        return 0.0
+        """The part of the control variate beyond ``η·f``, ``(..., *batch)``; ``None`` for REBAR."""
+        return None
 
     def estimate(self, f, logits, samples, generator, dist=BERNOULLI):
         a0 = logits.detach()
         probs = dist.probs(a0)
-        shape = (samples, *logits.shape)
-        u, v = dist.uniform((2, *shape), logits, generator).unbind(0)
+        lead_ = lead(samples)  # one sample: no sample dimension (the fast path)
+        u, v = dist.uniform((2, *lead_, *logits.shape), logits, generator).unbind(0)
         if not logits.requires_grad or a0.numel() == 0:  # no gradient wanted, or an empty batch: no tuning
-            value = f(dist.hard(dist.perturb(a0, u))).mean(0)
+            value = over_samples(f(dist.hard(dist.perturb(a0, u))), samples)
             return attach_gradient(value, logits, torch.zeros_like(a0))
         tuning = self.begin(a0, dist.flat(a0).shape[-1], generator)
+        slope = getattr(dist, "conditional_slope", None)  # Bernoulli: ∂z̃/∂a in closed form
         with torch.enable_grad():
-            a = a0.requires_grad_(True)
             theta = self.values(tuning)
             lam = theta[1].exp()
-            z = dist.perturb(a, u)
-            b = dist.hard(z.detach())
-            soft_z = dist.soften(z, lam)
-            soft_zt = dist.soften(dist.conditional(v, b, a), lam)
-            f_b = f(b)                                      # (S, *batch): the value, and f's own gradient
-            f_z, f_zt = f(torch.stack([soft_z, soft_zt]))   # the control variate's graph, kept apart
-            c_z = theta[0] * f_z + self.extra(dist.flat(soft_z), theta)
-            c_zt = theta[0] * f_zt + self.extra(dist.flat(soft_zt), theta)
-            (d_c,) = torch.autograd.grad((c_z - c_zt).sum(), a, create_graph=tuning)
+            if slope is not None:  # one backward pass through f alone, to the relaxed points x = [z, z̃]
+                z = dist.perturb(a0, u)
+                b = dist.hard(z)
+                zt = dist.conditional(v, b, a0)
+                x = wrt = torch.stack([z, zt]).requires_grad_(True)
+            else:                  # through the conditional sample's graph to the logits
+                a = wrt = a0.requires_grad_(True)
+                z = dist.perturb(a, u)
+                b = dist.hard(z.detach())
+                x = torch.stack([z, dist.conditional(v, b, a)])
+            f_b = f(b)                                      # (*lead, *batch): the value, and f's own gradient
+            # the control variate at z and z̃ in one evaluation (its graph kept apart from f_b's): (2, *lead, *batch)
+            soft = dist.soften(x, lam)
+            c = theta[0] * f(soft)
+            extra = self.extra(dist.flat(soft), theta)
+            if extra is not None:
+                c = c + extra
+            c_z, c_zt = c.unbind(0)
+            (d_c,) = torch.autograd.grad((c_z - c_zt).sum(), wrt, create_graph=tuning)
+            if slope is not None:  # ∂z/∂a = 1 (z = a + logistic noise); ∂z̃/∂a by the chain rule
+                d_c = d_c[0] + d_c[1] * slope(zt, b, probs)  # d_c[1] = −∂c(z̃)/∂z̃ already
+                if samples > 1:
+                    d_c = d_c.sum(0)
             centred = (f_b.detach() - c_zt).reshape(*c_zt.shape, *([1] * dist.event_dims))
-            grad = (centred * (b - probs)).mean(0) + d_c / samples
+            grad = over_samples(centred * (b - probs), samples) + (d_c if samples == 1 else d_c / samples)
             if tuning:
                 self.tune_on(grad, theta, dist.event_dims)
             elif self.training:
-                self.verdict.report(finite(f_b.detach()), LOSSES)
+                report_finite(self.verdict, f_b.detach(), LOSSES)
         self.end()
-        return attach_gradient(f_b.mean(0), logits, grad.detach())
+        return attach_gradient(over_samples(f_b, samples), logits, grad.detach())
 
 
 class RELAX(REBAR):

@@ -53,8 +53,8 @@ def plain_reinforce(a, gen, baseline=None):
     h = (_rand(p.shape, a, gen) < p).to(a.dtype)
     L = f(h)
     score = h - p
-    c = 0.0 if baseline is None else baseline(score, L)
-    _attach(L, a, score * (L.unsqueeze(-1) - c))
+    centred = L.unsqueeze(-1) if baseline is None else L.unsqueeze(-1) - baseline(score, L)
+    _attach(L, a, score * centred)
 
 
 class PlainMA:

@@ -44,3 +44,12 @@ def test_compiled_model_with_stochastic_layers_matches_eager():
         eager(x).square().mean().backward()
         for p, q in zip(model.parameters(), eager.parameters()):
             assert torch.allclose(p.grad, q.grad, atol=1e-6, rtol=1e-5)
+
+
+def test_a_pathwise_model_compiles_into_one_graph():
+    """Outside a broadcast the layers read no context variable (a graph break for torch.compile)."""
+    torch._dynamo.reset()
+    model = nn.Sequential(nn.Linear(8, 16), sg.StochasticBinary("straight_through"), nn.Linear(16, 16),
+                          sg.StochasticBinary("gumbel_st"), nn.Linear(16, 1))
+    out = torch._dynamo.explain(lambda x: model(x).square().mean())(torch.randn(5, 8))
+    assert out.graph_break_count == 0 and out.graph_count == 1

@@ -168,11 +168,13 @@ class OptimalBaseline(Baseline):
         count = per_unit.shape[0]
         if count == 0:
             return None
-        num, den = (losses.reshape(-1) / count) @ per_unit, per_unit.mean(0)
-        if is_distributed():  # both means in one reduction
-            both = mean_over_ranks(torch.stack([num, den]), count)
-            return both[0], both[1]
-        return num, den
+        if count == 1 and not is_distributed():  # one example: its own statistics, no reduction
+            den = per_unit[0]
+            return den * losses.reshape(()), den
+        flat = losses.reshape(-1)
+        weights = torch.stack([flat, torch.ones_like(flat)]) / count       # (2, count)
+        both = mean_over_ranks(weights @ per_unit, count)   # one pass over the scores: both means at once
+        return both[0], both[1]
 
     def fold(self, stats, ok) -> None:
         """Folds ``stats`` into the moving numerator and denominator where the 0-dim ``ok`` (device-side guard)."""

@@ -25,6 +25,7 @@ from torch import Tensor
 from .guard import reads_at_once
 
 _ACTIVE: contextvars.ContextVar["Graph | None"] = contextvars.ContextVar("stochgrad_graph", default=None)
+_OPEN = [0]  # broadcasts open in any context: while 0, no context has one (a plain read torch.compile traces)
 
 
 @dataclass
@@ -119,18 +120,23 @@ def broadcast(local: bool = False) -> Iterator[Graph]:
     """
     graph = Graph(local)
     token = _ACTIVE.set(graph)
+    _OPEN[0] += 1
     try:
         yield graph
     except BaseException:
         graph.discard()   # the forward pass failed: nothing to deliver, nothing to warn about
         raise
     finally:
+        _OPEN[0] -= 1
         _ACTIVE.reset(token)
 
 
 def active_graph() -> Graph | None:
-    """The graph of the innermost active :func:`broadcast` in this context, or ``None``."""
-    return _ACTIVE.get()
+    """The graph of the innermost active :func:`broadcast` in this context, or ``None``.
+
+    Outside every broadcast it reads no context variable (``torch.compile`` cannot trace one: a pathwise
+    model compiles without a graph break)."""
+    return _ACTIVE.get() if _OPEN[0] else None
 
 
 class DelayedBroadcast:

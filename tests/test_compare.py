@@ -1,8 +1,10 @@
 """A tiny `stochgrad compare`, checked against figures computed independently here."""
+import contextlib
 import json
 import math
 
 import pytest
+import torch
 
 from stochgrad.studies import compare
 
@@ -22,13 +24,26 @@ def reinforce_relative_variance(D, logit=1.0):
     return var / g ** 2
 
 
+@contextlib.contextmanager
+def one_thread():
+    """The study as the command runs it: one intra-op thread (its tensors are tiny; two threads on two busy
+    cores made it several times slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     out = tmp_path_factory.mktemp("compare")
     cfg = compare.Config.make(quick=True, estimators=["reinforce", "reinforce_optimal", "straight_through"],
                               problem_estimates=600, scaling_D=(1, 4, 16, 64), scaling_estimates=3000,
                               race_steps=20)
-    compare.run(cfg, str(out), progress=False)
+    with one_thread():
+        compare.run(cfg, str(out), progress=False)
     return out
 
 
@@ -112,24 +127,18 @@ def test_same_seed_twice_writes_byte_identical_results(tmp_path, monkeypatch):
     by the configuration's seed (RELAX's surrogate and auto included), never from the global generator (moved
     between the runs here) or the clock (timings.json). A study of the smallest sizes, so only the bytes count;
     the figures are not drawn (they take most of a tiny run's time and are not compared)."""
-    import torch
-
     from stochgrad.studies import compare_categorical
 
     monkeypatch.setattr(compare, "plot", lambda results, out: dict.fromkeys(("scaling", "bias_variance", "race"), "-"))
     monkeypatch.setattr(compare_categorical, "_plot", lambda res, path: None)
     names = ["relax", "rebar", "auto", "reinforce_loo", "gumbel"]   # tuned, learned, composite, categorical-capable
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)        # as the command runs it (tiny tensors: one thread is the fastest)
-    try:
-        for run, global_seed in (("a", 1), ("b", 2)):
-            torch.manual_seed(global_seed)
-            cfg = compare.Config.make(quick=True, estimators=names, seed=3, problem_estimates=40, scaling_D=(1, 4),
-                                      scaling_estimates=20, scaling_warmup=3, race_steps=4, race_units=3,
-                                      timing_repeats=1)
+    for run, global_seed in (("a", 1), ("b", 2)):
+        torch.manual_seed(global_seed)
+        cfg = compare.Config.make(quick=True, estimators=names, seed=3, problem_estimates=40, scaling_D=(1, 4),
+                                  scaling_estimates=20, scaling_warmup=3, race_steps=4, race_units=3,
+                                  timing_repeats=1)
+        with one_thread():
             compare.run(cfg, str(tmp_path / run), progress=False)
-    finally:
-        torch.set_num_threads(threads)
     for name in ("results.json", "results_categorical.json"):
         a, b = (tmp_path / "a" / name).read_bytes(), (tmp_path / "b" / name).read_bytes()
         assert a == b, name

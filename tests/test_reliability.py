@@ -182,6 +182,11 @@ CONFIGS = {"vae": vae.VAEConfig, "gating": gating.GatingConfig, "rbm": rbm.RBMCo
     (lambda tmp: bandit.BanditConfig(delay=-1, out=tmp), "delay", "must be an integer >= 0, got -1"),
     (lambda tmp: gating.GatingConfig(target=1.5, out=tmp), "target", "must be a number in (0, 1), got 1.5"),
     (lambda tmp: compare.Config.make(quick=True, race_steps=0), "race_steps", "must be an integer >= 1, got 0"),
+    (lambda tmp: vae.VAEConfig(estimator="exact", out=tmp), "estimator", "must be a registered estimator but exact"),
+    (lambda tmp: vae.VAEConfig(categories=4, estimator="disarm", out=tmp), "estimator",
+     "disarm does not support categorical latents"),
+    (lambda tmp: gating.GatingConfig(gater="nope", out=tmp), "gater", "must be one of the gaters"),
+    (lambda tmp: bandit.BanditConfig(delay=2, resume=True, out=tmp), "resume", "works with delay 0 only"),
 ])
 def test_configurations_built_in_python_are_checked_like_flags(make, name, words, tmp_path):
     with pytest.raises(options.OptionError) as err:

@@ -19,9 +19,9 @@ from torch import nn
 
 from ..graph import DelayedBroadcast
 from ..neurons import StochasticBinary
-from ..options import FOLDER, NON_NEGATIVE, POSITIVE, POSITIVE_FLOAT, SEED, Options
+from ..options import FOLDER, NON_NEGATIVE, POSITIVE, POSITIVE_FLOAT, SEED, OptionError, Options
 from ..runinfo import write_json
-from .training import (fail, Metrics, open_run, plot_curves, save_checkpoint)
+from .training import (Metrics, open_run, plot_curves, save_checkpoint)
 
 ESTIMATORS = ("reinforce", "reinforce_ma", "reinforce_optimal")
 IDENTITY = ("estimator", "delay", "batch_size", "hidden", "lr", "seed")
@@ -54,17 +54,21 @@ class BanditConfig(Options):
     checkpoint_every: int = 1000
     progress: bool = True
 
+    def check(self) -> None:
+        """An estimator that learns from the reward alone; ``resume`` only without a delay."""
+        if self.estimator not in ESTIMATORS:
+            raise OptionError("estimator", f"must be one of {', '.join(ESTIMATORS)} (learning from reward alone), "
+                                           f"got {self.estimator!r}")
+        if self.resume and self.delay > 0:
+            raise OptionError("resume", "works with delay 0 only: the decisions still awaiting their reward hold "
+                                        "autograd graphs, which a checkpoint cannot carry")
+
 
 def train_bandit(cfg: BanditConfig) -> dict:
     """Trains the multiplexer from the (delayed) broadcast reward; writes metrics and a summary to ``cfg.out``."""
     from tqdm import tqdm
 
     cfg.validate()   # before anything is read or written: the same checks as the command line's
-    if cfg.estimator not in ESTIMATORS:
-        fail(f"unknown estimator {cfg.estimator!r} for learning from reward alone; valid: {', '.join(ESTIMATORS)}")
-    if cfg.resume and cfg.delay > 0:
-        fail("--resume works with --delay 0 only: the decisions still awaiting their reward hold autograd graphs, "
-             "which a checkpoint cannot carry")
     ckpt_path, state = open_run(cfg, IDENTITY)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)

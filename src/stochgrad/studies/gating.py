@@ -61,7 +61,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..graph import broadcast
-from ..options import DEVICE, FOLDER, FRACTION, NON_NEGATIVE_FLOAT, POSITIVE, POSITIVE_FLOAT, SEED, Options
+from ..options import DEVICE, FOLDER, FRACTION, NON_NEGATIVE_FLOAT, POSITIVE, POSITIVE_FLOAT, SEED, OptionError, Options
 from ..neurons import FiringRateControl, NoisyRectifier, StochasticBinary, StochasticTimesSmooth
 from ..runinfo import write_json
 from ..sampling import normal
@@ -261,12 +261,12 @@ class GatingConfig(Options):
     log_every: int = 100
     progress: bool = True
 
-
-def _check(cfg: GatingConfig) -> None:
-    if cfg.gater not in GATERS:
-        fail(f"unknown gater {cfg.gater!r}; valid: {', '.join(GATERS)}")
-    if cfg.rate_control and cfg.gater.startswith("sigmoid"):
-        fail("--rate-control needs gates that output exact zeros; sigmoid gates never do")
+    def check(self) -> None:
+        """A known gater; ``rate_control`` only with gates that output exact zeros."""
+        if self.gater not in GATERS:
+            raise OptionError("gater", f"must be one of the gaters (valid: {', '.join(GATERS)}), got {self.gater!r}")
+        if self.rate_control and self.gater.startswith("sigmoid"):
+            raise OptionError("rate_control", "needs gates that output exact zeros; sigmoid gates never do")
 
 
 def train_gating(cfg: GatingConfig) -> dict:
@@ -274,7 +274,6 @@ def train_gating(cfg: GatingConfig) -> dict:
     from tqdm import tqdm
 
     cfg.validate()   # before anything is read or written: the same checks as the command line's
-    _check(cfg)
     train, test = datasets_or_fail(cfg.dataset)
     device = torch.device(cfg.device)
     ckpt_path, state = open_run(cfg, IDENTITY)

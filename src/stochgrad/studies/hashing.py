@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from ..estimators import REGISTRY
 from ..graph import broadcast
 from ..neurons import StochasticBinary
-from ..options import FOLDER, POSITIVE, POSITIVE_FLOAT, SEED, Options
+from ..options import FOLDER, POSITIVE, POSITIVE_FLOAT, SEED, OptionError, Options
 from ..runinfo import write_json
 from .training import (datasets_or_fail, fail, Metrics, open_run, plot_curves, save_checkpoint)
 
@@ -102,14 +102,18 @@ class HashingConfig(Options):
     checkpoint_every: int = 1000
     progress: bool = True
 
+    def check(self) -> None:
+        """A registered estimator (whether it works as a layer is the layer's to say)."""
+        if self.estimator not in REGISTRY:
+            raise OptionError("estimator", f"must be a registered estimator ({', '.join(REGISTRY)}), "
+                                           f"got {self.estimator!r}")
+
 
 def train_hashing(cfg: HashingConfig) -> dict:
     """Trains the codes; reports retrieval against PCA and random projections."""
     from tqdm import tqdm
 
     cfg.validate()   # before anything is read or written: the same checks as the command line's
-    if cfg.estimator not in REGISTRY:
-        fail(f"unknown estimator {cfg.estimator!r}; valid: {', '.join(REGISTRY)}")
     train, test = datasets_or_fail(cfg.dataset)
     ckpt_path, state = open_run(cfg, IDENTITY)
     torch.manual_seed(cfg.seed)

@@ -11,7 +11,7 @@ import torch
 
 from .. import data as D
 from ..boltzmann import RBM, ContrastiveDivergence, ais_log_partition
-from ..options import FOLDER, POSITIVE, POSITIVE_FLOAT, SEED, Options, integer
+from ..options import FOLDER, POSITIVE, POSITIVE_FLOAT, SEED, OptionError, Options, integer
 from ..runinfo import write_json
 from ..sampling import bernoulli
 from .training import (datasets_or_fail, diverged, fail, Metrics, open_run, plot_curves, save_checkpoint)
@@ -44,6 +44,11 @@ class RBMConfig(Options):
     checkpoint_every: int = 1000
     progress: bool = True
 
+    def check(self) -> None:
+        """``method``: ``cd`` or ``pcd``."""
+        if self.method not in ("cd", "pcd"):
+            raise OptionError("method", f"must be cd or pcd, got {self.method!r}")
+
 
 def sample_grid(path: str, images, shape, rows: int = 8) -> None:
     """The first ``rows × rows`` of ``images`` (flattened ``shape``) as one grey-scale grid image at ``path``."""
@@ -66,8 +71,6 @@ def train_rbm(cfg: RBMConfig) -> dict:
     from tqdm import tqdm
 
     cfg.validate()   # before anything is read or written: the same checks as the command line's
-    if cfg.method not in ("cd", "pcd"):
-        fail(f"unknown method {cfg.method!r}; valid: cd, pcd")
     train, test = datasets_or_fail(cfg.dataset)
     ckpt_path, state = open_run(cfg, IDENTITY)
     torch.manual_seed(cfg.seed)

@@ -189,19 +189,29 @@ class VAEConfig(Options):
     progress: bool = True
 
     def check(self) -> None:
-        """``samples`` at least the estimator's minimum (``reinforce_loo``: 2); ``categories`` 0 or >= 2."""
+        """The names (estimator, protocol, signal); ``samples`` at least the estimator's minimum
+        (``reinforce_loo``: 2); ``categories`` 0 or >= 2, with an estimator that supports categorical units."""
+        usable = [n for n in REGISTRY if n != "exact"]
+        if self.estimator not in usable:
+            raise OptionError("estimator", f"must be a registered estimator but exact (valid: {', '.join(usable)}), "
+                                           f"got {self.estimator!r}")
+        for name, valid in (("protocol", PROTOCOLS), ("signal", SIGNALS)):
+            if getattr(self, name) not in valid:
+                raise OptionError(name, f"must be one of {', '.join(valid)}, got {getattr(self, name)!r}")
         est = REGISTRY.get(self.estimator)
         if self.samples is not None and est is not None and self.samples < est.min_samples:
             raise OptionError("samples", f"must be >= {est.min_samples} for estimator {self.estimator}, got {self.samples}")
         if self.categories == 1:
             raise OptionError("categories", "must be 0 (Bernoulli latents) or >= 2 classes, got 1")
+        if self.categories and "categorical" not in est.distributions:
+            valid = [n for n in usable if "categorical" in REGISTRY[n].distributions]
+            raise OptionError("estimator", f"{self.estimator} does not support categorical latents; valid: "
+                                           f"{', '.join(valid)}")
 
     def resolved(self) -> "VAEConfig":
-        """A copy with the protocol's values in the ``None`` fields; raises ``ValueError`` on bad values."""
-        if self.protocol not in PROTOCOLS:
-            raise ValueError(f"unknown protocol {self.protocol!r}; valid: {', '.join(PROTOCOLS)}")
-        if self.signal not in SIGNALS:
-            raise ValueError(f"unknown signal {self.signal!r}; valid: {', '.join(SIGNALS)}")
+        """A copy with the protocol's values in the ``None`` fields; checks ``self`` first (:meth:`validate`:
+        ``OptionError``, a ``ValueError``, on bad values)."""
+        self.validate()
         p = PROTOCOLS[self.protocol]
         out = VAEConfig(**asdict(self))
         for name in ("model", "steps", "batch_size", "lr", "prior_lr"):
@@ -259,14 +269,7 @@ def train_vae(cfg: VAEConfig) -> dict:
     """Trains (or resumes), evaluates the test bound, writes ``metrics.csv``, ``summary.json``, a plot."""
     from tqdm import tqdm
 
-    cfg.validate()   # before anything is read or written: the same checks as the command line's
-    if cfg.estimator not in REGISTRY or cfg.estimator == "exact":
-        fail(f"unknown or unusable estimator {cfg.estimator!r} for the VAE; valid: "
-             f"{', '.join(n for n in REGISTRY if n != 'exact')}")
-    try:
-        cfg = cfg.resolved()
-    except ValueError as err:
-        fail(str(err))
+    cfg = cfg.resolved()   # checked first (before anything is read or written): the command line's checks
     proto = PROTOCOLS[cfg.protocol]
     rank, world = distributed_from_env()
     if cfg.batch_size % world:
@@ -286,9 +289,6 @@ def train_vae(cfg: VAEConfig) -> dict:
     if cfg.categories:
         from .vae_categorical import CategoricalVAE  # the categorical latent layer (issue 10)
 
-        if "categorical" not in REGISTRY[cfg.estimator].distributions:
-            fail(f"estimator {cfg.estimator!r} does not support categorical latents; valid: "
-                 f"{', '.join(n for n, c in REGISTRY.items() if 'categorical' in c.distributions and n != 'exact')}")
         model = CategoricalVAE(train.dim, cfg.latent, cfg.categories, **options).to(device)
     else:
         model = BernoulliVAE(train.dim, cfg.latent, **options).to(device)

@@ -186,7 +186,7 @@ CONFIGS = {"vae": vae.VAEConfig, "gating": gating.GatingConfig, "rbm": rbm.RBMCo
     (lambda tmp: vae.VAEConfig(categories=4, estimator="disarm", out=tmp), "estimator",
      "disarm does not support categorical latents"),
     (lambda tmp: gating.GatingConfig(gater="nope", out=tmp), "gater", "must be one of the gaters"),
-    (lambda tmp: bandit.BanditConfig(delay=2, resume=True, out=tmp), "resume", "works with delay 0 only"),
+    (lambda tmp: bandit.BanditConfig(delay=2, resume=True, out=tmp), "resume", "works with --delay 0 only"),
 ])
 def test_configurations_built_in_python_are_checked_like_flags(make, name, words, tmp_path):
     with pytest.raises(options.OptionError) as err:

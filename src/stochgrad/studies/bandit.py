@@ -60,7 +60,7 @@ class BanditConfig(Options):
             raise OptionError("estimator", f"must be one of {', '.join(ESTIMATORS)} (learning from reward alone), "
                                            f"got {self.estimator!r}")
         if self.resume and self.delay > 0:
-            raise OptionError("resume", "works with delay 0 only: the decisions still awaiting their reward hold "
+            raise OptionError("resume", "works with --delay 0 only: the decisions still awaiting their reward hold "
                                         "autograd graphs, which a checkpoint cannot carry")
 
 

@@ -90,8 +90,8 @@ def main(rounds: int, reps: int, backend: str, device: str, out: str | None, bat
         return time.process_time()
 
     if fallback_random:  # aten's random numbers (eager's) instead of inductor's own generator
-        import torch._inductor.config
-        torch._inductor.config.fallback_random = True
+        import torch._inductor.config as inductor_config
+        inductor_config.fallback_random = True
     cases = {"model (2 StochasticBinary layers, batch 64)": model_case(dev)}
     for name in ("straight_through", "reinforce_ma", "disarm"):
         cases[f"expect/{name} ({batch} x {units})"] = expect_case(name, dev, batch, units)

@@ -67,6 +67,7 @@ def report(out):
     lines = ["# Linear VAE, DisARM protocol: stochgrad against the plain-torch loop at equal steps", "",
              "Same seed = same initial weights, batches and noise (the two draw from one generator in the same order); "
              "gap = stochgrad − plain, nats. 1 thread per run, one run at a time, on a shared 2-core machine.", "",
+             "<!-- --8<-- [start:table] -->",
              "| estimator | steps | seed | " + " | ".join(f"{label}: stochgrad | plain | gap" for _, label in KEYS) + " |",
              "|---|---|---|" + "---|---|---|" * len(KEYS)]
     gaps = {}
@@ -110,6 +111,7 @@ def report(out):
             for name, c in curves.items()]
     lines += ["", "## Seed-0 runs of disarm and reinforce_loo (the long runs), curves in `long_curves.png`", "",
               "| run | steps | test 100-sample bound at steps |", "|---|---|---|", *long]
+    lines.append("<!-- --8<-- [end:table] -->")
     with open(os.path.join(out, "report.md"), "w") as fh:
         fh.write("\n".join(lines) + "\n")
     with open(os.path.join(out, "long_curves.json"), "w") as fh:

@@ -37,6 +37,15 @@ def command(out, *extra):
     return [sys.executable, "-m", "stochgrad", "train", "vae", "--out", out, *ARGS, *extra]
 
 
+def rows_written(out) -> int:
+    """Complete rows of ``out``'s metrics.csv so far (0 without one)."""
+    try:
+        with open(os.path.join(out, "metrics.csv")) as fh:
+            return max(0, fh.read().count("\n") - 1)
+    except OSError:
+        return 0
+
+
 def finish(out) -> tuple[int, str]:
     r = subprocess.run(command(out, "--resume"), capture_output=True, text=True)
     if r.returncode and "no checkpoint to resume from" in r.stderr:   # killed before its first checkpoint
@@ -91,10 +100,12 @@ def kill_runs(work, trials, rng) -> list[dict]:
         proc = subprocess.Popen(command(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         start = time.perf_counter()
         # odd trials: kill while the n-th checkpoint's temporary file exists (n random); even trials: at a
-        # random moment between 0.8 x the first checkpoint's time (some before it) and the end of the run
+        # random moment of training, whatever the machine's speed: once metrics.csv holds a random number of
+        # rows (0: before the first), after a further random pause of up to 0.3 s
         during_write = k % 2 == 1
         nth = rng.randint(1, 30)
-        delay = rng.uniform(0.8 * first, span)
+        rows_target, pause = rng.randint(0, len(reference["rows"]) - 2), rng.uniform(0.0, 0.3)
+        reached = None
         seen, present = 0, False
         while proc.poll() is None:
             elapsed = time.perf_counter() - start
@@ -108,9 +119,11 @@ def kill_runs(work, trials, rng) -> list[dict]:
                 if elapsed > 3 * span:
                     break
                 time.sleep(0.0005)
-            elif elapsed > delay:
-                break
             else:
+                if reached is None and rows_written(out) >= rows_target:
+                    reached = elapsed
+                if reached is not None and elapsed > reached + pause:
+                    break
                 time.sleep(0.002)
         killed_at = time.perf_counter() - start
         finished_first = proc.poll() is not None

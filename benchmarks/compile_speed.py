@@ -31,6 +31,8 @@ from torch import nn
 import stochgrad as sg
 from stochgrad.runinfo import environment, set_threads
 
+from overhead import cell, clock, ratio, timed_rounds  # the same timing method (benchmarks/ is on sys.path)
+
 
 def quad(b):
     return (b - 0.45).square().sum(-1)
@@ -83,11 +85,7 @@ def main(rounds: int, reps: int, backend: str, device: str, out: str | None, bat
     dev = torch.device(device)
     cuda = dev.type == "cuda"
 
-    def now():
-        if cuda:
-            torch.cuda.synchronize()
-            return time.perf_counter()
-        return time.process_time()
+    now = clock(dev)
 
     if fallback_random:  # aten's random numbers (eager's) instead of inductor's own generator
         import torch._inductor.config as inductor_config
@@ -116,21 +114,11 @@ def main(rounds: int, reps: int, backend: str, device: str, out: str | None, bat
         for _ in range(3):
             eager()
         fns = {"eager": eager, "compiled": compiled}
-        times = {k: [] for k in fns}
-        rng = random.Random(0)
-        for _ in range(rounds):
-            order = list(fns)
-            rng.shuffle(order)
-            for k in order:
-                t = now()
-                for _ in range(reps):
-                    fns[k]()
-                times[k].append((now() - t) / reps)
-        r = sorted(c / e for c, e in zip(times["compiled"], times["eager"]))
-        q = statistics.quantiles(r, n=4) if len(r) >= 4 else (r[0], r[-1], r[-1])
-        results[label] = {"ratio": [statistics.median(r), q[0], q[-1]], "eager_s": times["eager"],
+        times = timed_rounds(fns, reps, rounds, now, random.Random(0))
+        r = ratio(times, "compiled", "eager")
+        results[label] = {"ratio": list(r), "eager_s": times["eager"],
                           "compiled_s": times["compiled"], "compile_s": compile_s, **explained}
-        print(f"| {label} | {statistics.median(r):.2f} [{q[0]:.2f}, {q[-1]:.2f}] | "
+        print(f"| {label} | {cell(r)} | "
               f"{statistics.median(times['eager']) * 1e3:.2f} | {compile_s:.1f} | {explained['graphs']} | "
               f"{explained['graph_breaks']} |", flush=True)
     for label, r in results.items():

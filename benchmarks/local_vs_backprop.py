@@ -18,13 +18,14 @@ import argparse
 import json
 import random
 import statistics
-import time
 
 import torch
 from torch import nn
 
 import stochgrad as sg
 from stochgrad.runinfo import environment, set_threads
+
+from overhead import clock, ratio, timed_rounds  # the same timing method (benchmarks/ is on sys.path)
 
 
 def net(estimator, layers, width, classes, device):
@@ -75,11 +76,7 @@ def main(layers, width, batch, rounds, reps, device, out=None):
     fns = {"local": step_local, "backprop": step_backprop, "backprop (again)": step_backprop, "forward": forward_only}
     cuda = dev.type == "cuda"
 
-    def now():
-        if cuda:
-            torch.cuda.synchronize()
-            return time.perf_counter()
-        return time.process_time()
+    now = clock(dev)
 
     memory = {}
     for k in ("local", "backprop"):
@@ -91,25 +88,10 @@ def main(layers, width, batch, rounds, reps, device, out=None):
             memory[k]["cuda_peak_allocated_bytes"] = torch.cuda.max_memory_allocated()
     for fn in fns.values():
         fn()
-    times = {k: [] for k in fns}
-    rng = random.Random(0)
-    for _ in range(rounds):
-        order = list(fns)
-        rng.shuffle(order)
-        for k in order:
-            t = now()
-            for _ in range(reps):
-                fns[k]()
-            times[k].append((now() - t) / reps)
-
-    def ratio(a, b):
-        r = sorted(x / z for x, z in zip(times[a], times[b]))
-        q = statistics.quantiles(r, n=4) if len(r) >= 4 else (r[0], r[-1], r[-1])
-        return statistics.median(r), q[0], q[-1]
-
-    rows = {"local / backprop": ratio("local", "backprop"),
-            "control: backprop / backprop": ratio("backprop (again)", "backprop"),
-            "forward only / backprop": ratio("forward", "backprop")}
+    times = timed_rounds(fns, reps, rounds, now, random.Random(0))
+    rows = {"local / backprop": ratio(times, "local", "backprop"),
+            "control: backprop / backprop": ratio(times, "backprop (again)", "backprop"),
+            "forward only / backprop": ratio(times, "forward", "backprop")}
     print(f"{layers} x {width} units, batch {batch}, {dev}, {torch.get_num_threads()} thread(s), {rounds} rounds x {reps} "
           f"steps; median [quartiles] of within-round ratios of {'wall' if cuda else 'process CPU'} time")
     for k, (m, lo, hi) in rows.items():

@@ -178,6 +178,22 @@ def rounds(candidates: dict, a, reps: int, n_rounds: int, now, rng: random.Rando
     return out
 
 
+def timed_rounds(fns: dict, reps: int, n_rounds: int, now, rng: random.Random) -> dict[str, list[float]]:
+    """Seconds per call of every zero-argument function in ``fns``, one entry per round; shuffled order within
+    each round (the method of :func:`rounds`, for whole steps: ``compile_speed.py``, ``local_vs_backprop.py``)."""
+    out = {k: [] for k in fns}
+    for _ in range(n_rounds):
+        order = list(fns)
+        rng.shuffle(order)
+        for k in order:
+            fn = fns[k]
+            t = now()
+            for _ in range(reps):
+                fn()
+            out[k].append((now() - t) / reps)
+    return out
+
+
 def ratio(times: dict, num: str, den: str) -> tuple[float, float, float]:
     """Median, first and third quartile of the within-round ratios ``num / den``."""
     r = sorted(x / y for x, y in zip(times[num], times[den]))

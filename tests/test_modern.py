@@ -228,16 +228,51 @@ def test_a_nonfinite_loss_leaves_the_tuned_state_as_it_was(name):
     assert torch.isfinite(est.theta).all()
 
 
+@pytest.mark.parametrize("name", TUNED)
+def test_host_and_device_tuning_steps_keep_the_same_state(name, monkeypatch):
+    """The CPU refuses a bad tuning step by reading it on the host and steps Adam in place; a device guards
+    every buffer with a device-side flag. Same gradients, same tuned state."""
+    from stochgrad import guard
+
+    p = problems.decoder()
+
+    def run():
+        est, gen, grads = sg.get_estimator(name, tune_every=1), torch.Generator().manual_seed(0), []
+        for _ in range(5):
+            a = (p.logits + 0.1 * torch.randn(7, p.n, generator=gen, dtype=torch.float64)).requires_grad_(True)
+            est(p.f, a, TUNED[name], gen).sum().backward()
+            grads.append(a.grad)
+        return torch.stack(grads), est.state_dict()
+
+    host_grads, host_state = run()
+    monkeypatch.setattr(guard, "HOST_READS", frozenset())
+    device_grads, device_state = run()
+    assert torch.allclose(host_grads, device_grads, rtol=1e-9, atol=1e-12)
+    assert host_state.keys() == device_state.keys()
+    for k, v in host_state.items():
+        assert torch.allclose(v, device_state[k], rtol=1e-9, atol=1e-12) if torch.is_tensor(v) else v == device_state[k], k
+    assert host_state["adam_steps"].item() == 5
+
+
 def test_the_conditional_logistic_slope_is_its_derivative():
-    """REBAR/RELAX chain ∂z̃/∂a by hand for Bernoulli units (one backward pass through f alone): the closed
-    form must be autograd's derivative of the conditional sample."""
+    """REBAR/RELAX chain ∂z̃/∂a by hand for Bernoulli units (one backward pass through f alone): the z̃ that
+    conditional_and_slope returns must be the conditional sample of Tucker et al.'s formula, and its slope
+    autograd's derivative of that sample (saturated units: the limit)."""
     from stochgrad.distributions import BERNOULLI
+    from stochgrad.sampling import logistic_from_uniform
 
     g = torch.Generator().manual_seed(0)
-    a = (4 * torch.randn(50, 7, generator=g, dtype=torch.float64)).requires_grad_(True)
-    v = torch.rand(50, 7, generator=g, dtype=torch.float64)
-    h = (torch.rand(50, 7, generator=g, dtype=torch.float64) < torch.sigmoid(a.detach())).double()
+    a = 4 * torch.randn(50, 7, generator=g, dtype=torch.float64)
+    a[:5] = torch.tensor([-40.0, -12.0, 0.0, 12.0, 40.0], dtype=torch.float64).unsqueeze(-1)
+    a.requires_grad_(True)
+    u, v = torch.rand(2, 50, 7, generator=g, dtype=torch.float64)
+    z = a.detach() + logistic_from_uniform(u)
+    h = (z >= 0).double()
     zt = BERNOULLI.conditional(v, h, a)
     (auto,) = torch.autograd.grad(zt.sum(), a)
-    closed = BERNOULLI.conditional_slope(zt.detach(), h, torch.sigmoid(a.detach()))
-    assert torch.allclose(auto, closed, rtol=1e-10, atol=1e-12)
+    closed_zt, closed = BERNOULLI.conditional_and_slope(v, z, h - torch.sigmoid(a.detach()))
+    assert torch.equal(closed_zt >= 0, h > 0)
+    assert torch.allclose(closed_zt, zt.detach(), rtol=1e-10, atol=1e-12)
+    live = torch.sigmoid(a.detach()) < 1      # at a = 40, 1 − σ(a) rounds to 0: autograd's clamp gives slope 0,
+    assert torch.allclose(auto[live], closed[live], rtol=1e-10, atol=1e-12)
+    assert torch.equal(closed[~live], torch.ones_like(closed[~live]))   # the true slope p(1 − e^{−z̃}) ≈ 1 there

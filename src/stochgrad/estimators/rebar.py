@@ -35,10 +35,12 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import Tensor
 
 from ..distributions import BERNOULLI, conditional_logistic  # noqa: F401  (conditional_logistic: public here)
 from ..expect import attach_gradient, lead, over_samples
 from ..guard import LOSSES, report_finite
+from ..sampling import logistic_from_uniform
 from .base import Tuned, check_count, check_positive
 
 
@@ -72,54 +74,102 @@ class REBAR(Tuned):
     def evaluations(self, n, samples=1):
         return 3 * samples
 
-    def extra(self, soft, theta):
-        """The part of the control variate beyond ``η·f``, ``(..., *batch)``; ``None`` for REBAR."""
-        return None
+    def constants(self, theta: Tensor) -> tuple:
+        """What the formula reads of ``theta`` = ``[η, log λ, ...]``: ``(η, 1/λ, η/λ, *network)``; differentiable in
+        ``theta`` on a tuning call, else cached between tuning steps (:meth:`fixed`)."""
+        inv_lam = theta[1].neg().exp()
+        return theta[0], inv_lam, theta[0] * inv_lam
+
+    def fixed(self) -> tuple:
+        """:meth:`constants` of the current ``theta``, recomputed only when ``theta`` changed (a tuning step, a
+        load, a move: a new tensor or a new version), so a call that does not tune reads no slices of it."""
+        theta = self.theta
+        try:
+            key = (theta, theta._version)
+        except RuntimeError:  # an inference tensor keeps no version: no cache
+            return self.constants(theta.detach())
+        cache = self.__dict__.get("_fixed")
+        if cache is None or cache[0][0] is not theta or cache[0][1] != key[1]:
+            cache = self.__dict__["_fixed"] = (key, self.constants(theta.detach()))
+        return cache[1]
+
+    def network(self, soft: Tensor, k: tuple, slope: bool):
+        """The part of the control variate beyond ``η·f``: ``(r(soft) (..., *batch), ∂r/∂soft (..., *batch, n) or
+        None)``, or ``(None, None)`` for REBAR; ``soft`` ``(..., *batch, n)`` flattened by the distribution."""
+        return None, None
 
     def estimate(self, f, logits, samples, generator, dist=BERNOULLI):
         a0 = logits.detach()
-        probs = dist.probs(a0)
         lead_ = lead(samples)  # one sample: no sample dimension (the fast path)
         u, v = dist.uniform((2, *lead_, *logits.shape), logits, generator).unbind(0)
         if not logits.requires_grad or a0.numel() == 0:  # no gradient wanted, or an empty batch: no tuning
             value = over_samples(f(dist.hard(dist.perturb(a0, u))), samples)
             return attach_gradient(value, logits, torch.zeros_like(a0))
         tuning = self.begin(a0, dist.flat(a0).shape[-1], generator)
-        slope = getattr(dist, "conditional_slope", None)  # Bernoulli: ∂z̃/∂a in closed form
-        with torch.enable_grad():
-            theta = self.values(tuning)
-            lam = theta[1].exp()
-            if slope is not None:  # one backward pass through f alone, to the relaxed points x = [z, z̃]
-                z = dist.perturb(a0, u)
-                b = dist.hard(z)
-                zt = dist.conditional(v, b, a0)
-                x = wrt = torch.stack([z, zt]).requires_grad_(True)
-            else:                  # through the conditional sample's graph to the logits
-                a = wrt = a0.requires_grad_(True)
-                z = dist.perturb(a, u)
-                b = dist.hard(z.detach())
-                x = torch.stack([z, dist.conditional(v, b, a)])
-            f_b = f(b)                                      # (*lead, *batch): the value, and f's own gradient
-            # the control variate at z and z̃ in one evaluation (its graph kept apart from f_b's): (2, *lead, *batch)
-            soft = dist.soften(x, lam)
-            c = theta[0] * f(soft)
-            extra = self.extra(dist.flat(soft), theta)
-            if extra is not None:
-                c = c + extra
-            c_z, c_zt = c.unbind(0)
-            (d_c,) = torch.autograd.grad((c_z - c_zt).sum(), wrt, create_graph=tuning)
-            if slope is not None:  # ∂z/∂a = 1 (z = a + logistic noise); ∂z̃/∂a by the chain rule
-                d_c = d_c[0] + d_c[1] * slope(zt, b, probs)  # d_c[1] = −∂c(z̃)/∂z̃ already
-                if samples > 1:
-                    d_c = d_c.sum(0)
-            centred = (f_b.detach() - c_zt).reshape(*c_zt.shape, *([1] * dist.event_dims))
-            grad = over_samples(centred * (b - probs), samples) + (d_c if samples == 1 else d_c / samples)
-            if tuning:
-                self.tune_on(grad, theta, dist.event_dims)
-            elif self.training:
-                report_finite(self.verdict, f_b.detach(), LOSSES)
+        if dist is BERNOULLI:
+            grad, f_b, theta = self._bernoulli(f, a0, u, v, samples, tuning)
+        else:
+            grad, f_b, theta = self._by_autograd(f, a0, u, v, samples, tuning, dist)
+        if tuning:
+            self.tune_on(grad, theta, dist.event_dims)
+        elif self.training:
+            report_finite(self.verdict, f_b.detach(), LOSSES)
         self.end()
         return attach_gradient(over_samples(f_b, samples), logits, grad.detach())
+
+    def _bernoulli(self, f, a0, u, v, samples, tuning):
+        """Bernoulli units: ``∂_a c`` by one backward pass through ``f`` alone, to the relaxed points
+        ``σ([z, z̃]/λ)``, chained by hand: ``∂z/∂a = 1``, ``∂z̃/∂a`` in closed form
+        (:meth:`~stochgrad.distributions.Bernoulli.conditional_and_slope`), ``∂σ(x/λ)/∂x = σ(1 − σ)/λ``, and RELAX's
+        network differentiated by hand (:meth:`network`). Returns ``(ĝ, f(b), theta)``."""
+        p = torch.sigmoid(a0)
+        z = a0 + logistic_from_uniform(u)
+        b = (z >= 0).to(a0.dtype)                          # 1[z > 0] but for z = +0.0: the same law
+        score = b - p
+        zt, slope = BERNOULLI.conditional_and_slope(v, z, score)
+        theta = self.theta.detach().requires_grad_(True) if tuning else None
+        with torch.enable_grad():
+            eta, inv_lam, eta_inv_lam, *_ = k = self.constants(theta) if tuning else self.fixed()
+            soft = torch.sigmoid(torch.stack([z, zt]) * inv_lam)     # (2, *lead, *batch, n)
+            if not tuning:
+                soft.requires_grad_(True)
+            c = f(soft)                                               # (2, *lead, *batch)
+            (d_f,) = torch.autograd.grad(c.sum(), soft, create_graph=tuning)
+            if not tuning:
+                soft, c = soft.detach(), c.detach()
+            r, d_r = self.network(soft, k, True)
+            # ∂c/∂x for x = [z, z̃]: (η ∂f/∂σ + ∂r/∂σ)·σ(1 − σ)/λ
+            d_c = (d_f * eta_inv_lam if d_r is None else torch.addcmul(d_r, d_f, eta) * inv_lam) * (soft - soft.square())
+            d_z, d_zt = d_c.unbind(0)
+            d_c = d_z - d_zt * slope                                  # ∂_a c(z) − ∂_a c(z̃)
+            c_zt = c[1] * eta if r is None else c[1] * eta + r[1]
+            f_b = f(b)                                                # (*lead, *batch): the value
+            grad = (f_b.detach() - c_zt).unsqueeze(-1) * score + d_c
+            if samples > 1:
+                grad = grad.mean(0)
+        return grad, f_b, theta
+
+    def _by_autograd(self, f, a0, u, v, samples, tuning, dist):
+        """Any distribution (categorical units): ``∂_a c`` by autograd through the conditional sample's graph."""
+        probs = dist.probs(a0)
+        theta = self.theta.detach().requires_grad_(True) if tuning else self.theta.detach()
+        with torch.enable_grad():
+            eta, inv_lam, *_ = k = self.constants(theta)
+            a = a0.requires_grad_(True)
+            z = dist.perturb(a, u)
+            b = dist.hard(z.detach())
+            x = torch.stack([z, dist.conditional(v, b, a)])
+            f_b = f(b)
+            soft = dist.soften(x, 1 / inv_lam)
+            c = eta * f(soft)
+            r, _ = self.network(dist.flat(soft), k, False)
+            if r is not None:
+                c = c + r
+            c_z, c_zt = c.unbind(0)
+            (d_c,) = torch.autograd.grad((c_z - c_zt).sum(), a, create_graph=tuning)
+            centred = (f_b.detach() - c_zt).reshape(*c_zt.shape, *([1] * dist.event_dims))
+            grad = over_samples(centred * (b - probs), samples) + (d_c if samples == 1 else d_c / samples)
+        return grad, f_b, theta
 
 
 class RELAX(REBAR):
@@ -149,12 +199,21 @@ class RELAX(REBAR):
         first = self.draw(h * n + h, 1 / math.sqrt(n), like, generator)
         self.grow(torch.cat([first, first.new_zeros(h + 1)]))  # last layer 0: starts as REBAR
 
-    def extra(self, soft, theta):
-        h, n = self.hidden, soft.shape[-1]
+    def constants(self, theta):
+        h, n = self.hidden, self.units()
         w1 = theta[2:2 + h * n].view(h, n)
-        b1 = theta[2 + h * n:2 + h * n + h]
-        w2, b2 = theta[2 + h * n + h:2 + h * n + 2 * h], theta[-1]
-        return torch.tanh(soft.to(theta.dtype) @ w1.T + b1) @ w2 + b2
+        return (*super().constants(theta), w1, w1.t(), theta[2 + h * n:2 + h * n + h],
+                theta[2 + h * n + h:2 + h * n + 2 * h], theta[-1])
+
+    def network(self, soft, k, slope):
+        """``r(σ) = w2·tanh(W1 σ + b1) + b2`` and, if ``slope``, ``∂r/∂σ = W1ᵀ (w2 ⊙ (1 − tanh²))``, by hand."""
+        w1, w1t, b1, w2, b2 = k[3:]
+        flat = soft.reshape(-1, soft.shape[-1])
+        hid = torch.tanh(torch.addmm(b1, flat, w1t))            # (m, hidden)
+        r = (hid @ w2 + b2).view(soft.shape[:-1])
+        if not slope:
+            return r, None
+        return r, (torch.addcmul(w2, hid.square(), w2, value=-1) @ w1).view(soft.shape)
 
     def extra_repr(self) -> str:
         return f"hidden={self.hidden}, units={self.units()}, " + super().extra_repr()

@@ -143,11 +143,12 @@ def _total_variance(est, p, gen, n=6000):
 @pytest.mark.parametrize("name", ["rebar", "relax"])
 @pytest.mark.parametrize("problem", ["two_layer", "nonseparable"])
 def test_tuning_every_few_calls_tunes_as_well_as_every_call(name, problem):
-    """Defaults (rebar: tune every 8th call, lr 8e-2; relax: every 4th, 4e-2) against the former setting (every
-    call, lr 1e-2), 100 calls each."""
+    """Defaults (rebar: tune every 8th call, lr 8e-2; relax: every 4th, 4e-2, 10 hidden units) against the former
+    setting (every call, lr 1e-2; relax with its former 16 hidden units), 100 calls each."""
     p = HARD[problem]()
     result = []
-    for options in ({}, {"tune_every": 1, "lr": 1e-2}):
+    former = {"tune_every": 1, "lr": 1e-2, **({"hidden": 16} if name == "relax" else {})}
+    for options in ({}, former):
         est = sg.get_estimator(name, **options)
         gen = torch.Generator().manual_seed(0)
         sample_gradients(est, p.f, p.logits, estimates=100 * 100, batch=100, generator=gen)
@@ -270,7 +271,8 @@ def test_the_conditional_logistic_slope_is_its_derivative():
     h = (z >= 0).double()
     zt = BERNOULLI.conditional(v, h, a)
     (auto,) = torch.autograd.grad(zt.sum(), a)
-    closed_zt, closed = BERNOULLI.conditional_and_slope(v, z, h - torch.sigmoid(a.detach()))
+    closed_zt, neg_slope = BERNOULLI.conditional_and_slope(v, z, h - torch.sigmoid(a.detach()), torch.ones((), dtype=torch.float64))
+    closed = -neg_slope
     assert torch.equal(closed_zt >= 0, h > 0)
     assert torch.allclose(closed_zt, zt.detach(), rtol=1e-10, atol=1e-12)
     live = torch.sigmoid(a.detach()) < 1      # at a = 40, 1 − σ(a) rounds to 0: autograd's clamp gives slope 0,

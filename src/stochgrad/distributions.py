@@ -159,19 +159,19 @@ class Bernoulli(Distribution):
     def conditional(self, v, h, logits):
         return conditional_logistic(v, h, torch.sigmoid(logits))
 
-    def conditional_and_slope(self, v: Tensor, z: Tensor, score: Tensor) -> tuple[Tensor, Tensor]:
-        """``z̃`` of :meth:`conditional` and its slope ``∂z̃/∂a`` (unit by unit: ``z̃_i`` depends on ``a_i`` alone),
-        from shared intermediates; ``z`` the perturbed logits that chose ``h = 1[z ≥ 0]``, ``score = h − σ(a)``.
+    def conditional_and_slope(self, v: Tensor, z: Tensor, score: Tensor, one: Tensor) -> tuple[Tensor, Tensor]:
+        """``z̃`` of :meth:`conditional` and ``−∂z̃/∂a`` (unit by unit: ``z̃_i`` depends on ``a_i`` alone), from shared
+        intermediates; ``z`` the perturbed logits that chose ``h = 1[z ≥ 0]``, ``score = h − σ(a)``, ``one`` a 0-dim 1.
 
         With ``q = |h − p|`` (the probability of the other value) and ``t = v/((1 − v)·q)``, Tucker et al.'s
         appendix formula is ``z̃ = ±log(1 + t)``, signed as ``z``; differentiating it gives ``p(1 − e^{−z̃})`` for
-        ``h = 1`` and ``(1 − p)(1 − e^{z̃})`` for ``h = 0``, that is ``−expm1(−|z̃|)·(1 − q)``.
+        ``h = 1`` and ``(1 − p)(1 − e^{z̃})`` for ``h = 0``, that is ``∂z̃/∂a = −expm1(−|z̃|)·(1 − q)``.
         ``v`` is in ``[0, 1)`` (``torch.rand``), so ``1 − v > 0``; ``q`` is clamped to the smallest normal number
         (a saturated unit: ``t`` may overflow to ``inf``, ``z̃`` then is ``±inf`` and its slope ``1 − q``).
         """
         q = score.abs().clamp_min(torch.finfo(score.dtype).tiny)
-        w = torch.log1p(v / (1 - v) / q)
-        return w.copysign(z), torch.expm1(-w) * (q - 1)
+        w = torch.log1p(v / (one - v) / q)
+        return w.copysign(z), torch.expm1(-w) * (one - q)
 
     def jacobian(self, p, logits):
         return p * (1 - p) * logits

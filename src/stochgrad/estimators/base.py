@@ -180,7 +180,9 @@ class Tuned(Estimator, ResizableBuffers):
     def begin(self, like: Tensor, n: int, generator) -> bool:
         """At the start of a call that computes a gradient: the state in the dtype and device of ``like`` (the
         logits), sized by :meth:`prepare`; returns whether this call tunes."""
-        self._follow(like, "theta", "adam_m", "adam_v", "adam_steps")
+        theta = self._buffers["theta"]
+        if theta.dtype != like.dtype or theta.device != like.device:  # the four buffers always move together
+            self._follow(like, "theta", "adam_m", "adam_v", "adam_steps")
         self.prepare(n, like, generator)
         return self.tune and self.training and self._calls % self.tune_every == 0
 
@@ -208,12 +210,15 @@ class Tuned(Estimator, ResizableBuffers):
         self.adam_m = self.theta.new_zeros(self.theta.shape)
         self.adam_v = self.theta.new_zeros(self.theta.shape)
 
-    def tune_on(self, grad: Tensor, theta: Tensor, event_dims: int = 1) -> None:
+    def tune_on(self, grad: Tensor, theta, event_dims: int = 1) -> None:
         """One guarded Adam step on ``mean ‖ĝ‖²``; ``grad``: the estimate ``(*batch, *event)``, differentiable
-        in ``theta`` (from :meth:`values`)."""
+        in ``theta`` (from :meth:`values`), or in the consecutive pieces of it that a tuple ``theta`` holds (leaves
+        of their own: no gradient is scattered back into a full-size ``theta`` per piece)."""
         per_example = grad.square().flatten(grad.dim() - event_dims).sum(-1)
-        (g,) = torch.autograd.grad(per_example.mean(), theta, allow_unused=True)
-        self._step(torch.zeros_like(theta) if g is None else g.detach(), per_example.numel())
+        pieces = (theta,) if isinstance(theta, Tensor) else tuple(theta)
+        gs = torch.autograd.grad(per_example.mean(), pieces, allow_unused=True)
+        gs = [torch.zeros_like(x) if g is None else g for x, g in zip(pieces, gs)]
+        self._step(gs[0] if len(gs) == 1 else torch.cat(gs), per_example.numel())
 
     @torch.no_grad()
     def _step(self, g: Tensor, count: int) -> None:

@@ -1,7 +1,7 @@
 """REBAR (Tucker et al. 2017) and RELAX (Grathwohl et al. 2018): unbiased control variates built on the
 Concrete relaxation, whose own parameters are tuned online to minimise the estimator's variance.
 
-With ``z = a + logistic(u)``, ``b = 1[z > 0]``, ``z̃ ~ p(z | b)`` (conditional reparameterisation) and a
+With ``z = a + logistic(u)``, ``b = 1[z ≥ 0]``, ``z̃ ~ p(z | b)`` (conditional reparameterisation) and a
 control variate ``c(z)``::
 
     ĝ = [f(b) − c(z̃)]·(b − σ(a)) + ∂_a c(z) − ∂_a c(z̃)                  (Grathwohl et al., Eq. 6)
@@ -12,19 +12,22 @@ every ``tune_every``-th training call takes one Adam step on it (``tune=True``; 
 tune every step, which costs a second-order backward pass through ``f`` each time). The defaults tune as far
 per call as one step per call at ``lr = 1e-2`` did, at a fraction of the second-order passes: REBAR every
 8th call at ``8e-2``, RELAX every 4th at ``4e-2`` (its network needs more steps: every 8th left its variance
-about 15% higher after 100 calls); tests/test_modern.py compares the variance after tuning. Costs 3
-evaluations of ``f`` per sample (at ``b``, ``σ(z/λ)``, ``σ(z̃/λ)``; the last two stacked into one call) and
-one backward pass for ``∂_a c``: for Bernoulli units through ``f`` alone, to the relaxed points, with
-``∂z̃/∂a`` in closed form (:meth:`~stochgrad.distributions.Bernoulli.conditional_slope`); for categorical
-units through the conditional sample's graph. The pass is created with a graph only on tuning calls,
-which add one more for ``∂E[ĝ²]/∂(η, λ, ρ)``.
+3–17% higher after 100 calls, depending on the seed; REBAR every 16th, 1–7%); tests/test_modern.py compares
+the variance after tuning. Costs 3 evaluations of ``f`` per sample (at ``b``, ``σ(z/λ)``, ``σ(z̃/λ)``; the last
+two stacked into one call) and one backward pass for ``∂_a c``: for Bernoulli units through ``f`` alone, to the
+relaxed points, chained by hand (``∂z̃/∂a`` in closed form,
+:meth:`~stochgrad.distributions.Bernoulli.conditional_and_slope`; RELAX's network differentiated by hand); for
+categorical units through the conditional sample's graph. The pass is created with a graph only on tuning
+calls, which add one more for ``∂E[ĝ²]/∂(η, λ, ρ)``.
 
 The tuning is :class:`~stochgrad.estimators.base.Tuned`'s, shared with ``double_cv`` and ``rodeo``: the
 tuned quantities are estimator *state*, not model parameters: one vector buffer ``theta`` =
 ``[η, log λ, ρ]`` and Adam's moments beside it, out of a user's ``model.parameters()``, resumed exactly by
 ``state_dict``, averaged over ranks under ``torch.distributed``, and guarded: a call with NaN/inf losses
-changes nothing. RELAX's network ``r_ρ`` (``n → hidden → 1``, tanh) is initialised from the call's
-generator (its last layer at zero: it starts as REBAR), so runs with the same seed repeat exactly.
+changes nothing. RELAX's network ``r_ρ`` (``n → hidden → 1``, tanh; 10 hidden units by default, as the
+authors' toy experiment, duvenaud/relax ``rebar_toy.py`` ``Q_func``: one tanh layer of 10 units on the relaxed
+sample, added to ``f(σ(z/λ))``) is initialised from the call's generator (its last layer at zero: it starts as
+REBAR), so runs with the same seed repeat exactly.
 
 Categorical units (Tucker et al. 2017 §3.3 and appendix; Grathwohl et al. 2018 §3.3): ``z = a + Gumbel``,
 ``b = onehot(argmax z)``, ``z̃`` the conditional Gumbel given ``b``, ``softmax(·/λ)`` for ``σ(·/λ)`` and the
@@ -42,6 +45,9 @@ from ..expect import attach_gradient, lead, over_samples
 from ..guard import LOSSES, report_finite
 from ..sampling import logistic_from_uniform
 from .base import Tuned, check_count, check_positive
+
+
+_sigmoid_backward = torch.ops.aten.sigmoid_backward.default  # g·σ(1 − σ) from σ, in one op (differentiable)
 
 
 class REBAR(Tuned):
@@ -74,11 +80,21 @@ class REBAR(Tuned):
     def evaluations(self, n, samples=1):
         return 3 * samples
 
-    def constants(self, theta: Tensor) -> tuple:
-        """What the formula reads of ``theta`` = ``[η, log λ, ...]``: ``(η, 1/λ, η/λ, *network)``; differentiable in
-        ``theta`` on a tuning call, else cached between tuning steps (:meth:`fixed`)."""
-        inv_lam = theta[1].neg().exp()
-        return theta[0], inv_lam, theta[0] * inv_lam
+    def sizes(self) -> list[int]:
+        """How ``theta`` splits into the pieces :meth:`constants` reads: ``[η, log λ]`` (RELAX adds its network)."""
+        return [1, 1]
+
+    def pieces(self, tuning: bool) -> tuple:
+        """``theta`` split by :meth:`sizes` (views, detached); on a tuning call, leaves that require grad."""
+        parts = self.theta.detach().split(self.sizes())
+        return tuple(x.detach().requires_grad_(True) for x in parts) if tuning else parts
+
+    def constants(self, parts: tuple) -> tuple:
+        """What the formula reads of ``theta``'s :meth:`pieces`: ``(η, 1/λ, η/λ, 1, *network)`` (0-dim tensors in
+        ``theta``'s dtype and device: no Python number enters an op); differentiable on a tuning call, else cached
+        between tuning steps (:meth:`fixed`)."""
+        eta, inv_lam = parts[0].view(()), parts[1].view(()).neg().exp()
+        return eta, inv_lam, eta * inv_lam, eta.new_ones(())
 
     def fixed(self) -> tuple:
         """:meth:`constants` of the current ``theta``, recomputed only when ``theta`` changed (a tuning step, a
@@ -87,10 +103,10 @@ class REBAR(Tuned):
         try:
             key = (theta, theta._version)
         except RuntimeError:  # an inference tensor keeps no version: no cache
-            return self.constants(theta.detach())
+            return self.constants(self.pieces(False))
         cache = self.__dict__.get("_fixed")
         if cache is None or cache[0][0] is not theta or cache[0][1] != key[1]:
-            cache = self.__dict__["_fixed"] = (key, self.constants(theta.detach()))
+            cache = self.__dict__["_fixed"] = (key, self.constants(self.pieces(False)))
         return cache[1]
 
     def network(self, soft: Tensor, k: tuple, slope: bool):
@@ -124,12 +140,13 @@ class REBAR(Tuned):
         network differentiated by hand (:meth:`network`). Returns ``(ĝ, f(b), theta)``."""
         p = torch.sigmoid(a0)
         z = a0 + logistic_from_uniform(u)
-        b = (z >= 0).to(a0.dtype)                          # 1[z > 0] but for z = +0.0: the same law
-        score = b - p
-        zt, slope = BERNOULLI.conditional_and_slope(v, z, score)
-        theta = self.theta.detach().requires_grad_(True) if tuning else None
+        theta = self.pieces(True) if tuning else None
         with torch.enable_grad():
-            eta, inv_lam, eta_inv_lam, *_ = k = self.constants(theta) if tuning else self.fixed()
+            eta, inv_lam, eta_inv_lam, one, *_ = k = self.constants(theta) if tuning else self.fixed()
+        b = torch.heaviside(z, one)                        # 1[z ≥ 0]: 1[z > 0] but for z = +0.0, the same law
+        score = b - p
+        zt, neg_slope = BERNOULLI.conditional_and_slope(v, z, score, one)
+        with torch.enable_grad():
             soft = torch.sigmoid(torch.stack([z, zt]) * inv_lam)     # (2, *lead, *batch, n)
             if not tuning:
                 soft.requires_grad_(True)
@@ -138,13 +155,13 @@ class REBAR(Tuned):
             if not tuning:
                 soft, c = soft.detach(), c.detach()
             r, d_r = self.network(soft, k, True)
-            # ∂c/∂x for x = [z, z̃]: (η ∂f/∂σ + ∂r/∂σ)·σ(1 − σ)/λ
-            d_c = (d_f * eta_inv_lam if d_r is None else torch.addcmul(d_r, d_f, eta) * inv_lam) * (soft - soft.square())
+            # ∂c/∂x for x = [z, z̃]: (η ∂f/∂σ + ∂r/∂σ)·σ(1 − σ)/λ (d_r comes scaled by 1/λ)
+            d_c = _sigmoid_backward(d_f * eta_inv_lam if d_r is None else torch.addcmul(d_r, d_f, eta_inv_lam), soft)
             d_z, d_zt = d_c.unbind(0)
-            d_c = d_z - d_zt * slope                                  # ∂_a c(z) − ∂_a c(z̃)
-            c_zt = c[1] * eta if r is None else c[1] * eta + r[1]
+            d_c = torch.addcmul(d_z, d_zt, neg_slope)                 # ∂_a c(z) − ∂_a c(z̃)
+            c_zt = c[1] * eta if r is None else torch.addcmul(r[1], c[1], eta)
             f_b = f(b)                                                # (*lead, *batch): the value
-            grad = (f_b.detach() - c_zt).unsqueeze(-1) * score + d_c
+            grad = torch.addcmul(d_c, (f_b.detach() - c_zt).unsqueeze(-1), score)
             if samples > 1:
                 grad = grad.mean(0)
         return grad, f_b, theta
@@ -152,7 +169,7 @@ class REBAR(Tuned):
     def _by_autograd(self, f, a0, u, v, samples, tuning, dist):
         """Any distribution (categorical units): ``∂_a c`` by autograd through the conditional sample's graph."""
         probs = dist.probs(a0)
-        theta = self.theta.detach().requires_grad_(True) if tuning else self.theta.detach()
+        theta = self.pieces(tuning)
         with torch.enable_grad():
             eta, inv_lam, *_ = k = self.constants(theta)
             a = a0.requires_grad_(True)
@@ -180,7 +197,7 @@ class RELAX(REBAR):
     name = "relax"
     description = "RELAX (Grathwohl 2018): REBAR's control variate plus a learned network r(σ(z/λ)), all tuned"
 
-    def __init__(self, eta: float = 1.0, temperature: float = 0.5, hidden: int = 16, tune: bool = True,
+    def __init__(self, eta: float = 1.0, temperature: float = 0.5, hidden: int = 10, tune: bool = True,
                  lr: float = 4e-2, tune_every: int = 4):
         super().__init__(eta, temperature, tune, lr, tune_every)
         self.hidden = check_count(hidden, "hidden")
@@ -199,21 +216,24 @@ class RELAX(REBAR):
         first = self.draw(h * n + h, 1 / math.sqrt(n), like, generator)
         self.grow(torch.cat([first, first.new_zeros(h + 1)]))  # last layer 0: starts as REBAR
 
-    def constants(self, theta):
-        h, n = self.hidden, self.units()
-        w1 = theta[2:2 + h * n].view(h, n)
-        return (*super().constants(theta), w1, w1.t(), theta[2 + h * n:2 + h * n + h],
-                theta[2 + h * n + h:2 + h * n + 2 * h], theta[-1])
+    def sizes(self):
+        h = self.hidden
+        return [1, 1, h * self.units(), h, h, 1]
+
+    def constants(self, parts):
+        w1, b1, w2, b2 = parts[2:]
+        eta, inv_lam, eta_inv_lam, one = super().constants(parts)
+        w1 = w1.view(self.hidden, -1)
+        return eta, inv_lam, eta_inv_lam, one, w1.t(), w1 * inv_lam, b1, w2, b2
 
     def network(self, soft, k, slope):
-        """``r(σ) = w2·tanh(W1 σ + b1) + b2`` and, if ``slope``, ``∂r/∂σ = W1ᵀ (w2 ⊙ (1 − tanh²))``, by hand."""
-        w1, w1t, b1, w2, b2 = k[3:]
-        flat = soft.reshape(-1, soft.shape[-1])
-        hid = torch.tanh(torch.addmm(b1, flat, w1t))            # (m, hidden)
-        r = (hid @ w2 + b2).view(soft.shape[:-1])
+        """``r(σ) = w2·tanh(W1 σ + b1) + b2`` and, if ``slope``, ``∂r/∂σ / λ = (W1/λ)ᵀ (w2 ⊙ (1 − tanh²))``, by hand."""
+        w1t, w1_lam, b1, w2, b2 = k[4:]
+        hid = torch.tanh(torch.addmm(b1, soft.reshape(-1, soft.shape[-1]), w1t))     # (m, hidden)
+        r = torch.addmv(b2, hid, w2).view(soft.shape[:-1])
         if not slope:
             return r, None
-        return r, (torch.addcmul(w2, hid.square(), w2, value=-1) @ w1).view(soft.shape)
+        return r, (torch.addcmul(w2, hid.square(), w2, value=-1) @ w1_lam).view(soft.shape)
 
     def extra_repr(self) -> str:
         return f"hidden={self.hidden}, units={self.units()}, " + super().extra_repr()

@@ -132,3 +132,40 @@ def test_bad_flags_are_clear_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
         run(tmp_path, "--gater", "sigmoid", "--rate-control")
     assert "rate-control" in capsys.readouterr().err
+
+
+def test_relu_experts_rectify_the_expert_path_and_guard_resume(tmp_path, capsys):
+    """``--expert relu`` (a flagged deviation) rectifies the expert units and nothing else; a run cannot
+    be resumed with the other expert path, and a checkpoint written before the flag existed (its stored
+    configuration lacks ``expert``) resumes as the default, linear."""
+    torch.manual_seed(0)
+    x = torch.rand(5, 64)
+    lin, rel = (GatingNet(64, "sigmoid", gates=30, hidden=8, expert=e) for e in ("linear", "relu"))
+    rel.load_state_dict(lin.state_dict())
+    lin.eval(), rel.eval()
+    e = lin.expert(x)
+    assert (e < 0).any()
+    assert torch.allclose(lin(x)[0], lin.out(e * torch.sigmoid(lin.gater(x))))
+    assert torch.allclose(rel(x)[0], rel.out(torch.relu(e) * torch.sigmoid(rel.gater(x))))
+    with pytest.raises(SystemExit):
+        run(tmp_path, "--expert", "tanh")
+    assert "--expert" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="expert"):
+        gating.GatingConfig(expert="tanh")
+    assert run(tmp_path, "--gater", "sigmoid", "--epochs", "1", "--expert", "relu") == 0
+    assert json.loads((tmp_path / "summary.json").read_text())["expert"] == "relu"
+    before = (tmp_path / "checkpoint.pt").read_bytes()
+    with pytest.raises(SystemExit):
+        run(tmp_path, "--gater", "sigmoid", "--epochs", "2", "--resume")
+    assert "expert='relu'" in capsys.readouterr().err and (tmp_path / "checkpoint.pt").read_bytes() == before
+
+    from stochgrad.studies.training import load_checkpoint, save_checkpoint
+    old = tmp_path / "old"
+    assert run(old, "--gater", "sigmoid", "--epochs", "1") == 0
+    state = load_checkpoint(str(old / "checkpoint.pt"))
+    del state["config"]["expert"]
+    save_checkpoint(state, str(old / "checkpoint.pt"))
+    assert run(old, "--gater", "sigmoid", "--epochs", "2", "--resume") == 0
+    with pytest.raises(SystemExit):
+        run(old, "--gater", "sigmoid", "--epochs", "3", "--resume", "--expert", "relu")
+    assert "with expert='linear'" in capsys.readouterr().err   # the default stands for the missing setting

@@ -131,7 +131,7 @@ def cmd_train_gating(args) -> int:
     summary = train_gating(_config(args, GatingConfig, dataset=args.dataset, gater=args.gater, epochs=args.epochs,
                                         batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
                                         out=args.out, target=args.target, sparsity_weight=args.sparsity_weight,
-                                        rate_control=args.rate_control, patience=args.patience,
+                                        rate_control=args.rate_control, expert=args.expert, patience=args.patience,
                                         max_seconds=args.max_seconds, resume=args.resume, progress=not args.quiet, tensorboard=args.tensorboard))
     _print_summary(summary)
     return 0
@@ -309,6 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sparsity-weight", type=NON_NEGATIVE_FLOAT, default=0.1,
                    help="weight of the KL penalty (sigmoid family) / start of the adaptive L1 (rectifiers, x1e-2)")
     p.add_argument("--rate-control", action="store_true", help="also seed section 2's per-unit firing-rate control")
+    p.add_argument("--expert", default="linear", choices=["linear", "relu"],
+                   help="the expert path's units: linear (the paper notes) or relu (a deviation, to test whether the "
+                        "paper's experts were non-linear)")
     p.add_argument("--max-seconds", type=NON_NEGATIVE_FLOAT, default=0.0, help="stop after the epoch that passes this training time")
     p.add_argument("--batch-size", type=POSITIVE, default=32)
     p.add_argument("--lr", type=POSITIVE_FLOAT, default=0.1)

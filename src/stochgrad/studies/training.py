@@ -161,10 +161,12 @@ def save_checkpoint(state: dict, path: str) -> None:
     save_atomic({**state, CHECKSUM_KEY: payload_digest(state)}, path)
 
 
-def load_checkpoint(path: str, config: dict | None = None, identity: tuple = (), force: bool = False) -> dict:
+def load_checkpoint(path: str, config: dict | None = None, identity: tuple = (), force: bool = False,
+                    defaults: dict | None = None) -> dict:
     """Loads a checkpoint written by :func:`save_checkpoint`, with ``weights_only=True`` (no code is ever
     unpickled), and verifies its checksum. With ``config``, the entries named in ``identity`` must equal
-    the stored configuration's, unless ``force``. Every failure is a :class:`CheckpointError` naming the
+    the stored configuration's, unless ``force``; a setting the stored configuration lacks (one added to
+    stochgrad after the checkpoint was written) counts as its value in ``defaults``. Every failure is a :class:`CheckpointError` naming the
     file; the file is left as it is."""
     if not os.path.exists(path):
         raise CheckpointError(f"no checkpoint to resume from at {path}")
@@ -191,7 +193,7 @@ def load_checkpoint(path: str, config: dict | None = None, identity: tuple = (),
         raise CheckpointError(f"checkpoint {path} is corrupted: its contents do not match the checksum stored "
                               f"with them; {keep}")
     if config is not None:
-        saved = state.get("config") or {}
+        saved = {**(defaults or {}), **(state.get("config") or {})}
         diff = [k for k in identity if saved.get(k) != config.get(k)]
         if diff and not force:
             was = ", ".join(f"{k}={saved.get(k)!r}" for k in diff)
@@ -233,7 +235,8 @@ def open_run(cfg, identity: tuple, main: bool = True, force: bool = False) -> tu
     if not cfg.resume:
         return path, None
     try:
-        return path, load_checkpoint(path, dataclasses.asdict(cfg), identity, force)
+        defaults = {f.name: f.default for f in dataclasses.fields(cfg) if f.default is not dataclasses.MISSING}
+        return path, load_checkpoint(path, dataclasses.asdict(cfg), identity, force, defaults)
     except CheckpointError as err:
         fail(str(err))
 

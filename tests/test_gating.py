@@ -169,3 +169,25 @@ def test_relu_experts_rectify_the_expert_path_and_guard_resume(tmp_path, capsys)
     with pytest.raises(SystemExit):
         run(old, "--gater", "sigmoid", "--epochs", "3", "--resume", "--expert", "relu")
     assert "with expert='linear'" in capsys.readouterr().err   # the default stands for the missing setting
+
+
+def test_gating_snr_benchmark_runs_on_a_checkpoint(tmp_path):
+    """benchmarks/gating_snr.py (what limits the unbiased gater) reads a gating checkpoint and reports both
+    estimators; on one batch the unbiased estimate is noisier than straight-through's."""
+    import importlib.util
+    import os
+    import sys
+    assert run(tmp_path, "--gater", "reinforce_optimal", "--epochs", "1") == 0
+    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "gating_snr.py")
+    spec = importlib.util.spec_from_file_location("gating_snr", path)
+    snr = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(snr)
+    argv = sys.argv
+    sys.argv = ["gating_snr", str(tmp_path / "checkpoint.pt"), "--dataset", "digits", "--estimates", "8",
+                "--batch", "16", "--json", str(tmp_path / "snr.json")]
+    try:
+        snr.main()
+    finally:
+        sys.argv = argv
+    rows = json.loads((tmp_path / "snr.json").read_text())["rows"]
+    assert rows["reinforce_optimal"]["noise"] > rows["straight_through"]["noise"] > 0

@@ -190,3 +190,102 @@ def test_local_learning_is_the_broadcast_formula_alone():
     g = (seen["h"] - torch.sigmoid(seen["a"])) * loss.detach().unsqueeze(-1)
     assert torch.allclose(net[0].weight.grad, g.T @ x / E)
     assert torch.allclose(net[0].bias.grad, g.mean(0))
+
+
+def local_reference_steps(estimator, steps=4, batch=7, widths=(6, 5, 4, 3), decay=0.9):
+    """Per step: the parameter gradients ``broadcast(local=True)`` gives, and those of the autograd route written
+    out by hand from the same samples (the same generators): each stochastic layer's logits ``a`` get
+    ``(h − σ(a))·(L − c)/B`` by ``autograd.grad``, the output layer the gradient of the mean loss, with ``c`` the
+    baseline kept here from past steps alone (0; Corollary 1's bias-corrected moving average; Eq. 7's per-unit
+    ``E[(h − σ)² L] / E[(h − σ)²]``)."""
+    def build():
+        torch.manual_seed(0)
+        mods = []
+        for i, (n_in, n_out) in enumerate(zip(widths[:-2], widths[1:-1])):
+            mods += [nn.Linear(n_in, n_out), sg.StochasticBinary(estimator, generator=torch.Generator().manual_seed(10 + i))]
+        return nn.Sequential(*mods, nn.Linear(widths[-2], widths[-1])).double()
+
+    net, ref = build(), build()
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(batch, widths[0], generator=g, dtype=torch.float64)
+    y = torch.randn(batch, widths[-1], generator=g, dtype=torch.float64)
+    units = widths[1:-1]
+    ma, weight = 0.0, 0.0
+    num, den = [torch.zeros(n, dtype=torch.float64) for n in units], [torch.zeros(n, dtype=torch.float64) for n in units]
+    seen = []
+    for m in ref:
+        if isinstance(m, sg.StochasticBinary):
+            m.register_forward_hook(lambda m, inp, out: seen.append((inp[0], out.detach())))
+    out = []
+    for _ in range(steps):
+        net.zero_grad()
+        with sg.broadcast(local=True) as graph:
+            loss = (net(x) - y).square().sum(-1)
+        graph.backward(loss)
+        got = [p.grad.clone() for p in net.parameters()]
+
+        seen.clear()
+        with sg.broadcast(local=True) as graph:
+            L = (ref(x) - y).square().sum(-1)
+        graph.discard()
+        Ld = L.detach()
+        surrogate = L.mean()
+        for k, (a, h) in enumerate(seen):
+            score = h - torch.sigmoid(a.detach())
+            if estimator == "reinforce":
+                c = 0.0
+            elif estimator == "reinforce_ma":
+                c = ma / weight if weight else 0.0
+            else:
+                c = torch.where(den[k] > 0, num[k] / den[k].clamp_min(1e-300), 0.0)
+            grad = score * (Ld.unsqueeze(-1) - c) / batch
+            surrogate = surrogate + (grad * a).sum()
+            num[k] = decay * num[k] + (1 - decay) * (score.square() * Ld.unsqueeze(-1)).mean(0)
+            den[k] = decay * den[k] + (1 - decay) * score.square().mean(0)
+        ma, weight = decay * ma + (1 - decay) * Ld.mean().item(), decay * weight + (1 - decay)
+        want = torch.autograd.grad(surrogate, list(ref.parameters()))
+        out.append((got, want))
+    return out
+
+
+@pytest.mark.parametrize("estimator", ["reinforce", "reinforce_ma", "reinforce_optimal"])
+def test_local_gradients_equal_the_autograd_route_written_out(estimator):
+    """broadcast(local=True)'s parameter gradients are exactly the broadcast formula through autograd (float64,
+    same generators, four steps so that the baselines hold past losses): the fused score (one buffer, multiplied
+    in place) and the in-place division by the batch change no number beyond rounding."""
+    for got, want in local_reference_steps(estimator):
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_plain_local_reference_of_the_benchmark_follows_the_library():
+    """benchmarks/local_vs_backprop.py's hand-written local step (the reference its ratios compare against) fills
+    the same gradients as broadcast(local=True) with reinforce_optimal layers: same weights, same generators,
+    float64, four steps (the baselines hold past losses)."""
+    import importlib.util
+    import os
+    import sys
+
+    here = os.path.join(os.path.dirname(__file__), "..", "benchmarks")
+    sys.path.insert(0, here)
+    try:
+        spec = importlib.util.spec_from_file_location("local_vs_backprop", os.path.join(here, "local_vs_backprop.py"))
+        bench = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(bench)
+    finally:
+        sys.path.remove(here)
+    gens = lambda: [torch.Generator().manual_seed(20 + i) for i in range(3)]  # noqa: E731
+    lib = bench.net("reinforce_optimal", 3, 6, 4, "cpu", gens()).double()
+    ref = bench.net("reinforce_optimal", 3, 6, 4, "cpu").double()
+    plain = bench.PlainLocal(ref, gens())
+    g = torch.Generator().manual_seed(4)
+    x, y = torch.rand(9, 6, generator=g, dtype=torch.float64), torch.randint(0, 4, (9,), generator=g)
+    for _ in range(4):
+        lib.zero_grad()
+        ref.zero_grad()
+        with sg.broadcast(local=True) as graph:
+            loss = nn.functional.cross_entropy(lib(x), y, reduction="none")
+        graph.backward(loss)
+        torch.testing.assert_close(plain.loss_and_gradients(x, y), loss.detach(), rtol=1e-12, atol=1e-12)
+        for a, b in zip(lib.parameters(), ref.parameters()):
+            torch.testing.assert_close(a.grad, b.grad, rtol=1e-10, atol=1e-10)

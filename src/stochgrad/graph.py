@@ -101,7 +101,7 @@ class Graph:
             g = node.estimator.score_gradient(node.h, node.probs, L, update=True, dl_dh=probe)
             if node.logits.requires_grad:
                 roots.append(node.logits)
-                grads.append(g / count)  # the gradient of the mean loss
+                grads.append(g.div_(count))  # the gradient of the mean loss (score_gradient's result is fresh)
         self.nodes.clear()
         if roots:
             torch.autograd.backward(roots, grads)

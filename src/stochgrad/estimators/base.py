@@ -113,18 +113,23 @@ class ScoreFunction(Estimator):
         ``lead`` empty (one sample) or ``(S,)`` (averaged over).
 
         Reads the baseline first, then (if ``update``) folds in the current losses: Corollary 1. A call
-        whose losses are NaN/inf leaves the baseline as it was (:mod:`stochgrad.guard`).
+        whose losses are NaN/inf leaves the baseline as it was (:mod:`stochgrad.guard`). Returns a fresh
+        tensor (the caller may write into it): the score's own buffer, multiplied in place once the baseline
+        has read the score.
         """
         losses, score = losses.detach() if losses.requires_grad else losses, h - probs
         c = self.baseline.forward(score, losses)
         centred = losses.unsqueeze(-1) if c is None else losses.unsqueeze(-1) - c
-        grad = score * centred
-        if h.dim() > probs.dim():
-            grad = grad.mean(0)
         if update:
             ok = self.baseline.update(score, losses)
             if ok is not None and ok is not True:  # True: checked on the host already (the CPU)
                 self.verdict.report(ok, LOSSES)
+        if centred.dtype == score.dtype:
+            grad = score.mul_(centred)   # the same product as score * centred, without a second buffer
+        else:
+            grad = score * centred
+        if h.dim() > probs.dim():
+            grad = grad.mean(0)
         return grad
 
     def estimate(self, f, logits, samples, generator, dist=BERNOULLI):

@@ -38,8 +38,9 @@ def check_logits(logits, name: str = "logits", verdict=None) -> Tensor:
     if not logits.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor (float32 or float64; float16 and bfloat16 are "
                         f"sampled in float32), got dtype {logits.dtype}")
-    if logits.dim() < 1 or logits.shape[-1] < 1:
-        raise ValueError(f"{name} must have shape (*batch, n) with n >= 1 units, got {tuple(logits.shape)}")
+    shape = logits.shape
+    if not shape or shape[-1] < 1:
+        raise ValueError(f"{name} must have shape (*batch, n) with n >= 1 units, got {tuple(shape)}")
     check_finite_logits(logits, name, verdict)
     return logits
 
@@ -76,11 +77,11 @@ class CheckedLoss:
         single = self.unbatched and b.dim() == self.event_dims
         x = b.unsqueeze(0) if single else b
         out = self.f(x if self.dtype is None else x.to(self.dtype))
-        if not isinstance(out, Tensor) or out.shape != x.shape[:x.dim() - self.event_dims]:
+        if not isinstance(out, Tensor) or out.shape != x.shape[:-self.event_dims]:
             got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
             units = "n" if self.event_dims == 1 else "n, K"
             raise ValueError(f"f must return per-sample losses of shape (*lead, *batch) = "
-                             f"{tuple(x.shape[:x.dim() - self.event_dims])} for samples (*lead, *batch, {units}) of "
+                             f"{tuple(x.shape[:-self.event_dims])} for samples (*lead, *batch, {units}) of "
                              f"shape {tuple(x.shape)}; got {got}")
         if self.dtype is not None:
             out = out.to(b.dtype)
@@ -112,7 +113,8 @@ def attach_gradient(value: Tensor, logits: Tensor, grad: Tensor) -> Tensor:
     """
     if not logits.requires_grad:
         return value
-    surrogate = ((grad.detach() if grad.requires_grad else grad) * logits).flatten(value.dim()).sum(-1)
+    weighted = (grad.detach() if grad.requires_grad else grad) * logits
+    surrogate = (weighted if weighted.dim() == value.dim() + 1 else weighted.flatten(value.dim())).sum(-1)
     return value + (surrogate - surrogate.detach())
 
 
@@ -163,11 +165,13 @@ def expect(f: LossFn, logits: Tensor, estimator: str | Estimator = "reinforce", 
         logits, dist = as_distribution(logits, distribution)
     else:
         dist = BERNOULLI
-    check_logits(logits, "logits", getattr(est, "verdict", None))
+    check_logits(logits, "logits", est)  # (est: its verdict is looked up only where a device needs it)
     if type(samples) is not int or samples != 1 or est.min_samples > 1:
         check_samples(samples, est.min_samples, est.name)
-    if generator is not None and not isinstance(generator, (torch.Generator, Sharded)):
+    if generator is not None and generator.__class__ is not torch.Generator and not isinstance(generator, (torch.Generator, Sharded)):
         raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    if dist is BERNOULLI and logits.dtype not in LOW_PRECISION:  # the common case
+        return est.estimate(CheckedLoss(f, 1, logits.dim()), logits, samples, generator)
     if dist is not BERNOULLI:
         dist.check(logits)
         if dist.name not in getattr(est, "distributions", ("bernoulli",)):
@@ -178,8 +182,6 @@ def expect(f: LossFn, logits: Tensor, estimator: str | Estimator = "reinforce", 
         value = est.estimate(loss, work, samples, generator) if dist is BERNOULLI else \
             est.estimate(loss, work, samples, generator, dist=dist)
         return value.to(logits.dtype)
-    if dist is BERNOULLI:
-        return est.estimate(CheckedLoss(f, 1, logits.dim()), logits, samples, generator)
     return est.estimate(CheckedLoss(f, dist.event_dims, logits.dim()), logits, samples, generator, dist=dist)
 
 

@@ -54,18 +54,30 @@ def reads_at_once(x: Tensor) -> bool:
     return "cpu" in HOST_READS if x.is_cpu else x.device.type in HOST_READS
 
 
-def check_finite_logits(logits: Tensor, name: str, verdict: "Verdict | None") -> None:
+SMALL = 64  # at most this many elements (a 2-d tensor): read as one Python list; more: reduced on the tensor
+
+
+def check_finite_logits(logits: Tensor, name: str, verdict) -> None:
     """Raises at once (CPU) or through ``verdict`` (accelerators) when ``logits`` holds NaN or inf.
 
-    Inside ``torch.compile`` nothing is read (a read would break the graph): the guarded updates remain.
+    On the host the values are read in the fewest calls: a small 2-d tensor (``SMALL``, e.g. one example)
+    as one list (``tolist``, no dispatch; Python sums in double, so only NaN and inf count), else as one
+    reduction and a read (three dispatches). ``verdict``: the site's :class:`Verdict`, or the estimator that
+    owns it (its ``verdict`` is then looked up only off the host, where it is needed), or ``None`` (no check
+    off the host). Inside ``torch.compile`` nothing is read (a read would break the graph): the guarded
+    updates remain.
     """
     if torch.compiler.is_compiling():
         return
-    if reads_at_once(logits):
-        if not math.isfinite(logits.detach().sum(dtype=_ACCUMULATE.get(logits.dtype)).item()):
+    if "cpu" in HOST_READS if logits.is_cpu else logits.device.type in HOST_READS:  # reads_at_once, inlined
+        if logits.dim() == 2 and logits.numel() <= SMALL:
+            ok = math.isfinite(sum(map(sum, logits.tolist())))
+        else:
+            ok = math.isfinite(logits.detach().sum(dtype=_ACCUMULATE.get(logits.dtype)).item())
+        if not ok:
             raise ValueError(f"{name} must be finite; got NaN or inf in a tensor of shape {tuple(logits.shape)}")
     elif verdict is not None:
-        verdict.report(finite(logits.detach()), LOGITS, name)
+        (verdict if isinstance(verdict, Verdict) else verdict.verdict).report(finite(logits.detach()), LOGITS, name)
 
 
 def report_finite(verdict: "Verdict", x: Tensor, problem: int, name: str = "") -> None:

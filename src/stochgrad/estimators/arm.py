@@ -36,7 +36,7 @@ class ARM(_Antithetic):
         u = uniform((*lead(samples), *logits.shape), logits, generator)
         # the antithetic pair 1[1 − u < σ(a)] = 1[u > σ(−a)] and 1[u < σ(a)], each ~ Bernoulli(σ(a))
         losses = f(torch.stack([bernoulli_from_uniform(1 - u, probs), bernoulli_from_uniform(u, probs)]))
-        grad = over_samples((losses[0] - losses[1]).detach().unsqueeze(-1) * (u - 0.5), samples)
+        grad = over_samples((losses[0] - losses[1]).unsqueeze(-1) * (u - 0.5), samples)  # detached by attach_gradient
         return attach_gradient(over_samples(losses.mean(0), samples), logits, grad)
 
 
@@ -55,5 +55,5 @@ class DisARM(_Antithetic):
         b, b_anti = bernoulli_from_uniform(u, probs), bernoulli_from_uniform(1 - u, probs)  # both ~ Bernoulli(σ(a))
         losses = f(torch.stack([b, b_anti]))                 # (2, *lead, *batch)
         weight = (1 - 2 * b_anti) * (b != b_anti).to(b.dtype) * torch.sigmoid(logits.detach().abs())
-        grad = over_samples(0.5 * (losses[0] - losses[1]).detach().unsqueeze(-1) * weight, samples)
+        grad = over_samples(0.5 * (losses[0] - losses[1]).unsqueeze(-1) * weight, samples)  # detached by attach_gradient
         return attach_gradient(over_samples(losses.mean(0), samples), logits, grad)

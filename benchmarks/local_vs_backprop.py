@@ -126,7 +126,7 @@ def plain_backprop_forward(model: nn.Sequential, x):
 
 def held_bytes(step, model) -> int:
     """Bytes held from the forward pass for the backward pass during ``step``: the tensors autograd saves and,
-    under a broadcast, what its graph keeps of each decision (logits, samples, probabilities); each storage once,
+    under a broadcast, what its graph keeps of each decision (samples, probabilities); each storage once,
     the model's own parameters left out (a matmul saves its weight for the input gradient: held anyway)."""
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     seen = {}
@@ -141,7 +141,7 @@ def held_bytes(step, model) -> int:
 
     def spy(graph, loss):
         for node in graph.nodes:
-            for t in (node.logits, node.h, node.probs):
+            for t in (node.h, node.probs):
                 keep(t)
         return deliver(graph, loss)
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from torch.autograd.graph import GradientEdge, get_gradient_edge
 
 from .guard import reads_at_once
 
@@ -30,13 +31,22 @@ _OPEN = [0]  # broadcasts open in any context: while 0, no context has one (a pl
 
 @dataclass
 class Node:
-    """One stochastic layer's decisions in one forward pass: ``a``, ``h`` ``(*batch, n)``."""
+    """One stochastic layer's decisions in one forward pass: ``h``, ``probs`` ``(*batch, n)``.
+
+    The pre-activations ``a`` themselves are not kept, only where their gradient enters autograd (``edge``,
+    :func:`torch.autograd.graph.get_gradient_edge`): their memory is freed with the forward pass.
+    """
 
     estimator: object
-    logits: Tensor             # pre-activations a, carrying the graph to the layer's parameters
+    edge: GradientEdge | None  # where ∂L/∂a enters the graph to the layer's parameters; None: a needs no gradient
     h: Tensor                  # the samples, in {0, 1}
     probs: Tensor              # σ(a), detached
     probe: Tensor | None = None  # for estimators that need ∂L/∂h: a leaf the output's gradient lands on
+
+    @classmethod
+    def of(cls, estimator, logits: Tensor, h: Tensor, probs: Tensor, probe: Tensor | None = None) -> "Node":
+        """The node of the decisions ``h`` drawn with ``probs`` from ``logits`` (a tensor of ``h``'s shape)."""
+        return cls(estimator, get_gradient_edge(logits) if logits.requires_grad else None, h, probs, probe)
 
 
 class Graph:
@@ -94,13 +104,16 @@ class Graph:
         if loss.requires_grad:
             roots.append(loss.mean())
             grads.append(None)
+        losses = {}   # the detached losses broadcast to each batch shape (usually one shape for all the nodes)
         for node in self.nodes:
             batch = node.h.shape[:-1]
-            L = loss.detach().reshape(*loss.shape, *([1] * (len(batch) - loss.dim()))).expand(batch)
-            probe = dl_dh.get(id(node.probe))
+            L = losses.get(batch)
+            if L is None:
+                L = losses[batch] = loss.detach().reshape(*loss.shape, *([1] * (len(batch) - loss.dim()))).expand(batch)
+            probe = dl_dh.get(id(node.probe)) if dl_dh else None
             g = node.estimator.score_gradient(node.h, node.probs, L, update=True, dl_dh=probe)
-            if node.logits.requires_grad:
-                roots.append(node.logits)
+            if node.edge is not None:
+                roots.append(node.edge)
                 grads.append(g.div_(count))  # the gradient of the mean loss (score_gradient's result is fresh)
         self.nodes.clear()
         if roots:

@@ -103,7 +103,7 @@ class StochasticBinary(nn.Module):
             out = h + probe
         else:
             out = h
-        graph.record(Node(est, a, h, probs, probe))
+        graph.record(Node.of(est, a, h, probs, probe))
         return out
 
     def extra_repr(self) -> str:
@@ -166,7 +166,7 @@ class StochasticCategorical(nn.Module):
                                "graph.backward(per_example_losses)")
         probs = torch.softmax(a.detach(), -1)
         h = CATEGORICAL.sample(probs, (), self.generator)
-        graph.record(Node(est, a.flatten(-2), h.flatten(-2), probs.flatten(-2)))  # n·K coordinates per example
+        graph.record(Node.of(est, a.flatten(-2), h.flatten(-2), probs.flatten(-2)))  # n·K coordinates per example
         return h
 
     def extra_repr(self) -> str:

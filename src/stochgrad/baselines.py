@@ -28,12 +28,6 @@ def check_decay(decay, name: str = "decay") -> float:
     return float(decay)
 
 
-def detached(x: Tensor) -> Tensor:
-    """``x`` without its graph: what a running statistic folds in (cheaper than a ``torch.no_grad()`` context,
-    a dozen Python calls, on every call's hot path; usually ``x`` has no graph and is returned as it is)."""
-    return x.detach() if x.requires_grad else x
-
-
 class ResizableBuffers(nn.Module):
     """Buffers whose size follows the number of units, fixed by first use or by a loaded ``state_dict``.
 
@@ -76,6 +70,12 @@ class Baseline(ResizableBuffers):
     def forward(self, score: Tensor, losses: Tensor) -> Tensor | None:
         return None
 
+    def centred(self, score: Tensor, losses: Tensor) -> Tensor:
+        """``L − c``, ``(*lead, *batch, 1)`` or, for a per-unit ``c``, ``(*lead, *batch, n)``: what multiplies the
+        score in ``(h − σ(a))·(L − c)``. Reads the state only (Corollary 1: before :meth:`update`)."""
+        c = self.forward(score, losses)
+        return losses.unsqueeze(-1) if c is None else losses.unsqueeze(-1) - c
+
     def update(self, score: Tensor, losses: Tensor) -> Tensor | None:
         """Folds the current losses in; returns the 0-dim ``ok`` flag of the guard, ``None`` if nothing was folded."""
         return None
@@ -115,7 +115,7 @@ class MovingAverage(Baseline):
         count = losses.numel()
         if count == 0:
             return None
-        losses = detached(losses)
+        losses = losses.detach() if losses.requires_grad else losses  # (cheaper than torch.no_grad())
         mean, weight, keep = self._ready(losses), self._buffers["weight"], 1 - self.decay
         m = mean_over_ranks(losses.mean(), count)
         if reads_at_once(m) and not torch.compiler.is_compiling():  # the CPU: refuse a bad call before writing
@@ -189,7 +189,9 @@ class OptimalBaseline(Baseline):
               (self.denominator, self.denominator.lerp(stats[1], keep)))
 
     def update(self, score, losses):
-        stats = self.statistics(detached(score), detached(losses))
+        if score.requires_grad or losses.requires_grad:  # (cheaper than torch.no_grad() around the update)
+            score, losses = score.detach(), losses.detach()
+        stats = self.statistics(score, losses)
         if stats is None:
             return None
         num, den = self._ready(score, losses)
@@ -220,3 +222,6 @@ class LeaveOneOut(Baseline):
 
     def forward(self, score, losses):
         return leave_one_out_mean(losses).unsqueeze(-1)
+
+    def centred(self, score, losses):
+        return (losses - leave_one_out_mean(losses)).unsqueeze(-1)  # one view less than the generic form

@@ -119,8 +119,7 @@ class ScoreFunction(Estimator):
         """
         losses, score = losses.detach() if losses.requires_grad else losses, h - probs
         baseline = self._modules["baseline"]  # (not self.baseline: nn.Module's __getattr__ costs a µs a call)
-        c = baseline.forward(score, losses)
-        centred = losses.unsqueeze(-1) if c is None else losses.unsqueeze(-1) - c
+        centred = baseline.centred(score, losses)
         if update:
             ok = baseline.update(score, losses)
             if ok is not None and ok is not True:  # True: checked on the host already (the CPU)

@@ -159,28 +159,24 @@ def clock(device):
 
 
 def rounds(candidates: dict, a, reps: int, n_rounds: int, now, rng: random.Random) -> dict[str, list[float]]:
-    """Seconds per call of every candidate, one entry per round; shuffled order within each round."""
-    for fn in candidates.values():  # warm up (and let stateful estimators settle)
-        for _ in range(3):
+    """Seconds per call of every candidate ``fn(a)`` (``a.grad`` cleared before each call), one entry per round;
+    shuffled order within each round (:func:`timed_rounds`, after a warm-up that lets stateful estimators settle)."""
+    def step(fn):
+        def call():
             a.grad = None
             fn(a)
-    out = {k: [] for k in candidates}
-    for _ in range(n_rounds):
-        order = list(candidates)
-        rng.shuffle(order)
-        for k in order:
-            fn = candidates[k]
-            t = now()
-            for _ in range(reps):
-                a.grad = None
-                fn(a)
-            out[k].append((now() - t) / reps)
-    return out
+        return call
+
+    steps = {k: step(fn) for k, fn in candidates.items()}
+    for call in steps.values():
+        for _ in range(3):
+            call()
+    return timed_rounds(steps, reps, n_rounds, now, rng)
 
 
 def timed_rounds(fns: dict, reps: int, n_rounds: int, now, rng: random.Random) -> dict[str, list[float]]:
     """Seconds per call of every zero-argument function in ``fns``, one entry per round; shuffled order within
-    each round (the method of :func:`rounds`, for whole steps: ``compile_speed.py``, ``local_vs_backprop.py``)."""
+    each round. The one timing loop of the benchmarks: :func:`rounds`, ``compile_speed.py``, ``local_vs_backprop.py``."""
     out = {k: [] for k in fns}
     for _ in range(n_rounds):
         order = list(fns)

@@ -168,7 +168,7 @@ def expect(f: LossFn, logits: Tensor, estimator: str | Estimator = "reinforce", 
     check_logits(logits, "logits", est)  # (est: its verdict is looked up only where a device needs it)
     if type(samples) is not int or samples != 1 or est.min_samples > 1:
         check_samples(samples, est.min_samples, est.name)
-    if generator is not None and generator.__class__ is not torch.Generator and not isinstance(generator, (torch.Generator, Sharded)):
+    if generator is not None and not isinstance(generator, (torch.Generator, Sharded)):
         raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
     if dist is BERNOULLI and logits.dtype not in LOW_PRECISION:  # the common case
         return est.estimate(CheckedLoss(f, 1, logits.dim()), logits, samples, generator)

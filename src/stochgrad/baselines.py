@@ -76,8 +76,9 @@ class Baseline(ResizableBuffers):
         c = self.forward(score, losses)
         return losses.unsqueeze(-1) if c is None else losses.unsqueeze(-1) - c
 
-    def update(self, score: Tensor, losses: Tensor) -> Tensor | None:
-        """Folds the current losses in; returns the 0-dim ``ok`` flag of the guard, ``None`` if nothing was folded."""
+    def update(self, score: Tensor, losses: Tensor) -> Tensor | bool | None:
+        """Folds the current losses in; returns the 0-dim ``ok`` flag of the guard (or the verdict already read
+        on the host, a ``bool``), ``None`` if nothing was folded."""
         return None
 
 

@@ -24,10 +24,11 @@ losses are then skipped (the state is unchanged) instead of raised; non-finite l
 """
 from __future__ import annotations
 
-import math
+from math import isfinite
 
 import torch
 from torch import Tensor
+from torch.compiler import is_compiling as _compiling  # (bound once: no attribute lookups per call)
 
 HOST_READS = frozenset({"cpu"})  # device types whose values the host reads without synchronising
 
@@ -57,7 +58,7 @@ def reads_at_once(x: Tensor) -> bool:
 SMALL = 64  # at most this many elements (a 2-d tensor): read as one Python list; more: reduced on the tensor
 
 
-def check_finite_logits(logits: Tensor, name: str, verdict) -> None:
+def check_finite_logits(logits: Tensor, name: str, verdict, shape: torch.Size | None = None) -> None:
     """Raises at once (CPU) or through ``verdict`` (accelerators) when ``logits`` holds NaN or inf.
 
     On the host the values are read in the fewest calls: a small 2-d tensor (``SMALL``, e.g. one example)
@@ -65,15 +66,19 @@ def check_finite_logits(logits: Tensor, name: str, verdict) -> None:
     reduction and a read (three dispatches). ``verdict``: the site's :class:`Verdict`, or the estimator that
     owns it (its ``verdict`` is then looked up only off the host, where it is needed), or ``None`` (no check
     off the host). Inside ``torch.compile`` nothing is read (a read would break the graph): the guarded
-    updates remain.
+    updates remain. ``shape``: ``logits.shape``, if the caller has it already.
     """
-    if torch.compiler.is_compiling():
+    if _compiling():
         return
-    if reads_at_once(logits):
-        if logits.dim() == 2 and logits.numel() <= SMALL:
-            ok = math.isfinite(sum(map(sum, logits.tolist())))
+    if "cpu" in HOST_READS if logits.is_cpu else logits.device.type in HOST_READS:  # reads_at_once, in this frame
+        if shape is None:
+            shape = logits.shape
+        if len(shape) == 2 and shape[0] * shape[1] <= SMALL:
+            rows = logits.tolist()
+            ok = isfinite(sum(rows[0]) if len(rows) == 1 else sum(map(sum, rows)))
         else:
-            ok = math.isfinite(logits.detach().sum(dtype=_ACCUMULATE.get(logits.dtype)).item())
+            acc = _ACCUMULATE.get(logits.dtype)  # (.data: a read without autograd, cheaper than detach())
+            ok = isfinite((logits.data.sum() if acc is None else logits.data.sum(dtype=acc)).item())
         if not ok:
             raise ValueError(f"{name} must be finite; got NaN or inf in a tensor of shape {tuple(logits.shape)}")
     elif verdict is not None:
@@ -83,8 +88,8 @@ def check_finite_logits(logits: Tensor, name: str, verdict) -> None:
 def report_finite(verdict: "Verdict", x: Tensor, problem: int, name: str = "") -> None:
     """Reports to ``verdict`` whether all of ``x`` (detached) is finite: read at once where that is free (the
     CPU: one reduction and a read), else as a device flag (:meth:`Verdict.report`)."""
-    if reads_at_once(x) and not torch.compiler.is_compiling():
-        verdict.report(math.isfinite(x.sum(dtype=_ACCUMULATE.get(x.dtype)).item()), problem, name)
+    if reads_at_once(x) and not _compiling():
+        verdict.report(isfinite(x.sum(dtype=_ACCUMULATE.get(x.dtype)).item()), problem, name)
     else:
         verdict.report(finite(x), problem, name)
 
@@ -108,7 +113,7 @@ class Verdict:
 
     def report(self, ok: "Tensor | bool", problem: int, name: str = "") -> None:
         """``ok``: the 0-dim device flag, or a ``bool`` the caller already read on the host (the CPU)."""
-        if problem == LOSSES and self.skip or torch.compiler.is_compiling():
+        if problem == LOSSES and self.skip or _compiling():
             return
         if ok.__class__ is bool or reads_at_once(ok):
             if not bool(ok):

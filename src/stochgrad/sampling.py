@@ -36,10 +36,10 @@ class Sharded:
 
 def uniform(shape, like: Tensor, generator: "torch.Generator | Sharded | None" = None) -> Tensor:
     """U[0, 1) noise of ``shape`` with the dtype and device of ``like``."""
-    if isinstance(generator, Sharded):
-        return generator.draw(torch.rand, shape, like)
     if generator is None:  # no generator=None keyword: torch.compile's dynamic shapes reject it
         return torch.rand(shape, dtype=like.dtype, device=like.device)
+    if isinstance(generator, Sharded):
+        return generator.draw(torch.rand, shape, like)
     return torch.rand(shape, generator=generator, dtype=like.dtype, device=like.device)
 
 
@@ -60,9 +60,15 @@ def bernoulli_from_uniform(u: Tensor, probs: Tensor) -> Tensor:
     return (u < probs).to(probs.dtype)
 
 
+def bernoulli_from_uniform_(u: Tensor, probs: Tensor) -> Tensor:
+    """:func:`bernoulli_from_uniform` written into ``u`` (a buffer of the caller's own, in ``probs``' dtype, of the
+    result's shape): the same comparison, one dispatch and no allocation instead of a comparison and a cast."""
+    return u.lt_(probs.detach() if probs.requires_grad else probs)  # (h carries no gradient, as the comparison)
+
+
 def bernoulli(probs: Tensor, lead: tuple[int, ...] = (), generator: torch.Generator | None = None) -> Tensor:
     """Samples ``h ~ Bernoulli(probs)`` of shape ``(*lead, *probs.shape)``."""
-    return bernoulli_from_uniform(uniform((*lead, *probs.shape), probs, generator), probs)
+    return bernoulli_from_uniform_(uniform((*lead, *probs.shape), probs, generator), probs)
 
 
 def logistic_from_uniform(u: Tensor) -> Tensor:

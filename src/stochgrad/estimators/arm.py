@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from ..expect import attach_gradient, lead, over_samples
-from ..sampling import bernoulli_from_uniform, uniform
+from ..sampling import bernoulli_from_uniform_, uniform
 from .base import Estimator
 
 
@@ -35,7 +35,7 @@ class ARM(_Antithetic):
         probs = torch.sigmoid(logits.detach())
         u = uniform((*lead(samples), *logits.shape), logits, generator)
         # the antithetic pair 1[1 − u < σ(a)] = 1[u > σ(−a)] and 1[u < σ(a)], each ~ Bernoulli(σ(a))
-        losses = f(torch.stack([bernoulli_from_uniform(1 - u, probs), bernoulli_from_uniform(u, probs)]))
+        losses = f(bernoulli_from_uniform_(torch.stack([1 - u, u]), probs))
         grad = over_samples((losses[0] - losses[1]).unsqueeze(-1) * (u - 0.5), samples)  # detached by attach_gradient
         return attach_gradient(over_samples(losses.mean(0), samples), logits, grad)
 
@@ -52,8 +52,9 @@ class DisARM(_Antithetic):
     def estimate(self, f, logits, samples, generator):
         probs = torch.sigmoid(logits.detach())
         u = uniform((*lead(samples), *logits.shape), logits, generator)
-        b, b_anti = bernoulli_from_uniform(u, probs), bernoulli_from_uniform(1 - u, probs)  # both ~ Bernoulli(σ(a))
-        losses = f(torch.stack([b, b_anti]))                 # (2, *lead, *batch)
+        pair = bernoulli_from_uniform_(torch.stack([u, 1 - u]), probs)  # b, b̃: both ~ Bernoulli(σ(a))
+        b, b_anti = pair
+        losses = f(pair)                                     # (2, *lead, *batch)
         weight = (1 - 2 * b_anti) * (b != b_anti).to(b.dtype) * torch.sigmoid(logits.detach().abs())
         grad = over_samples(0.5 * (losses[0] - losses[1]).unsqueeze(-1) * weight, samples)  # detached by attach_gradient
         return attach_gradient(over_samples(losses.mean(0), samples), logits, grad)

@@ -117,30 +117,28 @@ class ScoreFunction(Estimator):
         tensor (the caller may write into it): the score's own buffer, multiplied in place once the baseline
         has read the score.
         """
-        losses, score = losses.detach() if losses.requires_grad else losses, h - probs
+        if losses.requires_grad:
+            losses = losses.detach()
+        score = h - probs
         baseline = self._modules["baseline"]  # (not self.baseline: nn.Module's __getattr__ costs a µs a call)
         centred = baseline.centred(score, losses)
         if update:
             ok = baseline.update(score, losses)
-            if ok is not None and ok is not True:  # True: checked on the host already (the CPU)
+            if ok is not True and ok is not None:  # True: checked on the host already (the CPU)
                 self.verdict.report(ok, LOSSES)
-        if centred.dtype == score.dtype:
-            grad = score.mul_(centred)   # the same product as score * centred, without a second buffer
-        else:
-            grad = score * centred
-        if h.dim() > probs.dim():
-            grad = grad.mean(0)
-        return grad
+        # in place when the dtypes agree: the same product as score * centred, without a second buffer
+        grad = score.mul_(centred) if centred.dtype == score.dtype else score * centred
+        return grad if h.dim() == probs.dim() else grad.mean(0)
 
     def estimate(self, f, logits, samples, generator, dist=BERNOULLI):
         probs = dist.probs(logits.detach())
-        h = dist.sample(probs, lead(samples), generator)
+        h = dist.sample(probs, () if samples == 1 else (samples,), generator)  # (lead(samples), inlined)
         losses = f(h)
         if dist is BERNOULLI:
-            grad = self.score_gradient(h, probs, losses, update=logits.requires_grad)
+            grad = self.score_gradient(h, probs, losses, logits.requires_grad)
         else:
-            grad = self.score_gradient(dist.flat(h), dist.flat(probs), losses, update=logits.requires_grad).view_as(logits)
-        return attach_gradient(over_samples(losses, samples), logits, grad)
+            grad = self.score_gradient(dist.flat(h), dist.flat(probs), losses, logits.requires_grad).view_as(logits)
+        return attach_gradient(losses if samples == 1 else losses.mean(0), logits, grad)
 
 
 class Tuned(Estimator, ResizableBuffers):

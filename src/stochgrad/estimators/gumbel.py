@@ -58,4 +58,4 @@ class GumbelST(Gumbel):
     def sample(self, logits, lead=(), generator=None, dist=BERNOULLI):
         """The hard sample, back-propagating as the relaxed one."""
         z, soft = self.relaxed(logits, lead, generator, dist)
-        return straight_through(dist.hard(z), soft)  # hard() compares: no gradient to detach
+        return straight_through(dist.hard(z), soft)  # hard() carries no gradient

@@ -13,9 +13,10 @@ from ..expect import lead, over_samples
 from .base import Estimator
 
 
-def straight_through(h, surrogate):
-    """``h`` forward, gradient of ``surrogate`` backward: ``h + (s − s.detach())``."""
-    return h + (surrogate - surrogate.detach())
+def straight_through(h, surrogate, detached=None):
+    """``h`` forward, gradient of ``surrogate`` backward: ``h + (s − s.detach())``; ``detached``: ``s.detach()``, if
+    the caller has it already."""
+    return h + (surrogate - (surrogate.detach() if detached is None else detached))
 
 
 class StraightThrough(Estimator):
@@ -36,8 +37,9 @@ class StraightThrough(Estimator):
     def sample(self, logits, lead=(), generator=None, dist=BERNOULLI):
         """Hard samples ``(*lead, *logits.shape)`` that back-propagate as ``self.relax(logits)``."""
         r = self.relax(logits, dist)
-        probs = dist.probs(logits.detach()) if r is logits else r.detach()   # relaxed to the probabilities
-        return straight_through(dist.sample(probs, lead, generator), r)
+        fixed = r.detach()
+        probs = dist.probs(fixed) if r is logits else fixed   # relaxed to the probabilities, or through the logits
+        return straight_through(dist.sample(probs, lead, generator), r, fixed)
 
     def estimate(self, f, logits, samples, generator, dist=BERNOULLI):
         return over_samples(f(self.sample(logits, lead(samples), generator, dist)), samples)

@@ -135,3 +135,35 @@ def test_a_name_is_stateless_and_warns_for_stateful_estimators():
         assert first.stateful and resolve("reinforce_ma") is not first
     est = sg.get_estimator("reinforce_ma")
     assert resolve(est) is est
+
+
+@pytest.mark.parametrize("name", ["reinforce", "reinforce_loo", "disarm", "straight_through", "gumbel_st"])
+def test_torch_func_grad_gives_the_eager_gradient(name):
+    """Under torch.func transforms the replace-gradient node is built as the plain-ops idiom (an autograd.Function
+    without setup_context is refused there): the same gradient as eager autograd, same noise."""
+    f = lambda b: (b - 0.45).square().sum(-1)  # noqa: E731
+    a = torch.randn(3, 4, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    samples = 2 if name == "reinforce_loo" else 1
+    g = torch.func.grad(lambda x: sg.expect(f, x, name, samples, torch.Generator().manual_seed(0)).sum())(a)
+    b = a.clone().requires_grad_(True)
+    sg.expect(f, b, name, samples, torch.Generator().manual_seed(0)).sum().backward()
+    assert g.abs().sum() > 0 and torch.allclose(g, b.grad, rtol=1e-12, atol=1e-12)
+
+
+def test_the_replace_gradient_node_keeps_f_parameters_gradient_and_its_value():
+    """attach_gradient: the value is the losses' mean bitwise, f's parameters get their pathwise gradient, and
+    the logits get ∂L/∂value ⊗ grad, for Bernoulli (n,) and categorical (n, K) events."""
+    from stochgrad.expect import attach_gradient
+
+    w = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    for event in [(4,), (4, 3)]:
+        logits = torch.randn(5, *event, dtype=torch.float64, requires_grad=True)
+        grad = torch.randn(5, *event, dtype=torch.float64)
+        value = w.square()
+        out = attach_gradient(value, logits, grad)
+        assert torch.equal(out, value)
+        up = torch.randn(5, dtype=torch.float64)
+        w.grad = None
+        out.backward(up)
+        assert torch.equal(logits.grad, up.view(5, *[1] * len(event)) * grad)
+        assert torch.allclose(w.grad, 2 * w.detach() * up)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Callable
 
 import torch
 from torch import Generator, Tensor
+from torch._C import _are_functorch_transforms_active as _functorch_active
 
 from .distributions import BERNOULLI
 from .distributions import resolve as as_distribution
@@ -148,11 +149,19 @@ def attach_gradient(value: Tensor, logits: Tensor, grad: Tensor) -> Tensor:
     The replace-gradient idiom: as if the surrogate ``Σ_i grad_i·logits_i`` minus its own detached copy were added
     to the value (zero), carrying ``grad`` to the logits; built as one autograd node (:class:`_ReplaceGradient`).
     ``value``: ``batch``; ``grad``: ``(*batch, *event)`` (``event`` = ``(n,)`` or ``(n, K)``), treated as a constant.
-    Gradients that ``value`` already carries (to parameters of f) are kept.
+    Gradients that ``value`` already carries (to parameters of f) are kept. Under ``torch.func`` transforms
+    (``grad``, ``vjp``, ...), which take only autograd.Functions with a ``setup_context`` (a slower call), the idiom
+    itself is built.
     """
     if not logits.requires_grad:
         return value
-    return _ReplaceGradient.apply(value, logits, grad.detach() if grad.requires_grad else grad)
+    if grad.requires_grad:
+        grad = grad.detach()
+    if _functorch_active():
+        weighted = grad * logits
+        surrogate = (weighted if weighted.dim() == value.dim() + 1 else weighted.flatten(value.dim())).sum(-1)
+        return value + (surrogate - surrogate.detach())
+    return _ReplaceGradient.apply(value, logits, grad)
 
 
 def expect(f: LossFn, logits: Tensor, estimator: str | Estimator = "reinforce", samples: int = 1,

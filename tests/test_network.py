@@ -289,3 +289,24 @@ def test_plain_local_reference_of_the_benchmark_follows_the_library():
         torch.testing.assert_close(plain.loss_and_gradients(x, y), loss.detach(), rtol=1e-12, atol=1e-12)
         for a, b in zip(lib.parameters(), ref.parameters()):
             torch.testing.assert_close(a.grad, b.grad, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("lead", [(), (3,)])
+def test_the_sampler_writes_the_threshold_of_its_own_noise(dtype, lead):
+    """sampling.bernoulli writes ``1[u < p]`` over its fresh noise (issue 13: one pass, no boolean buffer): the same
+    values as the threshold of the same draw (same generator), a buffer of its own, and with a Sharded generator each
+    rank's rows of the one-process draw without holding the whole draw."""
+    from stochgrad.sampling import Sharded, bernoulli, bernoulli_from_uniform, uniform
+
+    probs = torch.rand(4, 6, generator=torch.Generator().manual_seed(1), dtype=dtype)
+    probs[0, :3] = torch.tensor([0.0, 1.0, 0.5], dtype=dtype)
+    h = bernoulli(probs, lead, torch.Generator().manual_seed(2))
+    want = (uniform((*lead, *probs.shape), probs, torch.Generator().manual_seed(2)) < probs).to(dtype)
+    assert h.dtype == dtype and torch.equal(h, want) and h.untyped_storage().nbytes() == h.numel() * h.element_size()
+    assert not torch.equal(want, torch.zeros_like(want)) and not torch.equal(want, torch.ones_like(want))
+    halves = [bernoulli(probs[2 * r:2 * (r + 1)], lead, Sharded(torch.Generator().manual_seed(2), r, 2)) for r in range(2)]
+    assert torch.equal(torch.cat(halves, -2), want)
+    assert all(x.untyped_storage().nbytes() == x.numel() * x.element_size() for x in halves)
+    assert torch.equal(bernoulli_from_uniform(torch.full_like(probs, 0.5), probs), (0.5 < probs).to(dtype))
+

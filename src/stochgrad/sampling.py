@@ -61,8 +61,14 @@ def bernoulli_from_uniform(u: Tensor, probs: Tensor) -> Tensor:
 
 
 def bernoulli(probs: Tensor, lead: tuple[int, ...] = (), generator: torch.Generator | None = None) -> Tensor:
-    """Samples ``h ~ Bernoulli(probs)`` of shape ``(*lead, *probs.shape)``."""
-    return bernoulli_from_uniform(uniform((*lead, *probs.shape), probs, generator), probs)
+    """Samples ``h ~ Bernoulli(probs)`` of shape ``(*lead, *probs.shape)``: :func:`bernoulli_from_uniform`'s
+    ``1[u < probs]``, the same values, written over the fresh noise ``u``: one pass in ``probs``' dtype, no boolean
+    buffer and no conversion pass (issue 13: the threshold of a ``(128, 1024)`` float32 draw ~20 µs instead of ~190 µs
+    on the CPU)."""
+    u = uniform((*lead, *probs.shape), probs, generator)
+    if isinstance(generator, Sharded):  # u is a view into every rank's draw: h gets a buffer of its own
+        return bernoulli_from_uniform(u, probs)
+    return torch.lt(u, probs, out=u)
 
 
 def logistic_from_uniform(u: Tensor) -> Tensor:

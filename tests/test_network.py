@@ -310,3 +310,22 @@ def test_the_sampler_writes_the_threshold_of_its_own_noise(dtype, lead):
     assert all(x.untyped_storage().nbytes() == x.numel() * x.element_size() for x in halves)
     assert torch.equal(bernoulli_from_uniform(torch.full_like(probs, 0.5), probs), (0.5 < probs).to(dtype))
 
+
+@pytest.mark.parametrize("name", ["reinforce", "reinforce_ma", "reinforce_optimal", "reinforce_loo"])
+def test_a_scale_folded_into_the_centred_loss_is_the_scaled_gradient(name):
+    """score_gradient(..., scale=s) (the network view's 1/B, folded into the vectors of L − c instead of a pass over
+    the result) equals s·score_gradient(...), and leaves the baseline's state exactly as the unscaled call does."""
+    g = torch.Generator().manual_seed(3)
+    S = 2 if name == "reinforce_loo" else 1
+    probs = torch.rand(5, 4, generator=g, dtype=torch.float64)
+    scaled, plain = sg.get_estimator(name), sg.get_estimator(name)
+    for _ in range(3):
+        h = (torch.rand(S, 5, 4, generator=g, dtype=torch.float64) < probs).double()
+        L = torch.randn(S, 5, generator=g, dtype=torch.float64) + 2
+        if S == 1:
+            h, L = h[0], L[0]
+        got = scaled.score_gradient(h, probs, L, scale=1 / 5)
+        want = plain.score_gradient(h, probs, L) / 5
+        torch.testing.assert_close(got, want, rtol=1e-13, atol=1e-15)
+        for a, b in zip(scaled.state_dict().values(), plain.state_dict().values()):
+            assert torch.equal(a, b)

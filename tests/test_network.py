@@ -309,6 +309,12 @@ def test_the_sampler_writes_the_threshold_of_its_own_noise(dtype, lead):
     assert torch.equal(torch.cat(halves, -2), want)
     assert all(x.untyped_storage().nbytes() == x.numel() * x.element_size() for x in halves)
     assert torch.equal(bernoulli_from_uniform(torch.full_like(probs, 0.5), probs), (0.5 < probs).to(dtype))
+    # under torch.func.vmap (no out= there) the same draw and threshold, in a buffer of their own
+    torch.manual_seed(7)
+    mapped = torch.func.vmap(lambda q: bernoulli(q, lead), randomness="different")(probs)
+    torch.manual_seed(7)
+    want = torch.func.vmap(lambda q: bernoulli_from_uniform(uniform((*lead, *q.shape), q), q), randomness="different")(probs)
+    assert torch.equal(mapped, want)
 
 
 @pytest.mark.parametrize("name", ["reinforce", "reinforce_ma", "reinforce_optimal", "reinforce_loo"])

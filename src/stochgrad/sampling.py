@@ -68,7 +68,10 @@ def bernoulli(probs: Tensor, lead: tuple[int, ...] = (), generator: torch.Genera
     u = uniform((*lead, *probs.shape), probs, generator)
     if isinstance(generator, Sharded):  # u is a view into every rank's draw: h gets a buffer of its own
         return bernoulli_from_uniform(u, probs)
-    return torch.lt(u, probs, out=u)
+    try:
+        return torch.lt(u, probs, out=u)
+    except RuntimeError:  # a transform without out= (torch.func.vmap): the same values in a buffer of their own
+        return bernoulli_from_uniform(u, probs)
 
 
 def logistic_from_uniform(u: Tensor) -> Tensor:

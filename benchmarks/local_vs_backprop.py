@@ -4,8 +4,9 @@ against the same step with back-propagation (``straight_through`` layers, ``loss
 
 What is compared, and why it is the fair comparison (issue 13): the same network, the same forward sampling
 (``h = 1[u < σ(a)]``, one uniform per unit), the same loss (cross-entropy of a linear read-out), the same SGD
-step, zeroed gradients set to ``None`` (PyTorch's default) on both sides. Back-propagation through binary
-units needs a pathwise estimator: straight-through is the standard one, and its layer costs two elementwise
+step, zeroed gradients set to ``None`` (PyTorch's default) on both sides; every candidate writes the threshold
+``1[u < σ(a)]`` over its fresh noise, as stochgrad's sampler does (one pass, no boolean buffer).
+Back-propagation through binary units needs a pathwise estimator: straight-through is the standard one, and its layer costs two elementwise
 passes in the forward pass and none in the backward; the backward pass is PyTorch's own (a weight-gradient and
 an input-gradient matmul at every layer). Local learning uses Eq. 7's ``reinforce_optimal`` (the unbiased
 broadcast estimator with the lowest variance of the seed's): each layer's weight gradient is one matmul of
@@ -81,7 +82,7 @@ class PlainLocal:
                 p = torch.sigmoid(torch.addmm(lin.bias, h, lin.weight.t()))
                 u = torch.rand(p.shape, dtype=p.dtype, device=p.device) if gen is None else \
                     torch.rand(p.shape, generator=gen, dtype=p.dtype, device=p.device)
-                h = (u < p).to(p.dtype)
+                h = torch.lt(u, p, out=u)   # 1[u < p] over the fresh noise, as stochgrad's sampler writes it
                 ps.append(p)
                 hs.append(h)
         loss = nn.functional.cross_entropy(self.linears[-1](h), y, reduction="none")
@@ -103,11 +104,13 @@ class PlainLocal:
 
 
 class _StraightThrough(torch.autograd.Function):
-    """``h`` forward, the identity backward: straight-through with no extra elementwise pass."""
+    """``h`` forward, the identity backward: straight-through with no extra elementwise pass (``h = 1[u < σ(a)]``
+    written over the fresh noise ``u``, as stochgrad's sampler writes it)."""
 
     @staticmethod
     def forward(ctx, a, u):
-        return (u < torch.sigmoid(a)).to(a.dtype)
+        ctx.mark_dirty(u)
+        return torch.lt(u, torch.sigmoid(a), out=u)
 
     @staticmethod
     def backward(ctx, grad):

@@ -289,3 +289,49 @@ def test_plain_local_reference_of_the_benchmark_follows_the_library():
         torch.testing.assert_close(plain.loss_and_gradients(x, y), loss.detach(), rtol=1e-12, atol=1e-12)
         for a, b in zip(lib.parameters(), ref.parameters()):
             torch.testing.assert_close(a.grad, b.grad, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("lead", [(), (3,)])
+def test_the_sampler_writes_the_threshold_of_its_own_noise(dtype, lead):
+    """sampling.bernoulli writes ``1[u < p]`` over its fresh noise (issue 13: one pass, no boolean buffer): the same
+    values as the threshold of the same draw (same generator), a buffer of its own, and with a Sharded generator each
+    rank's rows of the one-process draw without holding the whole draw."""
+    from stochgrad.sampling import Sharded, bernoulli, bernoulli_from_uniform, uniform
+
+    probs = torch.rand(4, 6, generator=torch.Generator().manual_seed(1), dtype=dtype)
+    probs[0, :3] = torch.tensor([0.0, 1.0, 0.5], dtype=dtype)
+    h = bernoulli(probs, lead, torch.Generator().manual_seed(2))
+    want = (uniform((*lead, *probs.shape), probs, torch.Generator().manual_seed(2)) < probs).to(dtype)
+    assert h.dtype == dtype and torch.equal(h, want) and h.untyped_storage().nbytes() == h.numel() * h.element_size()
+    assert not torch.equal(want, torch.zeros_like(want)) and not torch.equal(want, torch.ones_like(want))
+    halves = [bernoulli(probs[2 * r:2 * (r + 1)], lead, Sharded(torch.Generator().manual_seed(2), r, 2)) for r in range(2)]
+    assert torch.equal(torch.cat(halves, -2), want)
+    assert all(x.untyped_storage().nbytes() == x.numel() * x.element_size() for x in halves)
+    assert torch.equal(bernoulli_from_uniform(torch.full_like(probs, 0.5), probs), (0.5 < probs).to(dtype))
+    # under torch.func.vmap (no out= there) the same draw and threshold, in a buffer of their own
+    torch.manual_seed(7)
+    mapped = torch.func.vmap(lambda q: bernoulli(q, lead), randomness="different")(probs)
+    torch.manual_seed(7)
+    want = torch.func.vmap(lambda q: bernoulli_from_uniform(uniform((*lead, *q.shape), q), q), randomness="different")(probs)
+    assert torch.equal(mapped, want)
+
+
+@pytest.mark.parametrize("name", ["reinforce", "reinforce_ma", "reinforce_optimal", "reinforce_loo"])
+def test_a_scale_folded_into_the_centred_loss_is_the_scaled_gradient(name):
+    """score_gradient(..., scale=s) (the network view's 1/B, folded into the vectors of L − c instead of a pass over
+    the result) equals s·score_gradient(...), and leaves the baseline's state exactly as the unscaled call does."""
+    g = torch.Generator().manual_seed(3)
+    S = 2 if name == "reinforce_loo" else 1
+    probs = torch.rand(5, 4, generator=g, dtype=torch.float64)
+    scaled, plain = sg.get_estimator(name), sg.get_estimator(name)
+    for _ in range(3):
+        h = (torch.rand(S, 5, 4, generator=g, dtype=torch.float64) < probs).double()
+        L = torch.randn(S, 5, generator=g, dtype=torch.float64) + 2
+        if S == 1:
+            h, L = h[0], L[0]
+        got = scaled.score_gradient(h, probs, L, scale=1 / 5)
+        want = plain.score_gradient(h, probs, L) / 5
+        torch.testing.assert_close(got, want, rtol=1e-13, atol=1e-15)
+        for a, b in zip(scaled.state_dict().values(), plain.state_dict().values()):
+            assert torch.equal(a, b)

@@ -70,11 +70,15 @@ class Baseline(ResizableBuffers):
     def forward(self, score: Tensor, losses: Tensor) -> Tensor | None:
         return None
 
-    def centred(self, score: Tensor, losses: Tensor) -> Tensor:
+    def centred(self, score: Tensor, losses: Tensor, scale: float | None = None) -> Tensor:
         """``L − c``, ``(*lead, *batch, 1)`` or, for a per-unit ``c``, ``(*lead, *batch, n)``: what multiplies the
-        score in ``(h − σ(a))·(L − c)``. Reads the state only (Corollary 1: before :meth:`update`)."""
+        score in ``(h − σ(a))·(L − c)``. Reads the state only (Corollary 1: before :meth:`update`). With ``scale``:
+        ``(L − c)·scale``, formed as ``L·scale − c·scale`` on the vectors (no pass over a ``(*batch, n)`` result)."""
         c = self.forward(score, losses)
-        return losses.unsqueeze(-1) if c is None else losses.unsqueeze(-1) - c
+        if scale is None:
+            return losses.unsqueeze(-1) if c is None else losses.unsqueeze(-1) - c
+        scaled = losses.unsqueeze(-1) * scale
+        return scaled if c is None else torch.sub(scaled, c, alpha=scale)   # L·s − s·c, one broadcast pass
 
     def update(self, score: Tensor, losses: Tensor) -> Tensor | bool | None:
         """Folds the current losses in; returns the 0-dim ``ok`` flag of the guard (or the verdict already read
@@ -224,5 +228,6 @@ class LeaveOneOut(Baseline):
     def forward(self, score, losses):
         return leave_one_out_mean(losses).unsqueeze(-1)
 
-    def centred(self, score, losses):
-        return (losses - leave_one_out_mean(losses)).unsqueeze(-1)  # one view less than the generic form
+    def centred(self, score, losses, scale=None):
+        d = losses - leave_one_out_mean(losses)   # one view less than the generic form
+        return (d if scale is None else d * scale).unsqueeze(-1)

@@ -23,7 +23,10 @@ import torch
 from torch import Tensor
 from torch.autograd.graph import GradientEdge, get_gradient_edge
 
+from .estimators.base import ScoreFunction
 from .guard import reads_at_once
+
+_FORMULA = ScoreFunction.score_gradient  # the library's own (h − σ)·(L − c): it takes the 1/B as a scale
 
 _ACTIVE: contextvars.ContextVar["Graph | None"] = contextvars.ContextVar("stochgrad_graph", default=None)
 _OPEN = [0]  # broadcasts open in any context: while 0, no context has one (a plain read torch.compile traces)
@@ -111,10 +114,14 @@ class Graph:
             if L is None:
                 L = losses[batch] = loss.detach().reshape(*loss.shape, *([1] * (len(batch) - loss.dim()))).expand(batch)
             probe = dl_dh.get(id(node.probe)) if dl_dh else None
-            g = node.estimator.score_gradient(node.h, node.probs, L, update=True, dl_dh=probe)
+            est = node.estimator
+            if type(est).score_gradient is _FORMULA:   # 1/B folded into L − c's vectors: no pass over g
+                g = est.score_gradient(node.h, node.probs, L, True, probe, 1 / count)
+            else:   # any other broadcast estimator: its fresh result divided in place
+                g = est.score_gradient(node.h, node.probs, L, update=True, dl_dh=probe).div_(count)
             if node.edge is not None:
                 roots.append(node.edge)
-                grads.append(g.div_(count))  # the gradient of the mean loss (score_gradient's result is fresh)
+                grads.append(g)  # the gradient of the mean loss
         self.nodes.clear()
         if roots:
             torch.autograd.backward(roots, grads)

@@ -72,8 +72,8 @@ class StochasticBinary(nn.Module):
     def forward(self, a: Tensor) -> Tensor:
         """``a``: ``(*batch, n)`` → ``(*batch, n)``. float16/bfloat16 inputs are sampled in float32 (a
         low-precision grid biases ``P(h = 1)``) and returned in their dtype."""
-        est = self.estimator
-        check_logits(a, "StochasticBinary input", est.verdict)
+        # the estimator itself, not its verdict: check_logits looks that up only off the host, where it is needed
+        check_logits(a, "StochasticBinary input", self._modules["estimator"])
         if not self.training:
             p = torch.sigmoid(a)
             return p if self.eval_output == "probability" else (p > self.threshold).to(a.dtype)
@@ -83,7 +83,7 @@ class StochasticBinary(nn.Module):
 
     def _train(self, a: Tensor) -> Tensor:
         graph = active_graph()
-        est = self.estimator
+        est = self._modules["estimator"]  # (not self.estimator: nn.Module's __getattr__ costs a µs a call)
         if est.pathwise:
             if graph is not None and graph.local:
                 raise ValueError(f"StochasticBinary(estimator={est.name!r}) learns by back-propagation, "
@@ -142,7 +142,7 @@ class StochasticCategorical(nn.Module):
                 raise ValueError(f"StochasticCategorical(categories={self.categories}) needs input (*batch, n·K) with "
                                  f"K = {self.categories}; got shape {tuple(shape)}")
             a = a.unflatten(-1, (-1, self.categories))
-        check_logits(a, "StochasticCategorical input", self.estimator.verdict)
+        check_logits(a, "StochasticCategorical input", self._modules["estimator"])  # (its verdict: off the host only)
         CATEGORICAL.check(a, "StochasticCategorical input")
         if not self.training:
             p = torch.softmax(a, -1)
@@ -154,7 +154,7 @@ class StochasticCategorical(nn.Module):
 
     def _train(self, a: Tensor) -> Tensor:
         graph = active_graph()
-        est = self.estimator
+        est = self._modules["estimator"]  # (not self.estimator: nn.Module's __getattr__ costs a µs a call)
         if est.pathwise:
             if graph is not None and graph.local:
                 raise ValueError(f"StochasticCategorical(estimator={est.name!r}) learns by back-propagation, "

@@ -61,14 +61,24 @@ def bernoulli_from_uniform(u: Tensor, probs: Tensor) -> Tensor:
 
 
 def bernoulli_from_uniform_(u: Tensor, probs: Tensor) -> Tensor:
-    """:func:`bernoulli_from_uniform` written into ``u`` (a buffer of the caller's own, in ``probs``' dtype, of the
-    result's shape): the same comparison, one dispatch and no allocation instead of a comparison and a cast."""
-    return u.lt_(probs.detach() if probs.requires_grad else probs)  # (h carries no gradient, as the comparison)
+    """:func:`bernoulli_from_uniform` written over ``u`` (a buffer of the caller's own, in ``probs``' dtype, of the
+    result's shape): the same values in one pass, no boolean buffer and no conversion pass (issue 13: a ``(128, 1024)``
+    float32 threshold ~20 µs instead of ~190 µs on the CPU). Under a transform that refuses the in-place write
+    (``torch.func.vmap``), the same values in a buffer of their own."""
+    try:
+        return u.lt_(probs.detach() if probs.requires_grad else probs)  # (h carries no gradient, as the comparison)
+    except RuntimeError:
+        return bernoulli_from_uniform(u, probs)
 
 
 def bernoulli(probs: Tensor, lead: tuple[int, ...] = (), generator: torch.Generator | None = None) -> Tensor:
-    """Samples ``h ~ Bernoulli(probs)`` of shape ``(*lead, *probs.shape)``."""
-    return bernoulli_from_uniform_(uniform((*lead, *probs.shape), probs, generator), probs)
+    """Samples ``h ~ Bernoulli(probs)`` of shape ``(*lead, *probs.shape)``: ``1[u < probs]`` written over the fresh
+    noise ``u`` (:func:`bernoulli_from_uniform_`); a :class:`Sharded` draw's ``u`` is a view into every rank's draw,
+    so its ``h`` gets a buffer of its own (the whole draw is not kept alive)."""
+    u = uniform((*lead, *probs.shape), probs, generator)
+    if generator is not None and isinstance(generator, Sharded):
+        return bernoulli_from_uniform(u, probs)
+    return bernoulli_from_uniform_(u, probs)
 
 
 def logistic_from_uniform(u: Tensor) -> Tensor:

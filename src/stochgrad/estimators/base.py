@@ -108,9 +108,12 @@ class ScoreFunction(Estimator):
         super().__init__()
         self.baseline = baseline
 
-    def score_gradient(self, h: Tensor, probs: Tensor, losses: Tensor, update: bool = True, dl_dh=None) -> Tensor:
+    def score_gradient(self, h: Tensor, probs: Tensor, losses: Tensor, update: bool = True, dl_dh=None,
+                       scale: float | None = None) -> Tensor:
         """``h``: ``(*lead, *batch, n)``, ``probs``: ``(*batch, n)``, ``losses``: ``(*lead, *batch)`` → ``(*batch, n)``,
-        ``lead`` empty (one sample) or ``(S,)`` (averaged over).
+        ``lead`` empty (one sample) or ``(S,)`` (averaged over). ``scale``: a number the result is multiplied by
+        (the network view's ``1/B``: the gradient of the mean loss), applied to the vectors that make ``L − c``
+        (:meth:`~stochgrad.baselines.Baseline.centred`), not to the result: no pass of its own.
 
         Reads the baseline first, then (if ``update``) folds in the current losses: Corollary 1. A call
         whose losses are NaN/inf leaves the baseline as it was (:mod:`stochgrad.guard`). Returns a fresh
@@ -121,7 +124,7 @@ class ScoreFunction(Estimator):
             losses = losses.detach()
         score = h - probs
         baseline = self._modules["baseline"]  # (not self.baseline: nn.Module's __getattr__ costs a µs a call)
-        centred = baseline.centred(score, losses)
+        centred = baseline.centred(score, losses) if scale is None else baseline.centred(score, losses, scale)
         if update:
             ok = baseline.update(score, losses)
             if ok is not True and ok is not None:  # True: checked on the host already (the CPU)

@@ -167,3 +167,29 @@ def test_the_replace_gradient_node_keeps_f_parameters_gradient_and_its_value():
         out.backward(up)
         assert torch.equal(logits.grad, up.view(5, *[1] * len(event)) * grad)
         assert torch.allclose(w.grad, 2 * w.detach() * up)
+
+
+def test_the_overhead_benchmarks_references_compute_the_librarys_gradients():
+    """benchmarks/overhead.py's hand-written references (the common idioms of section 1 and the dispatch-saving ones of
+    section 1b) compute the gradient stochgrad computes, with the same noise, for every core estimator (three calls:
+    the moving baselines hold past losses): the ratios compare the same work."""
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "overhead.py")
+    spec = importlib.util.spec_from_file_location("overhead_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    for name in bench.CORE:
+        grads = []
+        for kind in ("ours", "common", "tuned"):
+            gen = torch.Generator().manual_seed(0)
+            a = torch.randn(4, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1), requires_grad=True)
+            step = bench.ours(name, gen) if kind == "ours" else bench.reference(name, gen, tuned=kind == "tuned")
+            for _ in range(3):
+                a.grad = None
+                step(a)
+            grads.append(a.grad)
+        assert grads[0].abs().sum() > 0, name
+        for g in grads[1:]:
+            torch.testing.assert_close(g, grads[0], rtol=1e-12, atol=1e-12, msg=name)

@@ -77,7 +77,7 @@ class Distribution(abc.ABC):
     event_dims: int = 1  # trailing dimensions of the logits that make one example's units
 
     def check(self, logits: Tensor, name: str = "logits") -> None:
-        """Shape check beyond :func:`stochgrad.expect.check_logits` (dtype, finiteness)."""
+        """Shape check beyond :func:`stochgrad.guard.check_logits` (dtype, finiteness)."""
 
     @abc.abstractmethod
     def probs(self, logits: Tensor) -> Tensor:

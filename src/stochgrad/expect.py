@@ -15,7 +15,7 @@ from torch._C import _are_functorch_transforms_active as _functorch_active
 
 from .distributions import BERNOULLI
 from .distributions import resolve as as_distribution
-from .guard import check_finite_logits
+from .guard import check_logits  # noqa: F401  (expect's door; the layers import it from here)
 from .sampling import Sharded
 
 if TYPE_CHECKING:
@@ -26,31 +26,6 @@ LossFn = Callable[[Tensor], Tensor]
 
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
-
-
-def check_logits(logits, name: str = "logits", verdict=None) -> Tensor:
-    """Raises a clear error unless ``logits`` is a finite floating tensor with a unit dimension.
-
-    Structure (type, dtype, shape) is checked at once; finiteness as :mod:`stochgrad.guard` says: at once
-    on the CPU, through the site's ``verdict`` (a later call, no synchronisation) on an accelerator.
-    """
-    if not isinstance(logits, Tensor) or not logits.dtype.is_floating_point:
-        bad_logits(logits, name)
-    shape = logits.shape
-    if not shape or not shape[-1]:
-        bad_logits(logits, name)
-    check_finite_logits(logits, name, verdict, shape)
-    return logits
-
-
-def bad_logits(logits, name: str):
-    """Raises the error for ``logits`` that are not a floating tensor ``(*batch, n)`` with ``n >= 1``."""
-    if not isinstance(logits, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of shape (*batch, n), got {type(logits).__name__}")
-    if not logits.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor (float32 or float64; float16 and bfloat16 are "
-                        f"sampled in float32), got dtype {logits.dtype}")
-    raise ValueError(f"{name} must have shape (*batch, n) with n >= 1 units, got {tuple(logits.shape)}")
 
 
 def check_samples(samples, minimum: int = 1, who: str = "") -> int:

@@ -58,21 +58,24 @@ def reads_at_once(x: Tensor) -> bool:
 SMALL = 64  # at most this many elements (a 2-d tensor): read as one Python list; more: reduced on the tensor
 
 
-def check_finite_logits(logits: Tensor, name: str, verdict, shape: torch.Size | None = None) -> None:
-    """Raises at once (CPU) or through ``verdict`` (accelerators) when ``logits`` holds NaN or inf.
+def check_logits(logits, name: str = "logits", verdict=None) -> Tensor:
+    """Raises a clear error unless ``logits`` is a finite floating tensor with a unit dimension; returns it.
 
-    On the host the values are read in the fewest calls: a small 2-d tensor (``SMALL``, e.g. one example)
-    as one list (``tolist``, no dispatch; Python sums in double, so only NaN and inf count), else as one
-    reduction and a read (three dispatches). ``verdict``: the site's :class:`Verdict`, or the estimator that
-    owns it (its ``verdict`` is then looked up only off the host, where it is needed), or ``None`` (no check
-    off the host). Inside ``torch.compile`` nothing is read (a read would break the graph): the guarded
-    updates remain. ``shape``: ``logits.shape``, if the caller has it already.
+    Structure (type, dtype, shape) is checked at once. Values: on the host, read in the fewest calls, a small 2-d
+    tensor (``SMALL``, e.g. one example) as one list (``tolist``, no dispatch; Python sums in double, so only NaN and
+    inf count), else as one reduction and a read; off the host through ``verdict``: the site's :class:`Verdict`, or
+    the estimator that owns it (its ``verdict`` is then looked up only there), or ``None`` (no check off the host).
+    Inside ``torch.compile`` no value is read (a read would break the graph): the guarded updates remain.
+    One function, one frame: it runs on every call of ``expect`` and of the layers.
     """
+    if not isinstance(logits, Tensor) or not logits.dtype.is_floating_point:
+        bad_logits(logits, name)
+    shape = logits.shape
+    if not shape or not shape[-1]:
+        bad_logits(logits, name)
     if _compiling():
-        return
+        return logits
     if "cpu" in HOST_READS if logits.is_cpu else logits.device.type in HOST_READS:  # reads_at_once, in this frame
-        if shape is None:
-            shape = logits.shape
         if len(shape) == 2 and shape[0] * shape[1] <= SMALL:
             rows = logits.tolist()
             ok = isfinite(sum(rows[0]) if len(rows) == 1 else sum(map(sum, rows)))
@@ -80,9 +83,20 @@ def check_finite_logits(logits: Tensor, name: str, verdict, shape: torch.Size | 
             acc = _ACCUMULATE.get(logits.dtype)  # (.data: a read without autograd, cheaper than detach())
             ok = isfinite((logits.data.sum() if acc is None else logits.data.sum(dtype=acc)).item())
         if not ok:
-            raise ValueError(f"{name} must be finite; got NaN or inf in a tensor of shape {tuple(logits.shape)}")
+            raise ValueError(f"{name} must be finite; got NaN or inf in a tensor of shape {tuple(shape)}")
     elif verdict is not None:
         (verdict if isinstance(verdict, Verdict) else verdict.verdict).report(finite(logits.detach()), LOGITS, name)
+    return logits
+
+
+def bad_logits(logits, name: str):
+    """Raises the error for ``logits`` that are not a floating tensor ``(*batch, n)`` with ``n >= 1``."""
+    if not isinstance(logits, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape (*batch, n), got {type(logits).__name__}")
+    if not logits.dtype.is_floating_point:
+        raise TypeError(f"{name} must be a floating-point tensor (float32 or float64; float16 and bfloat16 are "
+                        f"sampled in float32), got dtype {logits.dtype}")
+    raise ValueError(f"{name} must have shape (*batch, n) with n >= 1 units, got {tuple(logits.shape)}")
 
 
 def report_finite(verdict: "Verdict", x: Tensor, problem: int, name: str = "") -> None:

@@ -261,7 +261,8 @@ def test_the_hand_chained_bernoulli_path_is_autograds(name, samples):
     """For Bernoulli units REBAR/RELAX chain ∂_a c by hand (closed-form ∂z̃/∂a, σ' and RELAX's network derivative
     written out); the generic path differentiates the conditional sample's graph by autograd. Same noise, same
     tuned values (trained a little, so the network is not zero): same estimate, and the same gradient of
-    mean ‖ĝ‖² in (η, log λ, ρ) (autograd's double backward through either formula)."""
+    mean ‖ĝ‖² in (η, log λ, ρ): written out by hand on the Bernoulli path (one Hessian-vector product through f),
+    autograd's double backward through the generic formula."""
     from stochgrad.distributions import BERNOULLI
     from stochgrad.expect import CheckedLoss
 
@@ -276,10 +277,10 @@ def test_the_hand_chained_bernoulli_path_is_autograds(name, samples):
     for route in ("hand", "autograd"):
         est.begin(a0, p.n, None)
         if route == "hand":
-            grad, f_b, pieces = est._bernoulli(f, a0.clone(), u, v, samples, True)
+            grad, f_b, g = est._bernoulli(f, a0.clone(), u, v, samples, True)
         else:
             grad, f_b, pieces = est._by_autograd(f, a0.clone(), u, v, samples, True, BERNOULLI)
-        g = torch.cat(torch.autograd.grad(grad.square().sum(-1).mean(), pieces))
+            g = torch.cat(torch.autograd.grad(grad.square().sum(-1).mean(), pieces))
         results.append((grad.detach(), g))
     (hand, g_hand), (auto, g_auto) = results
     assert torch.allclose(hand, auto, rtol=1e-9, atol=1e-12)

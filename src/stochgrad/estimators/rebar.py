@@ -17,8 +17,10 @@ the variance after tuning. Costs 3 evaluations of ``f`` per sample (at ``b``, ``
 two stacked into one call) and one backward pass for ``∂_a c``: for Bernoulli units through ``f`` alone, to the
 relaxed points, chained by hand (``∂z̃/∂a`` in closed form,
 :meth:`~stochgrad.distributions.Bernoulli.conditional_and_slope`; RELAX's network differentiated by hand); for
-categorical units through the conditional sample's graph. The pass is created with a graph only on tuning
-calls, which add one more for ``∂E[ĝ²]/∂(η, λ, ρ)``.
+categorical units through the conditional sample's graph. On a tuning call the Bernoulli path writes the step's
+gradient ``∂ mean‖ĝ‖²/∂(η, λ, ρ)`` out by hand too (:meth:`REBAR._tuning_gradient`): ``η`` and ``ρ`` need no
+second-order pass through ``f``, ``log λ`` one Hessian-vector product (the pass is created with a graph for it);
+the categorical path differentiates the formula twice by autograd.
 
 The tuning is :class:`~stochgrad.estimators.base.Tuned`'s, shared with ``double_cv`` and ``rodeo``: the
 tuned quantities are estimator *state*, not model parameters: one vector buffer ``theta`` =
@@ -110,9 +112,16 @@ class REBAR(Tuned):
         return cache[1]
 
     def network(self, soft: Tensor, k: tuple, slope: bool):
-        """The part of the control variate beyond ``η·f``: ``(r(soft) (..., *batch), ∂r/∂soft (..., *batch, n) or
-        None)``, or ``(None, None)`` for REBAR; ``soft`` ``(..., *batch, n)`` flattened by the distribution."""
-        return None, None
+        """The part of the control variate beyond ``η·f``: ``(r(soft) (..., *batch), ∂r/∂soft / λ (..., *batch, n) or
+        None, what :meth:`network_backward` reads)``, or ``(None, None, None)`` for REBAR; ``soft`` ``(..., *batch, n)``
+        flattened by the distribution."""
+        return None, None, None
+
+    def network_backward(self, saved, k: tuple, up_slope: Tensor, up_value: Tensor):
+        """Reverse pass through :meth:`network` by hand, given the upstream gradients of its outputs: ``up_slope``
+        (of ``∂r/∂soft / λ``, the shape of ``soft``) and ``up_value`` (of ``r`` at the second half of its rows, that
+        is at ``σ(z̃/λ)``). Returns ``(∂/∂soft (the shape of soft) or None, [∂/∂ρ pieces])``: none for REBAR."""
+        return None, []
 
     def estimate(self, f, logits, samples, generator, dist=BERNOULLI):
         a0 = logits.detach()
@@ -123,12 +132,14 @@ class REBAR(Tuned):
             return attach_gradient(value, logits, torch.zeros_like(a0))
         tuning = self.begin(a0, dist.flat(a0).shape[-1], generator)
         if dist is BERNOULLI:
-            grad, f_b, theta = self._bernoulli(f, a0, u, v, samples, tuning)
+            grad, f_b, step = self._bernoulli(f, a0, u, v, samples, tuning)
+            if tuning:
+                self._step(step, grad.numel() // grad.shape[-1])
         else:
             grad, f_b, theta = self._by_autograd(f, a0, u, v, samples, tuning, dist)
-        if tuning:
-            self.tune_on(grad, theta, dist.event_dims)
-        elif self.training:
+            if tuning:
+                self.tune_on(grad, theta, dist.event_dims)
+        if not tuning and self.training:
             report_finite(self.verdict, f_b.detach(), LOSSES)
         self.end()
         return attach_gradient(over_samples(f_b, samples), logits, grad.detach())
@@ -137,34 +148,65 @@ class REBAR(Tuned):
         """Bernoulli units: ``∂_a c`` by one backward pass through ``f`` alone, to the relaxed points
         ``σ([z, z̃]/λ)``, chained by hand: ``∂z/∂a = 1``, ``∂z̃/∂a`` in closed form
         (:meth:`~stochgrad.distributions.Bernoulli.conditional_and_slope`), ``∂σ(x/λ)/∂x = σ(1 − σ)/λ``, and RELAX's
-        network differentiated by hand (:meth:`network`). Returns ``(ĝ, f(b), theta)``."""
+        network differentiated by hand (:meth:`network`). Returns ``(ĝ, f(b), ∂ mean‖ĝ‖²/∂theta on a tuning call
+        (:meth:`_tuning_gradient`) else None)``."""
         p = torch.sigmoid(a0)
         z = a0 + logistic_from_uniform(u)
-        theta = self.pieces(True) if tuning else None
-        with torch.enable_grad():
-            eta, inv_lam, eta_inv_lam, one, *_ = k = self.constants(theta) if tuning else self.fixed()
+        eta, inv_lam, eta_inv_lam, one, *_ = k = self.fixed()
         b = torch.heaviside(z, one)                        # 1[z ≥ 0]: 1[z > 0] but for z = +0.0, the same law
         score = b - p
         zt, neg_slope = BERNOULLI.conditional_and_slope(v, z, score, one)
+        xt = torch.stack([z, zt]).mul_(inv_lam)                       # [z, z̃]/λ: (2, *lead, *batch, n)
         with torch.enable_grad():
-            soft = torch.sigmoid(torch.stack([z, zt]) * inv_lam)     # (2, *lead, *batch, n)
-            if not tuning:
-                soft.requires_grad_(True)
+            soft = torch.sigmoid(xt).requires_grad_(True)
             c = f(soft)                                               # (2, *lead, *batch)
-            (d_f,) = torch.autograd.grad(c.sum(), soft, create_graph=tuning)
-            if not tuning:
-                soft, c = soft.detach(), c.detach()
-            r, d_r = self.network(soft, k, True)
-            # ∂c/∂x for x = [z, z̃]: (η ∂f/∂σ + ∂r/∂σ)·σ(1 − σ)/λ (d_r comes scaled by 1/λ)
-            d_c = _sigmoid_backward(d_f * eta_inv_lam if d_r is None else torch.addcmul(d_r, d_f, eta_inv_lam), soft)
-            d_z, d_zt = d_c.unbind(0)
-            d_c = torch.addcmul(d_z, d_zt, neg_slope)                 # ∂_a c(z) − ∂_a c(z̃)
-            c_zt = c[1] * eta if r is None else torch.addcmul(r[1], c[1], eta)
+            (d_f,) = torch.autograd.grad(c.sum(), soft, create_graph=tuning)   # a graph for the tuning's HVP
             f_b = f(b)                                                # (*lead, *batch): the value
-            grad = torch.addcmul(d_c, (f_b.detach() - c_zt).unsqueeze(-1), score)
-            if samples > 1:
-                grad = grad.mean(0)
-        return grad, f_b, theta
+        s, c, d_f_ = soft.detach(), c.detach(), d_f.detach()
+        r, d_r, saved = self.network(s, k, True)
+        # ∂c/∂x for x = [z, z̃]: (η ∂f/∂σ + ∂r/∂σ)·σ(1 − σ)/λ (d_r comes scaled by 1/λ)
+        slope = d_f_ * eta_inv_lam if d_r is None else torch.addcmul(d_r, d_f_, eta_inv_lam)
+        d_z, d_zt = _sigmoid_backward(slope, s).unbind(0)
+        d_c = torch.addcmul(d_z, d_zt, neg_slope)                     # ∂_a c(z) − ∂_a c(z̃)
+        c_zt = c[1] * eta if r is None else torch.addcmul(r[1], c[1], eta)
+        grad = torch.addcmul(d_c, (f_b.detach() - c_zt).unsqueeze(-1), score)
+        if samples > 1:
+            grad = grad.mean(0)
+        if not tuning:
+            return grad, f_b, None
+        return grad, f_b, self._tuning_gradient(grad, score, neg_slope, xt, soft, d_f, slope, c, k, saved, samples)
+
+    def _tuning_gradient(self, grad, score, neg_slope, xt, soft, d_f, slope, c, k, saved, samples) -> Tensor:
+        """``∂ mean‖ĝ‖²/∂(η, log λ, ρ)`` for :meth:`_bernoulli`'s ĝ, by hand (the reverse pass that autograd's double
+        backward through the whole formula took, Grathwohl et al. Alg. 2): ``η`` enters linearly given ``f`` and
+        ``∂f``, ``ρ`` only through the network (:meth:`network_backward`); only ``log λ`` moves the relaxed points
+        ``σ(x/λ)``, so only it needs ``∂f``'s derivative: one Hessian-vector product through ``f``.
+
+        With ``W = ∂L/∂(∂c/∂x)`` (``[G, G·(−∂z̃/∂a)]``, ``G = ∂L/∂ĝ``), ``A = W·σ'``, ``γ = ∂L/∂c(z̃) = −⟨G, b − σ(a)⟩``,
+        ``S = η∂f/∂σ + ∂r/∂σ`` (``slope`` = ``S/λ``) and ``∂σ/∂log λ = −σ'·x/λ``::
+
+            ∂L/∂η     = ⟨A, ∂f/∂σ⟩/λ + γ·f(σ(z̃/λ))
+            ∂L/∂log λ = −⟨A, S/λ⟩ − ⟨x/λ, A·(S/λ)·(1 − 2σ) + σ'·(η/λ·H A + ∂_σ(r, ∂r/∂σ) + [0, γη ∂f/∂σ])⟩
+
+        (``H`` the Hessian of ``f`` at the relaxed points; ``∂_σ(r, ∂r/∂σ)`` the network's reverse pass).
+        """
+        eta, inv_lam, eta_inv_lam = k[:3]
+        s = soft.detach()
+        q = grad * (2 / (grad.numel() // grad.shape[-1] * samples))  # ∂L/∂ĝ_s, L = mean over examples of ‖ĝ‖²
+        a = _sigmoid_backward(q, s)                                   # W·σ': (2, *lead, *batch, n)
+        a[1].mul_(neg_slope)
+        neg_gamma = torch.linalg.vecdot(score, q)                    # −γ: (*lead, *batch)
+        d_eta = torch.vdot(a.view(-1), d_f.detach().view(-1)).mul_(inv_lam).sub_(torch.vdot(neg_gamma.view(-1), c[1].reshape(-1)))
+        up_soft, d_net = self.network_backward(saved, k, a, neg_gamma)
+        hv = torch.autograd.grad(d_f, soft, a) if d_f.requires_grad else (None,)   # H A: f's Hessian-vector product
+        rest = up_soft if hv[0] is None else hv[0] * eta_inv_lam if up_soft is None else torch.addcmul(up_soft, hv[0], eta_inv_lam)
+        if rest is None:
+            rest = torch.zeros_like(s)
+        rest[1].addcmul_(d_f.detach()[1], (neg_gamma * eta).unsqueeze(-1), value=-1)
+        ka = a.mul_(slope)                                            # A·S/λ (A is not read again)
+        bracket = _sigmoid_backward(rest, s).addcmul_(ka, torch.rsub(s, 1, alpha=2))
+        d_log_lam = (ka.sum() + torch.vdot(xt.view(-1), bracket.view(-1))).neg_()
+        return torch.cat([d_eta.view(1), d_log_lam.view(1), *d_net])
 
     def _by_autograd(self, f, a0, u, v, samples, tuning, dist):
         """Any distribution (categorical units): ``∂_a c`` by autograd through the conditional sample's graph."""
@@ -179,7 +221,7 @@ class REBAR(Tuned):
             f_b = f(b)
             soft = dist.soften(x, 1 / inv_lam)
             c = eta * f(soft)
-            r, _ = self.network(dist.flat(soft), k, False)
+            r, _, _ = self.network(dist.flat(soft), k, False)
             if r is not None:
                 c = c + r
             c_z, c_zt = c.unbind(0)
@@ -229,11 +271,31 @@ class RELAX(REBAR):
     def network(self, soft, k, slope):
         """``r(σ) = w2·tanh(W1 σ + b1) + b2`` and, if ``slope``, ``∂r/∂σ / λ = (W1/λ)ᵀ (w2 ⊙ (1 − tanh²))``, by hand."""
         w1t, w1_lam, b1, w2, b2 = k[4:]
-        hid = torch.tanh(torch.addmm(b1, soft.reshape(-1, soft.shape[-1]), w1t))     # (m, hidden)
+        flat = soft.reshape(-1, soft.shape[-1])
+        hid = torch.tanh(torch.addmm(b1, flat, w1t))                                  # (m, hidden)
         r = torch.addmv(b2, hid, w2).view(soft.shape[:-1])
         if not slope:
-            return r, None
-        return r, (torch.addcmul(w2, hid.square(), w2, value=-1) @ w1_lam).view(soft.shape)
+            return r, None, None
+        y = torch.addcmul(w2, hid.square(), w2, value=-1)                             # w2 ⊙ (1 − tanh²)
+        return r, (y @ w1_lam).view(soft.shape), (flat, hid, y)
+
+    def network_backward(self, saved, k, up_slope, up_value):
+        """The reverse pass of :meth:`network` by hand (``h = tanh(W1 σ + b1)``, ``y = w2 ⊙ (1 − h²)``,
+        ``r = w2·h + b2``, ``∂r/∂σ / λ = y W1/λ``): with ``P = (W1/λ) A`` for the upstream ``A`` of the slope and ``γ``
+        of ``r`` (second half of the rows), ``∂pre = y ⊙ (γ − 2 h P)``, ``∂W1 = ∂preᵀσ + yᵀA/λ``, ``∂b1 = Σ ∂pre``,
+        ``∂w2 = Σ P ⊙ (1 − h²) + hᵀγ``, ``∂b2 = Σ γ``, ``∂σ = ∂pre W1``. ``up_value`` is ``−γ``."""
+        w1t, w1_lam, inv_lam, one = k[4], k[5], k[1], k[3]
+        flat, hid, y = saved
+        up = up_slope.view(flat.shape)
+        neg_gamma = up_value.reshape(-1)
+        half = hid.shape[0] // 2                                                      # rows at σ(z̃/λ)
+        p = up @ w1_lam.t()                                                           # (m, hidden)
+        d_w2 = torch.addmv((p * torch.addcmul(one, hid, hid, value=-1)).sum(0), hid[half:].t(), neg_gamma, alpha=-1)
+        d_pre = (hid * p).mul_(-2)
+        d_pre[half:].sub_(neg_gamma.unsqueeze(-1))
+        d_pre.mul_(y)
+        d_w1 = torch.addmm(d_pre.t() @ flat, (y * inv_lam).t(), up)
+        return (d_pre @ w1t.t()).view(up_slope.shape), [d_w1.view(-1), d_pre.sum(0), d_w2, neg_gamma.sum().neg().view(1)]
 
     def extra_repr(self) -> str:
         return f"hidden={self.hidden}, units={self.units()}, " + super().extra_repr()

@@ -289,6 +289,29 @@ def test_the_hand_chained_bernoulli_path_is_autograds(name, samples, batch):
 
 
 @pytest.mark.parametrize("name", ["rebar", "relax"])
+def test_the_hand_tuning_step_with_f_linear_in_its_own_parameters(name):
+    """f = b·w with w a parameter: ∂f/∂σ = w needs a graph but has no Hessian in σ. The hand-written tuning gradient
+    is autograd's double backward through the generic formula (which finds no path to σ either)."""
+    from stochgrad.distributions import BERNOULLI
+    from stochgrad.expect import CheckedLoss
+
+    w = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64, requires_grad=True)
+    f = CheckedLoss(lambda b: b @ w, 1, 2)
+    est = sg.get_estimator(name, tune_every=1, lr=0.2)
+    gen = torch.Generator().manual_seed(0)
+    a0 = torch.randn(6, 3, generator=gen, dtype=torch.float64)
+    sample_gradients(est, f, a0[0], estimates=200, batch=20, generator=gen)   # 10 tuning steps
+    u, v = torch.rand(2, 6, 3, generator=gen, dtype=torch.float64)
+    est.begin(a0, 3, None)
+    grad, _, g_hand = est._bernoulli(f, a0.clone(), u.clone(), v.clone(), 1, True)
+    grad_auto, _, pieces = est._by_autograd(f, a0.clone(), u, v, 1, True, BERNOULLI)
+    g_auto = torch.cat([torch.zeros_like(x) if g is None else g for x, g in zip(pieces, torch.autograd.grad(
+        grad_auto.square().sum(-1).mean(), pieces, allow_unused=True))])
+    assert torch.allclose(grad, grad_auto, rtol=1e-9, atol=1e-12)
+    assert torch.allclose(g_hand, g_auto, rtol=1e-8, atol=1e-12) and g_hand[:2].abs().min() > 0
+
+
+@pytest.mark.parametrize("name", ["rebar", "relax"])
 def test_the_cached_constants_follow_every_tuning_step(name):
     """The Bernoulli path reads theta's constants (1/λ, η/λ, the network's scaled weights) from a cache that a tuning
     step or a load rewrites in place: after each, the same values, bit for bit, as computed afresh."""

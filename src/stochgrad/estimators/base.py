@@ -198,7 +198,7 @@ class Tuned(Estimator, ResizableBuffers):
     def end(self) -> None:
         """After the call's checks: counts a training call (a call that raised leaves even the count)."""
         if self.training:
-            self._calls += 1
+            self.__dict__["_calls"] = self._calls + 1  # a plain attribute: past nn.Module.__setattr__'s checks
 
     def draw(self, size: int, bound: float, like: Tensor, generator) -> Tensor:
         """``size`` values uniform in ``[−bound, bound)`` (``nn.Linear``'s default initialisation) from the

@@ -59,12 +59,15 @@ _sigmoid_backward = torch.ops.aten.sigmoid_backward.default  # g·σ(1 − σ) f
 _sigmoid_backward_ = torch.ops.aten.sigmoid_backward.grad_input  # the same into grad_input= (may be g itself)
 
 
-def _rows(x_t: Tensor, w: Tensor) -> Tensor:
+def _rows(x_t: Tensor, w: Tensor, out: Tensor | None = None) -> Tensor:
     """``x_tᵀ w`` for ``x_t`` ``(h, m)`` and ``w`` ``(h, n)``: ``(m, n)``, contiguous; as ``(wᵀ x_t)ᵀ`` copied when it has
     many rows and few columns (``n ≤ 64 < m``), a shape whose direct product is several times slower (MKL, one thread,
-    ``m = 2048, n = 10``); contiguous, so that the elementwise ops after it stay vectorised."""
+    ``m = 2048, n = 10``); contiguous, so that the elementwise ops after it stay vectorised. ``out``: written there."""
     m, n = x_t.shape[1], w.shape[1]
-    return (w.t() @ x_t).t().contiguous() if n < m and n <= 64 else x_t.t() @ w
+    if n < m and n <= 64:
+        r = (w.t() @ x_t).t()
+        return r.contiguous() if out is None else out.copy_(r)
+    return torch.mm(x_t.t(), w, out=out)
 
 
 def _vjp(out: Tensor, inp: Tensor, grad_out: Tensor, create_graph: bool = False, allow_unused: bool = False):
@@ -77,8 +80,8 @@ def _vjp(out: Tensor, inp: Tensor, grad_out: Tensor, create_graph: bool = False,
 
 
 def _dot(x: Tensor, y: Tensor) -> Tensor:
-    """``Σ x·y`` over every element (0-dim), whatever the layouts."""
-    return torch.mul(x, y).sum()
+    """``Σ x·y`` over every element (0-dim), without a temporary of their size when they are contiguous."""
+    return torch.vdot(x.reshape(-1), y.reshape(-1))
 
 
 class REBAR(Tuned):
@@ -161,7 +164,8 @@ class REBAR(Tuned):
     def network_backward(self, saved, k: tuple, up_slope: Tensor, up_value: Tensor):
         """Reverse pass through :meth:`network` by hand, given the upstream gradients of its outputs: ``up_slope``
         (of ``∂r/∂soft / λ``, the shape of ``soft``) and ``up_value`` (of ``r`` at the second half of its rows, that
-        is at ``σ(z̃/λ)``). Returns ``(∂/∂soft (the shape of soft) or None, [∂/∂ρ pieces])``: none for REBAR."""
+        is at ``σ(z̃/λ)``). Returns ``(∂/∂soft (the shape of soft) or None, [∂/∂ρ pieces])``: none for REBAR. It may
+        write ``∂/∂soft`` into ``up_slope``."""
         return None, []
 
     def estimate(self, f, logits, samples, generator, dist=BERNOULLI):
@@ -241,9 +245,9 @@ class REBAR(Tuned):
         a[1].mul_(neg_slope)
         neg_gamma = torch.linalg.vecdot(score, q)                    # −γ: (*lead, *batch)
         d_eta = _dot(a, d_f.detach()).mul_(inv_lam).sub_(_dot(neg_gamma, c[1]))
-        up_soft, d_net = self.network_backward(saved, k, a, neg_gamma)
         # H A, f's Hessian-vector product (None: ∂f/∂σ does not depend on σ, or needs no graph at all: f linear in σ)
         hv = _vjp(d_f, soft, a, allow_unused=True) if d_f.requires_grad else None
+        up_soft, d_net = self.network_backward(saved, k, a, neg_gamma)  # (may overwrite a: not read again)
         rest = up_soft if hv is None else hv * eta_inv_lam if up_soft is None else up_soft.addcmul_(hv, eta_inv_lam)
         if rest is None:
             rest = torch.zeros_like(s)
@@ -337,13 +341,13 @@ class RELAX(REBAR):
         w1_2, w1_2t, b1_2c, b1_2r, w2_2, b2_eff, w2_4c, w2_4r, w1_lam, w1_lam_t = k[4:]
         flat = soft.reshape(-1, soft.shape[-1])                                       # (m, n)
         if flat.shape[0] > flat.shape[1]:
-            g_t = torch.sigmoid(torch.addmm(b1_2c, w1_2, flat.t()))                   # (hidden, m)
+            g_t = torch.addmm(b1_2c, w1_2, flat.t()).sigmoid_()                       # (hidden, m)
             r = torch.addmv(b2_eff, g_t.t(), w2_2).view(soft.shape[:-1])              # w2·(2g − 1) + b2
             if not slope:
                 return r, None, None
             y_t = _sigmoid_backward(w2_4c, g_t)                                       # w2 ⊙ (1 − tanh²)
             return r, _rows(y_t, w1_lam).view(soft.shape), (flat, g_t, y_t, True)
-        g = torch.sigmoid(torch.addmm(b1_2r, flat, w1_2t))                            # (m, hidden)
+        g = torch.addmm(b1_2r, flat, w1_2t).sigmoid_()                                # (m, hidden)
         r = torch.addmv(b2_eff, g, w2_2).view(soft.shape[:-1])
         if not slope:
             return r, None, None
@@ -369,7 +373,7 @@ class RELAX(REBAR):
         d_half[:, half:].sub_(neg_gamma, alpha=0.5)
         d_half.mul_(y_t)                                                              # ∂pre / 2: (hidden, m)
         d_w1 = torch.addmm(torch.mm(y_t, up).mul_(inv_lam), d_half, flat, alpha=2)
-        d_soft = _rows(d_half, w1_2).reshape(up_slope.shape)
+        d_soft = _rows(d_half, w1_2, out=up).view(up_slope.shape)                   # into A's buffer: read above
         return d_soft, [d_w1.view(-1), d_half.sum(1).mul_(2), d_w2, sum_ng.neg().view(1)]
 
     def extra_repr(self) -> str:

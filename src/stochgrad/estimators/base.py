@@ -163,7 +163,8 @@ class Tuned(Estimator, ResizableBuffers):
       nothing, bitwise, and is reported; ``theta`` never takes a non-finite value.
 
     Subclasses pass the initial values to ``__init__``, may append random ones in :meth:`prepare`, compute
-    their estimate from ``theta = self.values(tuning)`` and, on tuning calls, hand it to :meth:`tune_on`.
+    their estimate from ``theta = self.values(tuning)`` and, on tuning calls, hand it to :meth:`tune_on` (or, having
+    written the step's gradient out by hand, pass that to :meth:`_step`: ``rebar``/``relax`` on Bernoulli units).
     """
 
     unbiased = True

@@ -241,7 +241,12 @@ class REBAR(Tuned):
         eta, inv_lam, eta_inv_lam = k[:3]
         s = soft.detach()
         q = grad  # ∂L/∂ĝ_s (L = mean over examples of ‖ĝ‖²) up to the factor 2/(examples·samples), applied at the end
-        a = _sigmoid_backward(q, s)                                   # A = W·σ': (2, *lead, *batch, n)
+        wd = d_x.mul_(q)                                              # W·d_x (d_x is not read again)
+        wd[1].mul_(neg_slope)
+        sum_wd = wd.sum()
+        wd.mul_(xt)                                                   # x/λ·W·d_x
+        lam_part = torch.sub(wd.sum(), _dot(wd, s), alpha=2).add_(sum_wd)   # ⟨W, d_x⟩ + ⟨x/λ, W·d_x·(1 − 2σ)⟩
+        a = _sigmoid_backward_(q, s, grad_input=wd)                   # A = W·σ' (into d_x's buffer, now free)
         a[1].mul_(neg_slope)
         neg_gamma = torch.linalg.vecdot(score, q)                    # −γ: (*lead, *batch)
         d_eta = _dot(a, d_f.detach()).mul_(inv_lam).sub_(_dot(neg_gamma, c[1]))
@@ -252,10 +257,7 @@ class REBAR(Tuned):
         if rest is None:
             rest = torch.zeros_like(s)
         rest[1].addcmul_(d_f.detach()[1], (neg_gamma * eta).unsqueeze(-1), value=-1)
-        wd = d_x.mul_(q)                                              # W·d_x (d_x is not read again)
-        wd[1].mul_(neg_slope)
-        bracket = _sigmoid_backward_(rest, s, grad_input=rest).add_(wd).addcmul_(wd, s, value=-2)
-        d_log_lam = _dot(xt, bracket).add_(wd.sum()).neg_()
+        d_log_lam = _dot(xt, _sigmoid_backward_(rest, s, grad_input=rest)).add_(lam_part).neg_()
         return torch.cat([d_eta.view(1), d_log_lam.view(1), *d_net]).mul_(2 / (grad.numel() // grad.shape[-1] * samples))
 
     def _by_autograd(self, f, a0, u, v, samples, tuning, dist):

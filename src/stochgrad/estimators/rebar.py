@@ -204,7 +204,7 @@ class REBAR(Tuned):
         zt, neg_slope = BERNOULLI.conditional_and_slope(v, z, score, one)
         xt = torch.stack([z, zt]).mul_(inv_lam)                       # [z, z̃]/λ: (2, *lead, *batch, n)
         with torch.enable_grad():
-            soft = (torch.sigmoid(xt) if tuning else xt.sigmoid_()).requires_grad_(True)
+            soft = xt.sigmoid_().requires_grad_(True)                 # σ([z, z̃]/λ), in place
             c = f(soft)                                               # (2, *lead, *batch)
             ones = one.expand(c.shape) if c.dtype == one.dtype else torch.ones_like(c)
             d_f = _vjp(c, soft, ones, create_graph=tuning)            # ∂f/∂σ (a graph for the tuning's HVP)
@@ -222,9 +222,9 @@ class REBAR(Tuned):
             grad = grad.mean(0)
         if not tuning:
             return grad, f_b, None
-        return grad, f_b, self._tuning_gradient(grad, score, neg_slope, xt, soft, d_f, d_x, c, k, saved, samples)
+        return grad, f_b, self._tuning_gradient(grad, score, neg_slope, (z, zt), soft, d_f, d_x, c, k, saved, samples)
 
-    def _tuning_gradient(self, grad, score, neg_slope, xt, soft, d_f, d_x, c, k, saved, samples) -> Tensor:
+    def _tuning_gradient(self, grad, score, neg_slope, x, soft, d_f, d_x, c, k, saved, samples) -> Tensor:
         """``∂ mean‖ĝ‖²/∂(η, log λ, ρ)`` for :meth:`_bernoulli`'s ĝ, by hand (the reverse pass that autograd's double
         backward through the whole formula took, Grathwohl et al. Alg. 2): ``η`` enters linearly given ``f`` and
         ``∂f``, ``ρ`` only through the network (:meth:`network_backward`); only ``log λ`` moves the relaxed points
@@ -244,8 +244,10 @@ class REBAR(Tuned):
         wd = d_x.mul_(q)                                              # W·d_x (d_x is not read again)
         wd[1].mul_(neg_slope)
         sum_wd = wd.sum()
-        wd.mul_(xt)                                                   # x/λ·W·d_x
-        lam_part = torch.sub(wd.sum(), _dot(wd, s), alpha=2).add_(sum_wd)   # ⟨W, d_x⟩ + ⟨x/λ, W·d_x·(1 − 2σ)⟩
+        z, zt = x                                                     # x = [z, z̃]
+        wd[0].mul_(z)
+        wd[1].mul_(zt)                                                # x·W·d_x
+        lam_part = torch.sub(wd.sum(), _dot(wd, s), alpha=2).mul_(inv_lam).add_(sum_wd)   # ⟨W, d_x⟩ + ⟨x/λ, W·d_x·(1 − 2σ)⟩
         a = _sigmoid_backward_(q, s, grad_input=wd)                   # A = W·σ' (into d_x's buffer, now free)
         a[1].mul_(neg_slope)
         neg_gamma = torch.linalg.vecdot(score, q)                    # −γ: (*lead, *batch)
@@ -257,7 +259,8 @@ class REBAR(Tuned):
         if rest is None:
             rest = torch.zeros_like(s)
         rest[1].addcmul_(d_f.detach()[1], (neg_gamma * eta).unsqueeze(-1), value=-1)
-        d_log_lam = _dot(xt, _sigmoid_backward_(rest, s, grad_input=rest)).add_(lam_part).neg_()
+        br = _sigmoid_backward_(rest, s, grad_input=rest)            # σ'·(...)
+        d_log_lam = _dot(z, br[0]).add_(_dot(zt, br[1])).mul_(inv_lam).add_(lam_part).neg_()
         return torch.cat([d_eta.view(1), d_log_lam.view(1), *d_net]).mul_(2 / (grad.numel() // grad.shape[-1] * samples))
 
     def _by_autograd(self, f, a0, u, v, samples, tuning, dist):

@@ -256,12 +256,13 @@ def test_host_and_device_tuning_steps_keep_the_same_state(name, monkeypatch):
 
 
 @pytest.mark.parametrize("name", ["rebar", "relax"])
-@pytest.mark.parametrize("samples", [1, 3])
-def test_the_hand_chained_bernoulli_path_is_autograds(name, samples):
+@pytest.mark.parametrize("samples, batch", [(1, 6), (3, 6), (1, 1)])
+def test_the_hand_chained_bernoulli_path_is_autograds(name, samples, batch):
     """For Bernoulli units REBAR/RELAX chain ∂_a c by hand (closed-form ∂z̃/∂a, σ' and RELAX's network derivative
     written out); the generic path differentiates the conditional sample's graph by autograd. Same noise, same
     tuned values (trained a little, so the network is not zero): same estimate, and the same gradient of
-    mean ‖ĝ‖² in (η, log λ, ρ) (autograd's double backward through either formula)."""
+    mean ‖ĝ‖² in (η, log λ, ρ): written out by hand on the Bernoulli path (one Hessian-vector product through f),
+    autograd's double backward through the generic formula. A batch of 1 takes RELAX's products in the other layout."""
     from stochgrad.distributions import BERNOULLI
     from stochgrad.expect import CheckedLoss
 
@@ -269,22 +270,64 @@ def test_the_hand_chained_bernoulli_path_is_autograds(name, samples):
     est = sg.get_estimator(name, tune_every=1, lr=0.2)
     gen = torch.Generator().manual_seed(0)
     sample_gradients(est, p.f, p.logits, estimates=400, batch=20, generator=gen)   # 20 tuning steps
-    a0 = p.logits + torch.randn(6, p.n, generator=gen, dtype=torch.float64)
-    u, v = torch.rand(2, *([samples] if samples > 1 else []), 6, p.n, generator=gen, dtype=torch.float64)
+    a0 = p.logits + torch.randn(batch, p.n, generator=gen, dtype=torch.float64)
+    u, v = torch.rand(2, *([samples] if samples > 1 else []), batch, p.n, generator=gen, dtype=torch.float64)
     f = CheckedLoss(p.f, 1, 2)
     results = []
     for route in ("hand", "autograd"):
         est.begin(a0, p.n, None)
         if route == "hand":
-            grad, f_b, pieces = est._bernoulli(f, a0.clone(), u, v, samples, True)
+            grad, f_b, g = est._bernoulli(f, a0.clone(), u.clone(), v.clone(), samples, True)  # (writes into u)
         else:
             grad, f_b, pieces = est._by_autograd(f, a0.clone(), u, v, samples, True, BERNOULLI)
-        g = torch.cat(torch.autograd.grad(grad.square().sum(-1).mean(), pieces))
+            g = torch.cat(torch.autograd.grad(grad.square().sum(-1).mean(), pieces))
         results.append((grad.detach(), g))
     (hand, g_hand), (auto, g_auto) = results
     assert torch.allclose(hand, auto, rtol=1e-9, atol=1e-12)
     assert torch.allclose(g_hand, g_auto, rtol=1e-8, atol=1e-12)
     assert g_hand.abs().min() > 0 or name == "rebar"
+
+
+@pytest.mark.parametrize("name", ["rebar", "relax"])
+def test_the_hand_tuning_step_with_f_linear_in_its_own_parameters(name):
+    """f = b·w with w a parameter: ∂f/∂σ = w needs a graph but has no Hessian in σ. The hand-written tuning gradient
+    is autograd's double backward through the generic formula (which finds no path to σ either)."""
+    from stochgrad.distributions import BERNOULLI
+    from stochgrad.expect import CheckedLoss
+
+    w = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64, requires_grad=True)
+    f = CheckedLoss(lambda b: b @ w, 1, 2)
+    est = sg.get_estimator(name, tune_every=1, lr=0.2)
+    gen = torch.Generator().manual_seed(0)
+    a0 = torch.randn(6, 3, generator=gen, dtype=torch.float64)
+    sample_gradients(est, f, a0[0], estimates=200, batch=20, generator=gen)   # 10 tuning steps
+    u, v = torch.rand(2, 6, 3, generator=gen, dtype=torch.float64)
+    est.begin(a0, 3, None)
+    grad, _, g_hand = est._bernoulli(f, a0.clone(), u.clone(), v.clone(), 1, True)
+    grad_auto, _, pieces = est._by_autograd(f, a0.clone(), u, v, 1, True, BERNOULLI)
+    g_auto = torch.cat([torch.zeros_like(x) if g is None else g for x, g in zip(pieces, torch.autograd.grad(
+        grad_auto.square().sum(-1).mean(), pieces, allow_unused=True))])
+    assert torch.allclose(grad, grad_auto, rtol=1e-9, atol=1e-12)
+    assert torch.allclose(g_hand, g_auto, rtol=1e-8, atol=1e-12) and g_hand[:2].abs().min() > 0
+
+
+@pytest.mark.parametrize("name", ["rebar", "relax"])
+def test_the_cached_constants_follow_every_tuning_step(name):
+    """The Bernoulli path reads theta's constants (1/λ, η/λ, the network's scaled weights) from a cache that a tuning
+    step or a load rewrites in place: after each, the same values, bit for bit, as computed afresh."""
+    p = problems.nonseparable()
+    est = sg.get_estimator(name, tune_every=1, lr=0.2)
+    gen = torch.Generator().manual_seed(0)
+    for step in range(4):
+        sample_gradients(est, p.f, p.logits, estimates=20, batch=20, generator=gen)   # one tuning step
+        if step == 2:
+            state = {k: v.clone() if torch.is_tensor(v) else v for k, v in est.state_dict().items()}
+            state["theta"] = state["theta"] + 0.125
+            est.load_state_dict(state)
+        cached, fresh = est.fixed(), est.constants(est.pieces(False))
+        assert len(cached) == len(fresh)
+        for i, (x, y) in enumerate(zip(cached, fresh)):
+            assert torch.equal(x, y), (step, i)
 
 
 def test_the_conditional_logistic_slope_is_its_derivative():

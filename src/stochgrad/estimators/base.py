@@ -164,7 +164,8 @@ class Tuned(Estimator, ResizableBuffers):
       nothing, bitwise, and is reported; ``theta`` never takes a non-finite value.
 
     Subclasses pass the initial values to ``__init__``, may append random ones in :meth:`prepare`, compute
-    their estimate from ``theta = self.values(tuning)`` and, on tuning calls, hand it to :meth:`tune_on`.
+    their estimate from ``theta = self.values(tuning)`` and, on tuning calls, hand it to :meth:`tune_on` (or, having
+    written the step's gradient out by hand, pass that to :meth:`_step`: ``rebar``/``relax`` on Bernoulli units).
     """
 
     unbiased = True
@@ -199,7 +200,7 @@ class Tuned(Estimator, ResizableBuffers):
     def end(self) -> None:
         """After the call's checks: counts a training call (a call that raised leaves even the count)."""
         if self.training:
-            self._calls += 1
+            self.__dict__["_calls"] = self._calls + 1  # a plain attribute: past nn.Module.__setattr__'s checks
 
     def draw(self, size: int, bound: float, like: Tensor, generator) -> Tensor:
         """``size`` values uniform in ``[−bound, bound)`` (``nn.Linear``'s default initialisation) from the

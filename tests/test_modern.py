@@ -1,4 +1,6 @@
 """Estimators beyond the paper (issue 4): known variance relations, tuning, temperatures, perturbations."""
+import math
+
 import pytest
 import torch
 
@@ -353,3 +355,21 @@ def test_the_conditional_logistic_slope_is_its_derivative():
     live = torch.sigmoid(a.detach()) < 1      # at a = 40, 1 − σ(a) rounds to 0: autograd's clamp gives slope 0,
     assert torch.allclose(auto[live], closed[live], rtol=1e-10, atol=1e-12)
     assert torch.equal(closed[~live], torch.ones_like(closed[~live]))   # the true slope p(1 − e^{−z̃}) ≈ 1 there
+
+
+@pytest.mark.parametrize("name", ["rebar", "relax"])
+def test_the_public_autograd_route_gives_the_engine_routes_state(name, monkeypatch):
+    """REBAR/RELAX hand f's vector-Jacobian products to torch's engine call directly (a private torch function, imported
+    with a fallback): with the public torch.autograd.grad instead, the same estimates and the same tuned state."""
+    from stochgrad.estimators import rebar
+
+    p = problems.nonseparable()
+    assert rebar._engine_run_backward is not None   # the torch this project pins has it: both routes are compared
+    runs = []
+    for engine in (rebar._engine_run_backward, None):
+        monkeypatch.setattr(rebar, "_engine_run_backward", engine)
+        est = sg.get_estimator(name, tune_every=1, lr=0.2)
+        g = sample_gradients(est, p.f, p.logits, estimates=60, batch=20, generator=torch.Generator().manual_seed(0))
+        runs.append((g, est.theta.clone()))
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+    assert not torch.allclose(runs[0][1][:2], torch.tensor([1.0, math.log(0.5)], dtype=runs[0][1].dtype))  # it tuned

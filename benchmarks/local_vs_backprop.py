@@ -34,7 +34,6 @@ Run: ``python benchmarks/local_vs_backprop.py [--layers 8 --width 1024 --batch 1
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import random
 import resource
@@ -48,7 +47,7 @@ from torch import nn
 import stochgrad as sg
 from stochgrad.runinfo import environment, set_threads
 
-from overhead import clock, ratio, timed_rounds  # the same timing method (benchmarks/ is on sys.path)
+from overhead import clock, keep_heap, ratio, timed_rounds  # the same timing method (benchmarks/ is on sys.path)
 
 DECAY = 0.9  # reinforce_optimal's default
 
@@ -155,17 +154,6 @@ def held_bytes(step, model) -> int:
     finally:
         sg.graph.Graph.backward = deliver
     return sum(seen.values())
-
-
-def keep_heap() -> bool:
-    """glibc only: fixed thresholds (mmap above 32 MiB, trim above 1 GiB) instead of the dynamic ones, so freed
-    gradients stay in the heap rather than go back to the system at every ``zero_grad``. Returns whether set."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, 32 * 2 ** 20)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2 ** 30))
-    except OSError:
-        return False
 
 
 def steps(layers, width, batch, device, which=None):

@@ -25,6 +25,7 @@ Run: ``python benchmarks/overhead.py [--quick] [--device cuda] [--json out.json]
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import random
 import statistics
@@ -202,6 +203,18 @@ def ours(name, gen):
 
 
 # ---- the method ------------------------------------------------------------------------------------------
+def keep_heap() -> bool:
+    """glibc only: fixed thresholds (mmap above 32 MiB, trim above 1 GiB) instead of the dynamic ones, so that freed
+    large temporaries stay in the heap rather than go back to the system and fault back in at the next call (each
+    fresh 8 MiB buffer costs ~5 ms of page faults on the 2-core VM). Returns whether it was set."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, 32 * 2 ** 20)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2 ** 30))
+    except OSError:
+        return False
+
+
 def clock(device):
     if device.type == "cuda":
         def now():
@@ -347,10 +360,14 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--all", action="store_true", help="also every estimator against stochgrad's reinforce")
     parser.add_argument("--json", help="write the figures to this file")
+    parser.add_argument("--keep-heap", action="store_true",
+                        help="glibc: fixed malloc thresholds for the whole process (see keep_heap); default: dynamic")
     parser.add_argument("--categorical", action="store_true",
                         help="also categorical units (n, K) against hand-written torch (overhead_categorical.py)")
     args = parser.parse_args(argv)
     set_threads(args.threads)
+    kept = keep_heap() if args.keep_heap else False
+    print(f"glibc heap thresholds: {'fixed (--keep-heap)' if kept else 'dynamic (default)'}")
     results = run(args.quick, torch.device(args.device), args.rounds or (5 if args.quick else 9), args.all)
     if args.categorical:  # issue 10: the same method, on one-hot categorical units
         from overhead_categorical import run as run_categorical
@@ -359,7 +376,7 @@ def main(argv=None):
                                                  args.rounds or (5 if args.quick else 9))
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({**results, "environment": environment()}, fh, indent=1)
+            json.dump({**results, "keep_heap": kept, "environment": environment()}, fh, indent=1)
     return results
 
 

@@ -150,8 +150,8 @@ class Bernoulli(Distribution):
         return logits + logistic_from_uniform(u)
 
     def hard(self, z):
-        # 1[z > 0] as sign(z) clamped at 0 (z = ±0: 0): two ops on the values and no bool-to-float cast, the
-        # costliest part of (z > 0).to(dtype). z is finite here (checked logits, eps-clamped logistic noise).
+        # 1[z > 0] as sign(z) clamped at 0 in place (z = ±0: 0): no boolean buffer and no bool-to-float cast, as
+        # (z > 0).to(dtype) makes. z is finite here (checked logits, eps-clamped logistic noise).
         return z.detach().sign().clamp_min_(0)
 
     def soften(self, z, temperature):

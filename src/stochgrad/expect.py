@@ -15,6 +15,7 @@ from torch._C import _are_functorch_transforms_active as _functorch_active
 
 from .distributions import BERNOULLI
 from .distributions import resolve as as_distribution
+from .guard import _compiling
 from .guard import check_logits  # noqa: F401  (expect's door; the layers import it from here)
 from .sampling import Sharded
 
@@ -120,6 +121,14 @@ class _ReplaceGradient(torch.autograd.Function):
         return d_value, d * grad, None
 
 
+try:  # autograd.Function.apply's own C entry, past its Python wrapper (issue 13: ~3–6 µs a call at a few units)
+    from torch._C._functorch import unwrap_if_dead as _unwrap_if_dead
+
+    _replace_gradient = super(torch.autograd.Function, _ReplaceGradient).apply
+except (ImportError, AttributeError):  # a torch without them: the public route, the same node
+    _replace_gradient = None
+
+
 def attach_gradient(value: Tensor, logits: Tensor, grad: Tensor) -> Tensor:
     """``value`` in the forward pass; in the backward pass ``d value[k] / d logits[k] := grad[k]``.
 
@@ -128,7 +137,9 @@ def attach_gradient(value: Tensor, logits: Tensor, grad: Tensor) -> Tensor:
     ``value``: ``batch``; ``grad``: ``(*batch, *event)`` (``event`` = ``(n,)`` or ``(n, K)``), treated as a constant.
     Gradients that ``value`` already carries (to parameters of f) are kept. Under ``torch.func`` transforms
     (``grad``, ``vjp``, ...), which take only autograd.Functions with a ``setup_context`` (a slower call), the idiom
-    itself is built.
+    itself is built. Otherwise the node is applied through autograd.Function's C entry, doing what the public
+    ``_ReplaceGradient.apply`` does outside transforms (unwrap tensors that outlived a transform, then apply), without
+    its Python frames; ``torch.compile`` traces the public ``apply``.
     """
     if not logits.requires_grad:
         return value
@@ -138,7 +149,9 @@ def attach_gradient(value: Tensor, logits: Tensor, grad: Tensor) -> Tensor:
         weighted = grad * logits
         surrogate = (weighted if weighted.dim() == value.dim() + 1 else weighted.flatten(value.dim())).sum(-1)
         return value + (surrogate - surrogate.detach())
-    return _ReplaceGradient.apply(value, logits, grad)
+    if _replace_gradient is None or _compiling():
+        return _ReplaceGradient.apply(value, logits, grad)
+    return _replace_gradient(_unwrap_if_dead(value), _unwrap_if_dead(logits), _unwrap_if_dead(grad))
 
 
 def expect(f: LossFn, logits: Tensor, estimator: str | Estimator = "reinforce", samples: int = 1,

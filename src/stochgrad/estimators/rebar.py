@@ -200,9 +200,11 @@ class REBAR(Tuned):
         z = logistic_from_uniform(u).add_(a0)                         # a + logistic(u)
         eta, inv_lam, eta_inv_lam, one, *_ = k = self.fixed()
         b = torch.ge(z, 0, out=u)                          # 1[z ≥ 0] into u (not read again): 1[z > 0] but for z = 0
-        score = b - p
+        score = torch.sub(b, p, out=p) if samples == 1 else b - p   # into p's buffer (not read again) when it fits
         zt, neg_slope = BERNOULLI.conditional_and_slope(v, z, score, one)
         xt = torch.stack([z, zt]).mul_(inv_lam)                       # [z, z̃]/λ: (2, *lead, *batch, n)
+        x = (z, zt) if tuning else None                               # (else freed here: a lower peak)
+        del z, zt
         with torch.enable_grad():
             soft = xt.sigmoid_().requires_grad_(True)                 # σ([z, z̃]/λ), in place
             c = f(soft)                                               # (2, *lead, *batch)
@@ -222,7 +224,7 @@ class REBAR(Tuned):
             grad = grad.mean(0)
         if not tuning:
             return grad, f_b, None
-        return grad, f_b, self._tuning_gradient(grad, score, neg_slope, (z, zt), soft, d_f, d_x, c, k, saved, samples)
+        return grad, f_b, self._tuning_gradient(grad, score, neg_slope, x, soft, d_f, d_x, c, k, saved, samples)
 
     def _tuning_gradient(self, grad, score, neg_slope, x, soft, d_f, d_x, c, k, saved, samples) -> Tensor:
         """``∂ mean‖ĝ‖²/∂(η, log λ, ρ)`` for :meth:`_bernoulli`'s ĝ, by hand (the reverse pass that autograd's double

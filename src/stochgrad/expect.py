@@ -193,7 +193,7 @@ def expect(f: LossFn, logits: Tensor, estimator: str | Estimator = "reinforce", 
         ``logits.grad[k]`` the estimator's gradient of example ``k``'s expected loss.
     """
     est = estimator
-    if est.__class__ is str or not hasattr(est, "estimate"):
+    if isinstance(est, str) or not hasattr(est, "estimate"):
         from .estimators import resolve  # here: stochgrad.estimators imports this module
 
         est = resolve(est)
@@ -204,7 +204,7 @@ def expect(f: LossFn, logits: Tensor, estimator: str | Estimator = "reinforce", 
     check_logits(logits, "logits", est)  # (est: its verdict is looked up only where a device needs it)
     if samples.__class__ is not int or samples != 1 or est.min_samples > 1:
         check_samples(samples, est.min_samples, est.name)
-    if generator is not None and generator.__class__ is not Generator and not isinstance(generator, (Generator, Sharded)):
+    if generator is not None and not isinstance(generator, (Generator, Sharded)):
         raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
     if dist is BERNOULLI and logits.dtype not in LOW_PRECISION:  # the common case
         return est.estimate(CheckedLoss(f, 1, logits.ndim), logits, samples, generator)

@@ -66,7 +66,7 @@ def check_logits(logits, name: str = "logits", verdict=None) -> Tensor:
     inf count), else as one reduction and a read; off the host through ``verdict``: the site's :class:`Verdict`, or
     the estimator that owns it (its ``verdict`` is then looked up only there), or ``None`` (no check off the host).
     Inside ``torch.compile`` no value is read (a read would break the graph): the guarded updates remain.
-    One function, one frame: it runs on every call of ``expect`` and of the layers.
+    It runs on every call of ``expect`` and of the layers.
     """
     if not isinstance(logits, Tensor) or not logits.dtype.is_floating_point:
         bad_logits(logits, name)
@@ -75,10 +75,9 @@ def check_logits(logits, name: str = "logits", verdict=None) -> Tensor:
         bad_logits(logits, name)
     if _compiling():
         return logits
-    if "cpu" in HOST_READS if logits.is_cpu else logits.device.type in HOST_READS:  # reads_at_once, in this frame
+    if reads_at_once(logits):
         if len(shape) == 2 and shape[0] * shape[1] <= SMALL:
-            rows = logits.tolist()
-            ok = isfinite(sum(rows[0]) if len(rows) == 1 else sum(map(sum, rows)))
+            ok = isfinite(sum(map(sum, logits.tolist())))
         else:
             acc = _ACCUMULATE.get(logits.dtype)  # (.data: a read without autograd, cheaper than detach())
             ok = isfinite((logits.data.sum() if acc is None else logits.data.sum(dtype=acc)).item())

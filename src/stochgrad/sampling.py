@@ -76,7 +76,7 @@ def bernoulli(probs: Tensor, lead: tuple[int, ...] = (), generator: torch.Genera
     noise ``u`` (:func:`bernoulli_from_uniform_`); a :class:`Sharded` draw's ``u`` is a view into every rank's draw,
     so its ``h`` gets a buffer of its own (the whole draw is not kept alive)."""
     u = uniform((*lead, *probs.shape), probs, generator)
-    if generator is not None and isinstance(generator, Sharded):
+    if isinstance(generator, Sharded):
         return bernoulli_from_uniform(u, probs)
     return bernoulli_from_uniform_(u, probs)
 

@@ -124,6 +124,7 @@ class ScoreFunction(Estimator):
             losses = losses.detach()
         score = h - probs
         baseline = self._modules["baseline"]  # (not self.baseline: nn.Module's __getattr__ costs a µs a call)
+        # (no scale, no keyword: a user's Baseline.centred(score, losses) from before scale= still works)
         centred = baseline.centred(score, losses) if scale is None else baseline.centred(score, losses, scale)
         if update:
             ok = baseline.update(score, losses)
@@ -135,13 +136,13 @@ class ScoreFunction(Estimator):
 
     def estimate(self, f, logits, samples, generator, dist=BERNOULLI):
         probs = dist.probs(logits.detach())
-        h = dist.sample(probs, () if samples == 1 else (samples,), generator)  # (lead(samples), inlined)
+        h = dist.sample(probs, lead(samples), generator)
         losses = f(h)
         if dist is BERNOULLI:
             grad = self.score_gradient(h, probs, losses, logits.requires_grad)
         else:
             grad = self.score_gradient(dist.flat(h), dist.flat(probs), losses, logits.requires_grad).view_as(logits)
-        return attach_gradient(losses if samples == 1 else losses.mean(0), logits, grad)
+        return attach_gradient(over_samples(losses, samples), logits, grad)
 
 
 class Tuned(Estimator, ResizableBuffers):

@@ -37,7 +37,8 @@ import stochgrad as sg
 from stochgrad.runinfo import environment, set_threads
 
 SIZES = [(10, 1), (10, 1024), (1000, 1), (1000, 1024)]
-TUNE_CYCLE = 8  # calls in which REBAR (tune_every=8) and RELAX (tune_every=4) each complete whole tuning cycles
+TUNE_CYCLE = 8  # calls in which REBAR (tune_every=8) and RELAX (tune_every=4, its temperature every 2nd step) each
+# complete whole tuning cycles
 CORE = ["straight_through", "straight_through_sigmoid", "reinforce", "reinforce_ma", "reinforce_optimal",
         "reinforce_loo", "arm", "disarm", "gumbel_st"]
 

@@ -314,6 +314,61 @@ def test_the_hand_tuning_step_with_f_linear_in_its_own_parameters(name):
 
 
 @pytest.mark.parametrize("name", ["rebar", "relax"])
+@pytest.mark.parametrize("samples", [1, 3])
+def test_a_tuning_step_without_the_temperature_is_the_full_step_with_its_gradient_zero(name, samples):
+    """``temperature_every``: on the tuning steps that skip the temperature (no graph of ∂f, no Hessian-vector product),
+    the hand-written gradient of mean ‖ĝ‖² is the full step's with the ``log λ`` entry 0, η's and ρ's exactly the
+    same; the generic autograd path (``log λ`` a leaf that does not require grad) agrees. Same estimate either way."""
+    from stochgrad.distributions import BERNOULLI
+    from stochgrad.expect import CheckedLoss
+
+    p = problems.nonseparable()
+    est = sg.get_estimator(name, tune_every=1, lr=0.2)
+    gen = torch.Generator().manual_seed(0)
+    sample_gradients(est, p.f, p.logits, estimates=400, batch=20, generator=gen)   # 20 tuning steps
+    a0 = p.logits + torch.randn(6, p.n, generator=gen, dtype=torch.float64)
+    u, v = torch.rand(2, *([samples] if samples > 1 else []), 6, p.n, generator=gen, dtype=torch.float64)
+    f = CheckedLoss(p.f, 1, 2)
+    est.begin(a0, p.n, None)
+    full = est._bernoulli(f, a0.clone(), u.clone(), v.clone(), samples, True, True)
+    part = est._bernoulli(f, a0.clone(), u.clone(), v.clone(), samples, True, False)
+    grad_auto, _, pieces = est._by_autograd(f, a0.clone(), u, v, samples, True, BERNOULLI, False)
+    assert not pieces[1].requires_grad and all(x.requires_grad for i, x in enumerate(pieces) if i != 1)
+    wanted = [x for x in pieces if x.requires_grad]
+    g_auto = iter(torch.autograd.grad(grad_auto.square().sum(-1).mean(), wanted))
+    g_auto = torch.cat([next(g_auto) if x.requires_grad else torch.zeros_like(x) for x in pieces])
+    expected = full[2].clone()
+    expected[1] = 0
+    assert full[2][1] != 0
+    assert torch.equal(part[0], full[0]) and torch.equal(part[1], full[1])
+    assert torch.allclose(part[2], expected, rtol=1e-12, atol=0)
+    assert torch.allclose(g_auto, expected, rtol=1e-8, atol=1e-12)
+
+
+@pytest.mark.parametrize("name, every, tune_every", [("relax", 2, 4), ("rebar", 1, 8)])
+def test_the_temperature_takes_its_second_order_pass_every_temperature_every_tuning_steps(name, every, tune_every,
+                                                                                             monkeypatch):
+    """Defaults: RELAX tunes every 4th call and takes the temperature's Hessian-vector product through f on every 2nd
+    of those steps (calls 0, 8, ...); REBAR on each of its steps (every 8th call). Counted at the engine call."""
+    from stochgrad.estimators import rebar
+
+    hvps = []
+    vjp = rebar._vjp
+
+    def counting(out, inp, grad_out, create_graph=False, allow_unused=False):
+        hvps.append(allow_unused)   # the Hessian-vector product is the only call that allows unused inputs
+        return vjp(out, inp, grad_out, create_graph, allow_unused)
+
+    monkeypatch.setattr(rebar, "_vjp", counting)
+    p = problems.nonseparable()
+    est = sg.get_estimator(name)
+    assert (est.tune_every, est.temperature_every) == (tune_every, every)
+    sample_gradients(est, p.f, p.logits, estimates=320, batch=20, generator=torch.Generator().manual_seed(0))  # 16 calls
+    assert est.adam_steps.item() == 16 // tune_every
+    assert sum(hvps) == 16 // (tune_every * every)
+
+
+@pytest.mark.parametrize("name", ["rebar", "relax"])
 def test_the_cached_constants_follow_every_tuning_step(name):
     """The Bernoulli path reads theta's constants (1/λ, η/λ, the network's scaled weights) from a cache that a tuning
     step or a load rewrites in place: after each, the same values, bit for bit, as computed afresh."""

@@ -221,10 +221,13 @@ class Tuned(Estimator, ResizableBuffers):
     def tune_on(self, grad: Tensor, theta, event_dims: int = 1) -> None:
         """One guarded Adam step on ``mean ‖ĝ‖²``; ``grad``: the estimate ``(*batch, *event)``, differentiable
         in ``theta`` (from :meth:`values`), or in the consecutive pieces of it that a tuple ``theta`` holds (leaves
-        of their own: no gradient is scattered back into a full-size ``theta`` per piece)."""
+        of their own: no gradient is scattered back into a full-size ``theta`` per piece; a piece that does not require
+        grad takes a zero gradient this step)."""
         per_example = grad.square().flatten(grad.dim() - event_dims).sum(-1)
         pieces = (theta,) if isinstance(theta, Tensor) else tuple(theta)
-        gs = torch.autograd.grad(per_example.mean(), pieces, allow_unused=True)
+        wanted = [x for x in pieces if x.requires_grad]
+        got = iter(torch.autograd.grad(per_example.mean(), wanted, allow_unused=True))
+        gs = [next(got) if x.requires_grad else None for x in pieces]
         gs = [torch.zeros_like(x) if g is None else g for x, g in zip(pieces, gs)]
         self._step(gs[0] if len(gs) == 1 else torch.cat(gs), per_example.numel())
 

@@ -13,7 +13,11 @@ tune every step, which costs a second-order backward pass through ``f`` each tim
 per call as one step per call at ``lr = 1e-2`` did, at a fraction of the second-order passes: REBAR every
 8th call at ``8e-2``, RELAX every 4th at ``4e-2`` (its network needs more steps: every 8th left its variance
 3–17% higher after 100 calls, depending on the seed; REBAR every 16th, 1–7%); tests/test_modern.py compares
-the variance after tuning. Costs 3 evaluations of ``f`` per sample (at ``b``, ``σ(z/λ)``, ``σ(z̃/λ)``; the last
+the variance after tuning. Only the temperature's gradient needs the second-order pass through ``f`` (a
+Hessian-vector product, and the graph of ``∂f`` it runs through); ``temperature_every`` takes it on every that-many-th
+tuning step, its gradient 0 on the others (Adam's moment carries ``log λ`` on; η and ρ take their full step):
+RELAX every 2nd (every 8th call), which left the variance after tuning within the noise of every step's (it is
+half the cost of a tuning step at 1000 units × 1024 examples, issue 13), REBAR every one. Costs 3 evaluations of ``f`` per sample (at ``b``, ``σ(z/λ)``, ``σ(z̃/λ)``; the last
 two stacked into one call) and one backward pass for ``∂_a c``: for Bernoulli units through ``f`` alone, to the
 relaxed points, chained by hand (``∂z̃/∂a`` in closed form,
 :meth:`~stochgrad.distributions.Bernoulli.conditional_and_slope`; RELAX's network differentiated by hand); for
@@ -97,11 +101,12 @@ class REBAR(Tuned):
     distributions = ("bernoulli", "categorical")
 
     def __init__(self, eta: float = 1.0, temperature: float = 0.5, tune: bool = True, lr: float = 8e-2,
-                 tune_every: int = 8):
+                 tune_every: int = 8, temperature_every: int = 1):
         if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not math.isfinite(eta):
             raise ValueError(f"eta must be a finite number, got {eta!r}")
         temperature = check_positive(temperature, "temperature")
         super().__init__([eta, math.log(temperature)], tune, lr, tune_every)  # theta = [η, log λ, ρ...]
+        self.temperature_every = check_count(temperature_every, "temperature_every")
 
     @property
     def eta(self) -> torch.Tensor:
@@ -118,10 +123,18 @@ class REBAR(Tuned):
         """How ``theta`` splits into the pieces :meth:`constants` reads: ``[η, log λ]`` (RELAX adds its network)."""
         return [1, 1]
 
-    def pieces(self, tuning: bool) -> tuple:
-        """``theta`` split by :meth:`sizes` (views, detached); on a tuning call, leaves that require grad."""
+    def pieces(self, tuning: bool, temperature: bool = True) -> tuple:
+        """``theta`` split by :meth:`sizes` (views, detached); on a tuning call, leaves that require grad (``log λ``
+        only if ``temperature``: a step that leaves its gradient 0)."""
         parts = self.theta.detach().split(self.sizes())
-        return tuple(x.detach().requires_grad_(True) for x in parts) if tuning else parts
+        if not tuning:
+            return parts
+        return tuple(x.detach().requires_grad_(temperature or i != 1) for i, x in enumerate(parts))
+
+    def tunes_temperature(self) -> bool:
+        """Whether this call's tuning step (if it tunes) takes the temperature's gradient: every
+        ``temperature_every``-th tuning step, counted by the calls (so it resumes from ``state_dict``)."""
+        return self._calls // self.tune_every % self.temperature_every == 0
 
     def constants(self, parts: tuple) -> tuple:
         """What the formula reads of ``theta``'s :meth:`pieces`: ``(η, 1/λ, η/λ, 1, *network)`` (0-dim tensors in
@@ -161,11 +174,11 @@ class REBAR(Tuned):
         flattened by the distribution."""
         return None, None, None
 
-    def network_backward(self, saved, k: tuple, up_slope: Tensor, up_value: Tensor):
+    def network_backward(self, saved, k: tuple, up_slope: Tensor, up_value: Tensor, soft_grad: bool = True):
         """Reverse pass through :meth:`network` by hand, given the upstream gradients of its outputs: ``up_slope``
         (of ``∂r/∂soft / λ``, the shape of ``soft``) and ``up_value`` (of ``r`` at the second half of its rows, that
-        is at ``σ(z̃/λ)``). Returns ``(∂/∂soft (the shape of soft) or None, [∂/∂ρ pieces])``: none for REBAR. It may
-        write ``∂/∂soft`` into ``up_slope``."""
+        is at ``σ(z̃/λ)``). Returns ``(∂/∂soft (the shape of soft), or None: none wanted (not ``soft_grad``) or none
+        for REBAR, [∂/∂ρ pieces])``. It may write ``∂/∂soft`` into ``up_slope``."""
         return None, []
 
     def estimate(self, f, logits, samples, generator, dist=BERNOULLI):
@@ -176,12 +189,13 @@ class REBAR(Tuned):
             value = over_samples(f(dist.hard(dist.perturb(a0, u))), samples)
             return attach_gradient(value, logits, torch.zeros_like(a0))
         tuning = self.begin(a0, dist.flat(a0).shape[-1], generator)
+        temperature = tuning and self.tunes_temperature()
         if dist is BERNOULLI:
-            grad, f_b, step = self._bernoulli(f, a0, u, v, samples, tuning)
+            grad, f_b, step = self._bernoulli(f, a0, u, v, samples, tuning, temperature)
             if tuning:
                 self._step(step, grad.numel() // grad.shape[-1])
         else:
-            grad, f_b, theta = self._by_autograd(f, a0, u, v, samples, tuning, dist)
+            grad, f_b, theta = self._by_autograd(f, a0, u, v, samples, tuning, dist, temperature)
             if tuning:
                 self.tune_on(grad, theta, dist.event_dims)
         if not tuning and self.training:
@@ -189,12 +203,16 @@ class REBAR(Tuned):
         self.end()
         return attach_gradient(over_samples(f_b, samples), logits, grad.detach())
 
-    def _bernoulli(self, f, a0, u, v, samples, tuning):
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", temperature_every={self.temperature_every}"
+
+    def _bernoulli(self, f, a0, u, v, samples, tuning, temperature=True):
         """Bernoulli units: ``∂_a c`` by one backward pass through ``f`` alone, to the relaxed points
         ``σ([z, z̃]/λ)``, chained by hand: ``∂z/∂a = 1``, ``∂z̃/∂a`` in closed form
         (:meth:`~stochgrad.distributions.Bernoulli.conditional_and_slope`), ``∂σ(x/λ)/∂x = σ(1 − σ)/λ``, and RELAX's
         network differentiated by hand (:meth:`network`). Returns ``(ĝ, f(b), ∂ mean‖ĝ‖²/∂theta on a tuning call
-        (:meth:`_tuning_gradient`) else None)``. Intermediates of our own are overwritten in place where nothing reads
+        (:meth:`_tuning_gradient`; without the temperature's gradient unless ``temperature``: no graph of ``∂f``, no
+        Hessian-vector product) else None)``. Intermediates of our own are overwritten in place where nothing reads
         them again (fewer full-size temporaries); ``u`` and ``v`` are the caller's fresh noise."""
         p = torch.sigmoid(a0)
         z = logistic_from_uniform(u).add_(a0)                         # a + logistic(u)
@@ -203,13 +221,14 @@ class REBAR(Tuned):
         score = torch.sub(b, p, out=p) if samples == 1 else b - p   # into p's buffer (not read again) when it fits
         zt, neg_slope = BERNOULLI.conditional_and_slope(v, z, score, one)
         xt = torch.stack([z, zt]).mul_(inv_lam)                       # [z, z̃]/λ: (2, *lead, *batch, n)
-        x = (z, zt) if tuning else None                               # (else freed here: a lower peak)
+        temperature = tuning and temperature
+        x = (z, zt) if temperature else None                          # (else freed here: a lower peak)
         del z, zt
         with torch.enable_grad():
             soft = xt.sigmoid_().requires_grad_(True)                 # σ([z, z̃]/λ), in place
             c = f(soft)                                               # (2, *lead, *batch)
             ones = one.expand(c.shape) if c.dtype == one.dtype else torch.ones_like(c)
-            d_f = _vjp(c, soft, ones, create_graph=tuning)            # ∂f/∂σ (a graph for the tuning's HVP)
+            d_f = _vjp(c, soft, ones, create_graph=temperature)       # ∂f/∂σ (a graph for the temperature's HVP)
             f_b = f(b)                                                # (*lead, *batch): the value
         s, c, d_f_ = soft.detach(), c.detach(), d_f.detach()
         r, d_r, saved = self.network(s, k, True)
@@ -230,7 +249,9 @@ class REBAR(Tuned):
         """``∂ mean‖ĝ‖²/∂(η, log λ, ρ)`` for :meth:`_bernoulli`'s ĝ, by hand (the reverse pass that autograd's double
         backward through the whole formula took, Grathwohl et al. Alg. 2): ``η`` enters linearly given ``f`` and
         ``∂f``, ``ρ`` only through the network (:meth:`network_backward`); only ``log λ`` moves the relaxed points
-        ``σ(x/λ)``, so only it needs ``∂f``'s derivative: one Hessian-vector product through ``f``.
+        ``σ(x/λ)``, so only it needs ``∂f``'s derivative: one Hessian-vector product through ``f``. ``x`` ``None``: a
+        step without the temperature (:meth:`tunes_temperature`), whose gradient is then 0 and none of its terms is
+        computed.
 
         With ``W = ∂L/∂(∂c/∂x)`` (``[G, G·(−∂z̃/∂a)]``, ``G = ∂L/∂ĝ``), ``A = W·σ'``, ``γ = ∂L/∂c(z̃) = −⟨G, b − σ(a)⟩``,
         ``S = η∂f/∂σ + ∂r/∂σ``, ``d_x = σ'·S/λ`` (``∂c/∂x``) and ``∂σ/∂log λ = −σ'·x/λ``::
@@ -243,17 +264,22 @@ class REBAR(Tuned):
         eta, inv_lam, eta_inv_lam = k[:3]
         s = soft.detach()
         q = grad  # ∂L/∂ĝ_s (L = mean over examples of ‖ĝ‖²) up to the factor 2/(examples·samples), applied at the end
-        wd = d_x.mul_(q)                                              # W·d_x (d_x is not read again)
-        wd[1].mul_(neg_slope)
-        sum_wd = wd.sum()
-        z, zt = x                                                     # x = [z, z̃]
-        wd[0].mul_(z)
-        wd[1].mul_(zt)                                                # x·W·d_x
-        lam_part = torch.sub(wd.sum(), _dot(wd, s), alpha=2).mul_(inv_lam).add_(sum_wd)   # ⟨W, d_x⟩ + ⟨x/λ, W·d_x·(1 − 2σ)⟩
-        a = _sigmoid_backward_(q, s, grad_input=wd)                   # A = W·σ' (into d_x's buffer, now free)
+        scale = 2 / (grad.numel() // grad.shape[-1] * samples)
+        if x is not None:
+            wd = d_x.mul_(q)                                          # W·d_x (d_x is not read again)
+            wd[1].mul_(neg_slope)
+            sum_wd = wd.sum()
+            z, zt = x                                                 # x = [z, z̃]
+            wd[0].mul_(z)
+            wd[1].mul_(zt)                                            # x·W·d_x
+            lam_part = torch.sub(wd.sum(), _dot(wd, s), alpha=2).mul_(inv_lam).add_(sum_wd)   # ⟨W, d_x⟩ + ⟨x/λ, W·d_x·(1 − 2σ)⟩
+        a = _sigmoid_backward_(q, s, grad_input=d_x)                  # A = W·σ' (into d_x's buffer, now free)
         a[1].mul_(neg_slope)
         neg_gamma = torch.linalg.vecdot(score, q)                    # −γ: (*lead, *batch)
         d_eta = _dot(a, d_f.detach()).mul_(inv_lam).sub_(_dot(neg_gamma, c[1]))
+        if x is None:   # no temperature this step: η and ρ only
+            _, d_net = self.network_backward(saved, k, a, neg_gamma, soft_grad=False)
+            return torch.cat([d_eta.view(1), d_eta.new_zeros(1), *d_net]).mul_(scale)
         # H A, f's Hessian-vector product (None: ∂f/∂σ does not depend on σ, or needs no graph at all: f linear in σ)
         hv = _vjp(d_f, soft, a, allow_unused=True) if d_f.requires_grad else None
         up_soft, d_net = self.network_backward(saved, k, a, neg_gamma)  # (may overwrite a: not read again)
@@ -263,12 +289,13 @@ class REBAR(Tuned):
         rest[1].addcmul_(d_f.detach()[1], (neg_gamma * eta).unsqueeze(-1), value=-1)
         br = _sigmoid_backward_(rest, s, grad_input=rest)            # σ'·(...)
         d_log_lam = _dot(z, br[0]).add_(_dot(zt, br[1])).mul_(inv_lam).add_(lam_part).neg_()
-        return torch.cat([d_eta.view(1), d_log_lam.view(1), *d_net]).mul_(2 / (grad.numel() // grad.shape[-1] * samples))
+        return torch.cat([d_eta.view(1), d_log_lam.view(1), *d_net]).mul_(scale)
 
-    def _by_autograd(self, f, a0, u, v, samples, tuning, dist):
-        """Any distribution (categorical units): ``∂_a c`` by autograd through the conditional sample's graph."""
+    def _by_autograd(self, f, a0, u, v, samples, tuning, dist, temperature=True):
+        """Any distribution (categorical units): ``∂_a c`` by autograd through the conditional sample's graph (``log λ``
+        a leaf that requires grad on a tuning call only if ``temperature``)."""
         probs = dist.probs(a0)
-        theta = self.pieces(tuning)
+        theta = self.pieces(tuning, temperature)
         with torch.enable_grad():
             eta, inv_lam, *_ = k = self.constants(theta)
             a = a0.requires_grad_(True)
@@ -297,8 +324,8 @@ class RELAX(REBAR):
     description = "RELAX (Grathwohl 2018): REBAR's control variate plus a learned network r(σ(z/λ)), all tuned"
 
     def __init__(self, eta: float = 1.0, temperature: float = 0.5, hidden: int = 10, tune: bool = True,
-                 lr: float = 4e-2, tune_every: int = 4):
-        super().__init__(eta, temperature, tune, lr, tune_every)
+                 lr: float = 4e-2, tune_every: int = 4, temperature_every: int = 2):
+        super().__init__(eta, temperature, tune, lr, tune_every, temperature_every)
         self.hidden = check_count(hidden, "hidden")
 
     def units(self) -> int:
@@ -361,7 +388,7 @@ class RELAX(REBAR):
         y = _sigmoid_backward(w2_4r, g)
         return r, (y @ w1_lam).view(soft.shape), (flat, g, y, False)
 
-    def network_backward(self, saved, k, up_slope, up_value):
+    def network_backward(self, saved, k, up_slope, up_value, soft_grad=True):
         """The reverse pass of :meth:`network` by hand (``h = tanh(W1 σ + b1)``, ``y = w2 ⊙ (1 − h²)``,
         ``r = w2·h + b2``, ``∂r/∂σ / λ = y W1/λ``): with ``P = (W1/λ) A`` for the upstream ``A`` of the slope and ``γ``
         of ``r`` (second half of the rows), ``∂pre = y ⊙ (γ − 2 h P)``, ``∂W1 = ∂preᵀσ + yᵀA/λ``, ``∂b1 = Σ ∂pre``,
@@ -380,7 +407,7 @@ class RELAX(REBAR):
         d_half[:, half:].sub_(neg_gamma, alpha=0.5)
         d_half.mul_(y_t)                                                              # ∂pre / 2: (hidden, m)
         d_w1 = torch.addmm(torch.mm(y_t, up).mul_(inv_lam), d_half, flat, alpha=2)
-        d_soft = _rows(d_half, w1_2, out=up).view(up_slope.shape)                   # into A's buffer: read above
+        d_soft = _rows(d_half, w1_2, out=up).view(up_slope.shape) if soft_grad else None   # into A's buffer: read above
         return d_soft, [d_w1.view(-1), d_half.sum(1).mul_(2), d_w2, sum_ng.neg().view(1)]
 
     def extra_repr(self) -> str:

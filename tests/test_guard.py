@@ -104,6 +104,8 @@ def test_firing_rate_control_options():
     (lambda: sg.get_estimator("rebar", eta=float("nan")), "eta"),
     (lambda: sg.get_estimator("rebar", temperature=float("inf")), "temperature"),
     (lambda: sg.get_estimator("rebar", tune_every=0), "tune_every"),
+    (lambda: sg.get_estimator("relax", temperature_every=0), "temperature_every"),
+    (lambda: sg.get_estimator("rebar", temperature_every=True), "temperature_every"),
     (lambda: sg.get_estimator("relax", hidden=0), "hidden"),
     (lambda: sg.get_estimator("relax", lr=float("nan")), "lr"),
     (lambda: sg.NoisyRectifier(float("inf")), "sigma"),

@@ -145,11 +145,12 @@ def _total_variance(est, p, gen, n=6000):
 @pytest.mark.parametrize("name", ["rebar", "relax"])
 @pytest.mark.parametrize("problem", ["two_layer", "nonseparable"])
 def test_tuning_every_few_calls_tunes_as_well_as_every_call(name, problem):
-    """Defaults (rebar: tune every 8th call, lr 8e-2; relax: every 4th, 4e-2, 10 hidden units) against the former
-    setting (every call, lr 1e-2; relax with its former 16 hidden units), 100 calls each."""
+    """Defaults (rebar: tune every 8th call, lr 8e-2; relax: every 4th, 4e-2, 10 hidden units, its temperature every
+    2nd step) against the former setting (every call, every term, lr 1e-2; relax with its former 16 hidden units),
+    100 calls each."""
     p = HARD[problem]()
     result = []
-    former = {"tune_every": 1, "lr": 1e-2, **({"hidden": 16} if name == "relax" else {})}
+    former = {"tune_every": 1, "temperature_every": 1, "lr": 1e-2, **({"hidden": 16} if name == "relax" else {})}
     for options in ({}, former):
         est = sg.get_estimator(name, **options)
         gen = torch.Generator().manual_seed(0)
@@ -345,6 +346,41 @@ def test_a_tuning_step_without_the_temperature_is_the_full_step_with_its_gradien
     assert torch.allclose(g_auto, expected, rtol=1e-8, atol=1e-12)
 
 
+@pytest.mark.parametrize("name", ["rebar", "relax"])
+@pytest.mark.parametrize("categorical", [False, True])
+def test_a_step_without_the_temperature_leaves_its_gradient_zero_through_estimate(name, categorical, monkeypatch):
+    """End to end, Bernoulli (hand-written step) and categorical units (autograd, ``log λ`` a leaf without grad):
+    with ``tune_every=1, temperature_every=2`` the step's gradient has ``log λ``'s entry 0 on every 2nd call, and
+    its other entries non-zero; on the others every entry is non-zero."""
+    from stochgrad.estimators import base
+
+    steps = []
+    take = base.Tuned._step
+
+    def spy(self, g, count):
+        steps.append(g.clone())
+        return take(self, g, count)
+
+    monkeypatch.setattr(base.Tuned, "_step", spy)
+    est = sg.get_estimator(name, tune_every=1, temperature_every=2)
+    gen = torch.Generator().manual_seed(0)
+    if categorical:
+        a = torch.randn(8, 3, 4, generator=gen, dtype=torch.float64)
+        kw = {"distribution": "categorical"}
+    else:
+        a = torch.randn(8, 5, generator=gen, dtype=torch.float64)
+        kw = {}
+    target = torch.randn(a.shape, generator=gen, dtype=torch.float64)
+    dims = (-2, -1) if categorical else -1
+    f = lambda b: (b - target.tanh()).square().sum(dims)  # noqa: E731
+    for _ in range(4):
+        sg.expect(f, a.clone().requires_grad_(True), est, generator=gen, **kw).sum().backward()
+    assert len(steps) == 4
+    for i, g in enumerate(steps):
+        assert (g[1] != 0) == (i % 2 == 0), (i, g)
+        assert g[0] != 0
+
+
 @pytest.mark.parametrize("name, every, tune_every", [("relax", 2, 4), ("rebar", 1, 8)])
 def test_the_temperature_takes_its_second_order_pass_every_temperature_every_tuning_steps(name, every, tune_every,
                                                                                              monkeypatch):
@@ -352,20 +388,28 @@ def test_the_temperature_takes_its_second_order_pass_every_temperature_every_tun
     of those steps (calls 0, 8, ...); REBAR on each of its steps (every 8th call). Counted at the engine call."""
     from stochgrad.estimators import rebar
 
-    hvps = []
+    hvps, graphs = [], []
     vjp = rebar._vjp
 
     def counting(out, inp, grad_out, create_graph=False, allow_unused=False):
-        hvps.append(allow_unused)   # the Hessian-vector product is the only call that allows unused inputs
+        if allow_unused:   # the Hessian-vector product is the only call that allows unused inputs
+            hvps.append(est._calls)
+        elif create_graph:   # the pass that makes ∂f/∂σ, with a graph for that product
+            graphs.append(est._calls)
         return vjp(out, inp, grad_out, create_graph, allow_unused)
 
     monkeypatch.setattr(rebar, "_vjp", counting)
     p = problems.nonseparable()
     est = sg.get_estimator(name)
     assert (est.tune_every, est.temperature_every) == (tune_every, every)
-    sample_gradients(est, p.f, p.logits, estimates=320, batch=20, generator=torch.Generator().manual_seed(0))  # 16 calls
+    gen = torch.Generator().manual_seed(0)
+    sample_gradients(est, p.f, p.logits, estimates=100, batch=20, generator=gen)   # 5 calls
+    resumed = sg.get_estimator(name)   # the phase travels with state_dict
+    resumed.load_state_dict(est.state_dict())
+    est = resumed
+    sample_gradients(est, p.f, p.logits, estimates=220, batch=20, generator=gen)   # 11 more: 16 calls
     assert est.adam_steps.item() == 16 // tune_every
-    assert sum(hvps) == 16 // (tune_every * every)
+    assert hvps == graphs == list(range(0, 16, tune_every * every))
 
 
 @pytest.mark.parametrize("name", ["rebar", "relax"])

@@ -13,18 +13,22 @@ tune every step, which costs a second-order backward pass through ``f`` each tim
 per call as one step per call at ``lr = 1e-2`` did, at a fraction of the second-order passes: REBAR every
 8th call at ``8e-2``, RELAX every 4th at ``4e-2`` (its network needs more steps: every 8th left its variance
 3–17% higher after 100 calls, depending on the seed; REBAR every 16th, 1–7%); tests/test_modern.py compares
-the variance after tuning. Only the temperature's gradient needs the second-order pass through ``f`` (a
-Hessian-vector product, and the graph of ``∂f`` it runs through); ``temperature_every`` takes it on every that-many-th
-tuning step, its gradient 0 on the others (Adam's moment carries ``log λ`` on; η and ρ take their full step):
-RELAX every 2nd (every 8th call), which left the variance after tuning within the noise of every step's (it is
-half the cost of a tuning step at 1000 units × 1024 examples, issue 13), REBAR every one. Costs 3 evaluations of ``f`` per sample (at ``b``, ``σ(z/λ)``, ``σ(z̃/λ)``; the last
+the variance after tuning. Costs 3 evaluations of ``f`` per sample (at ``b``, ``σ(z/λ)``, ``σ(z̃/λ)``; the last
 two stacked into one call) and one backward pass for ``∂_a c``: for Bernoulli units through ``f`` alone, to the
 relaxed points, chained by hand (``∂z̃/∂a`` in closed form,
 :meth:`~stochgrad.distributions.Bernoulli.conditional_and_slope`; RELAX's network differentiated by hand); for
 categorical units through the conditional sample's graph. On a tuning call the Bernoulli path writes the step's
 gradient ``∂ mean‖ĝ‖²/∂(η, λ, ρ)`` out by hand too (:meth:`REBAR._tuning_gradient`): ``η`` and ``ρ`` need no
-second-order pass through ``f``, ``log λ`` one Hessian-vector product (the pass is created with a graph for it);
-the categorical path differentiates the formula twice by autograd.
+second-order pass through ``f``, ``log λ`` one Hessian-vector product (the pass that makes ``∂f`` is then created
+with a graph for it); the categorical path differentiates the formula twice by autograd.
+
+Only the temperature's gradient needs that second-order pass, and it is half the cost of a tuning step at 1000 units
+× 1024 examples (issue 13). ``temperature_every`` takes it on every that-many-th tuning step (counted by the calls,
+so the phase resumes from ``state_dict``) and leaves it 0 on the others, where η and ρ take their full step and
+Adam's decaying moments carry ``log λ`` on: per ``k`` tuning steps the temperature then moves about ``√k``, not ``k``,
+steps' worth. RELAX takes it every 2nd step (every 8th call), which left the variance after tuning within the noise
+of every step's (tests/test_modern.py); REBAR, whose temperature is half of what it tunes, every step. The saving
+is the Bernoulli path's: on categorical units autograd's double backward still runs through ``f``'s backward for η.
 
 The tuning is :class:`~stochgrad.estimators.base.Tuned`'s, shared with ``double_cv`` and ``rodeo``: the
 tuned quantities are estimator *state*, not model parameters: one vector buffer ``theta`` =

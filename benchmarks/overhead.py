@@ -277,7 +277,7 @@ def reps_for(D, B, quick, device):
     return (3 if big else 30) if quick else (10 if big else 150)
 
 
-def run(quick: bool, device: torch.device, n_rounds: int, everything: bool) -> dict:
+def run(quick: bool, device: torch.device, n_rounds: int, everything: bool, sizes=SIZES) -> dict:
     torch.manual_seed(0)
     rng = random.Random(0)
     now = clock(device)
@@ -286,15 +286,15 @@ def run(quick: bool, device: torch.device, n_rounds: int, everything: bool) -> d
                                "with a synchronisation per block), candidates shuffled within each round",
                      "device": str(device), "rounds": n_rounds, "core": {}, "core_tuned": {}, "rebar_relax": {},
                      "all": {}}
-    header = "| " + " | ".join(f"D={D}, b={B}" for D, B in SIZES) + " |"
+    header = "| " + " | ".join(f"D={D}, b={B}" for D, B in sizes) + " |"
     print(f"# stochgrad overhead ({device}, {torch.get_num_threads()} thread(s), {n_rounds} rounds)\n")
     print("## 1. stochgrad / hand-written plain torch (median [quartiles] of within-round ratios; target <= 1.1)\n")
     print("| estimator " + header)
-    print("|---|" + "---|" * len(SIZES))
+    print("|---|" + "---|" * len(sizes))
     table: dict[str, list] = {name: [] for name in ["control: plain reinforce / itself", *CORE]}
     table_tuned: dict[str, list] = {name: [] for name in CORE}
     table_rr: dict[str, list] = {"rebar": [], "relax": []}
-    for D, B in SIZES:
+    for D, B in sizes:
         a = torch.randn(B, D, device=device, requires_grad=True)
         cands = {"plain reinforce": reference("reinforce", gen), "plain reinforce (again)": reference("reinforce", gen)}
         for name in CORE:
@@ -315,32 +315,32 @@ def run(quick: bool, device: torch.device, n_rounds: int, everything: bool) -> d
             table_rr[name].append(ratio(times, name, "plain reinforce"))
     for name, cells in table.items():
         print(f"| {name} | " + " | ".join(cell(c) for c in cells) + " |")
-        results["core"][name] = {f"D={D},b={B}": c for (D, B), c in zip(SIZES, cells)}
+        results["core"][name] = {f"D={D},b={B}": c for (D, B), c in zip(sizes, cells)}
     worst = max(c[0] for name in CORE for c in table[name])
     print(f"\nworst median ratio of a core estimator: {worst:.2f}\n")
     print("## 1b. the same runs, against references written with stochgrad's dispatch savings (in-place threshold, "
           "one-node replace-gradient, sign-clamp threshold): the library's own per-call tax\n")
     print("| estimator " + header)
-    print("|---|" + "---|" * len(SIZES))
+    print("|---|" + "---|" * len(sizes))
     for name, cells in table_tuned.items():
         print(f"| {name} | " + " | ".join(cell(c) for c in cells) + " |")
-        results["core_tuned"][name] = {f"D={D},b={B}": c for (D, B), c in zip(SIZES, cells)}
+        results["core_tuned"][name] = {f"D={D},b={B}": c for (D, B), c in zip(sizes, cells)}
     results["worst_core_tuned"] = max(c[0] for name in CORE for c in table_tuned[name])
     print(f"\nworst median ratio against the tuned references: {results['worst_core_tuned']:.2f}\n")
     print("## 2. REBAR and RELAX (default settings) / hand-written plain reinforce (target <= 5)\n")
     print("| estimator " + header)
-    print("|---|" + "---|" * len(SIZES))
+    print("|---|" + "---|" * len(sizes))
     for name, cells in table_rr.items():
         print(f"| {name} | " + " | ".join(cell(c) for c in cells) + " |")
-        results["rebar_relax"][name] = {f"D={D},b={B}": c for (D, B), c in zip(SIZES, cells)}
+        results["rebar_relax"][name] = {f"D={D},b={B}": c for (D, B), c in zip(sizes, cells)}
     results["worst_core"] = worst
     if everything:
         print("\n## 3. every estimator / stochgrad reinforce (samples = 1; loo 2)\n")
         print("| estimator | f evals " + header)
-        print("|---|---|" + "---|" * len(SIZES))
+        print("|---|---|" + "---|" * len(sizes))
         for name, info in sg.estimators().items():
             cells = []
-            for D, B in SIZES:
+            for D, B in sizes:
                 if name == "exact" and D > 10 or name == "finite_difference" and D * D * B > 2e6:
                     cells.append("n/a")
                     continue
@@ -353,6 +353,17 @@ def run(quick: bool, device: torch.device, n_rounds: int, everything: bool) -> d
     return results
 
 
+def _sizes(text: str) -> list[tuple[int, int]]:
+    """``"10x1,1000x1"`` as ``[(10, 1), (1000, 1)]``: units ``D`` by examples ``b``."""
+    try:
+        cells = [tuple(int(v) for v in cell.lower().split("x")) for cell in text.split(",")]
+    except ValueError:
+        cells = []
+    if not cells or any(len(c) != 2 or min(c) < 1 for c in cells):
+        raise argparse.ArgumentTypeError(f"sizes must look like 10x1,1000x1024 (units x examples), got {text!r}")
+    return cells
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer calls per block (a smoke test)")
@@ -363,13 +374,16 @@ def main(argv=None):
     parser.add_argument("--json", help="write the figures to this file")
     parser.add_argument("--keep-heap", action="store_true",
                         help="glibc: fixed malloc thresholds for the whole process (see keep_heap); default: dynamic")
+    parser.add_argument("--sizes", type=_sizes, default=SIZES,
+                        help="the (units x examples) cells, e.g. 10x1,1000x1 (default: 10x1,10x1024,1000x1,1000x1024)")
     parser.add_argument("--categorical", action="store_true",
                         help="also categorical units (n, K) against hand-written torch (overhead_categorical.py)")
     args = parser.parse_args(argv)
     set_threads(args.threads)
     kept = keep_heap() if args.keep_heap else False
     print(f"glibc heap thresholds: {'fixed (--keep-heap)' if kept else 'dynamic (default)'}")
-    results = run(args.quick, torch.device(args.device), args.rounds or (5 if args.quick else 9), args.all)
+    results = run(args.quick, torch.device(args.device), args.rounds or (5 if args.quick else 9), args.all,
+                  args.sizes)
     if args.categorical:  # issue 10: the same method, on one-hot categorical units
         from overhead_categorical import run as run_categorical
         print()

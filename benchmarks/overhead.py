@@ -20,7 +20,9 @@ the resolution of the whole table.
 3. (``--all``) every estimator against stochgrad's reinforce.
 
 f is the separable quadratic ``Σ (b − 0.45)²`` so that the estimator's own work dominates.
-Run: ``python benchmarks/overhead.py [--quick] [--device cuda] [--json out.json]``.
+Rounds: 25 at the large cells, 75 at the cheap one-example ones, where jitter is a larger part of a call
+(:func:`rounds_for`; ``--rounds``, ``--small-rounds``). A full run takes ~25–30 min on the 2-core VM.
+Run: ``python benchmarks/overhead.py [--quick] [--device cuda] [--sizes 10x1,1000x1] [--json out.json]``.
 """
 from __future__ import annotations
 
@@ -277,17 +279,31 @@ def reps_for(D, B, quick, device):
     return (3 if big else 30) if quick else (10 if big else 150)
 
 
-def run(quick: bool, device: torch.device, n_rounds: int, everything: bool, sizes=SIZES) -> dict:
+def rounds_for(D, B, n_rounds: int, small_rounds: int) -> int:
+    """Rounds at one cell: ``small_rounds`` where a call is cheap (``D·B < 100000``: the one-example cells), else
+    ``n_rounds``. A call there takes ~100–300 µs on the 2-core VM, so the machine's jitter is a larger part of each
+    round's ratio: at 25 rounds each median moves by ~±0.05 from run to run and the largest of the nine core
+    medians reads 1.07–1.17 where the estimators' own cost is ~3–8% (results/s7). The rounds are cheap there (a
+    75-round cell takes ~1–2 min against ~4–9 min for 25 rounds at 1000 × 1024)."""
+    return small_rounds if D * B < 100000 else n_rounds
+
+
+def run(quick: bool, device: torch.device, n_rounds: int, everything: bool, sizes=SIZES,
+        small_rounds: int | None = None) -> dict:
+    """Prints and returns the tables. ``n_rounds`` rounds at the large cells, ``small_rounds`` (default: the same)
+    at the one-example ones (:func:`rounds_for`)."""
+    small_rounds = small_rounds or n_rounds
     torch.manual_seed(0)
     rng = random.Random(0)
     now = clock(device)
     gen = torch.Generator(device=device).manual_seed(0)
     results: dict = {"method": "median of within-round ratios [quartiles], process CPU time (CUDA: wall time "
                                "with a synchronisation per block), candidates shuffled within each round",
-                     "device": str(device), "rounds": n_rounds, "core": {}, "core_tuned": {}, "rebar_relax": {},
+                     "device": str(device), "rounds": n_rounds, "small_rounds": small_rounds, "core": {}, "core_tuned": {}, "rebar_relax": {},
                      "all": {}}
     header = "| " + " | ".join(f"D={D}, b={B}" for D, B in sizes) + " |"
-    print(f"# stochgrad overhead ({device}, {torch.get_num_threads()} thread(s), {n_rounds} rounds)\n")
+    print(f"# stochgrad overhead ({device}, {torch.get_num_threads()} thread(s), {n_rounds} rounds; "
+          f"{small_rounds} at D·b < 100000)\n")
     print("## 1. stochgrad / hand-written plain torch (median [quartiles] of within-round ratios; target <= 1.1)\n")
     print("| estimator " + header)
     print("|---|" + "---|" * len(sizes))
@@ -301,7 +317,8 @@ def run(quick: bool, device: torch.device, n_rounds: int, everything: bool, size
             cands[name] = ours(name, gen)
             cands["plain " + name] = reference(name, gen)
             cands["tuned " + name] = reference(name, gen, tuned=True)
-        times = rounds(cands, a, reps_for(D, B, quick, device), n_rounds, now, rng)
+        n = rounds_for(D, B, n_rounds, small_rounds)
+        times = rounds(cands, a, reps_for(D, B, quick, device), n, now, rng)
         table["control: plain reinforce / itself"].append(ratio(times, "plain reinforce (again)", "plain reinforce"))
         for name in CORE:
             table[name].append(ratio(times, name, "plain " + name))
@@ -309,7 +326,7 @@ def run(quick: bool, device: torch.device, n_rounds: int, everything: bool, size
         rr = {"plain reinforce": reference("reinforce", gen), "rebar": ours("rebar", gen), "relax": ours("relax", gen)}
         # blocks of whole tuning cycles (REBAR tunes every 8th call, RELAX every 4th): each block's calls hold the
         # defaults' mix of tuning and plain calls, whatever the phase of the estimators' call counters
-        times = rounds(rr, a, max(TUNE_CYCLE, reps_for(D, B, quick, device) // 3 // TUNE_CYCLE * TUNE_CYCLE), n_rounds,
+        times = rounds(rr, a, max(TUNE_CYCLE, reps_for(D, B, quick, device) // 3 // TUNE_CYCLE * TUNE_CYCLE), n,
                        now, rng)
         for name in table_rr:
             table_rr[name].append(ratio(times, name, "plain reinforce"))
@@ -367,7 +384,9 @@ def _sizes(text: str) -> list[tuple[int, int]]:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer calls per block (a smoke test)")
-    parser.add_argument("--rounds", type=int, default=0, help="rounds (default 9; quick 5)")
+    parser.add_argument("--rounds", type=int, default=0, help="rounds at the large cells (default 25; quick 5)")
+    parser.add_argument("--small-rounds", type=int, default=0,
+                        help="rounds at the cheap one-example cells, D·b < 100000 (default 3 × --rounds; quick: --rounds)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--all", action="store_true", help="also every estimator against stochgrad's reinforce")
@@ -382,13 +401,14 @@ def main(argv=None):
     set_threads(args.threads)
     kept = keep_heap() if args.keep_heap else False
     print(f"glibc heap thresholds: {'fixed (--keep-heap)' if kept else 'dynamic (default)'}")
-    results = run(args.quick, torch.device(args.device), args.rounds or (5 if args.quick else 9), args.all,
-                  args.sizes)
+    n_rounds = args.rounds or (5 if args.quick else 25)
+    results = run(args.quick, torch.device(args.device), n_rounds, args.all, args.sizes,
+                  args.small_rounds or (n_rounds if args.quick else 3 * n_rounds))
     if args.categorical:  # issue 10: the same method, on one-hot categorical units
         from overhead_categorical import run as run_categorical
         print()
         results["categorical"] = run_categorical(args.quick, torch.device(args.device),
-                                                 args.rounds or (5 if args.quick else 9))
+                                                 n_rounds)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({**results, "keep_heap": kept, "environment": environment()}, fh, indent=1)

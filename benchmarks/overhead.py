@@ -21,7 +21,7 @@ the resolution of the whole table.
 
 f is the separable quadratic ``Σ (b − 0.45)²`` so that the estimator's own work dominates.
 Rounds: 25 at the large cells, 75 at the cheap one-example ones, where jitter is a larger part of a call
-(:func:`rounds_for`; ``--rounds``, ``--small-rounds``). A full run takes ~25–30 min on the 2-core VM.
+(:func:`rounds_for`; ``--rounds``, ``--small-rounds``). A full run takes ~9 min on the 2-core VM.
 Run: ``python benchmarks/overhead.py [--quick] [--device cuda] [--sizes 10x1,1000x1] [--json out.json]``.
 """
 from __future__ import annotations
@@ -283,8 +283,8 @@ def rounds_for(D, B, n_rounds: int, small_rounds: int) -> int:
     """Rounds at one cell: ``small_rounds`` where a call is cheap (``D·B < 100000``: the one-example cells), else
     ``n_rounds``. A call there takes ~100–300 µs on the 2-core VM, so the machine's jitter is a larger part of each
     round's ratio: at 25 rounds each median moves by ~±0.05 from run to run and the largest of the nine core
-    medians reads 1.07–1.17 where the estimators' own cost is ~3–8% (results/s7). The rounds are cheap there (a
-    75-round cell takes ~1–2 min against ~4–9 min for 25 rounds at 1000 × 1024)."""
+    medians reads 1.07–1.17 where the estimators' own cost is ~3–8% (results/s7). The rounds are cheap there: a full run
+    with 75 of them and 25 at the large cells took ~9 minutes (results/s8)."""
     return small_rounds if D * B < 100000 else n_rounds
 
 

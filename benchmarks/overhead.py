@@ -272,20 +272,25 @@ def cell(r) -> str:
     return f"{r[0]:.2f} [{r[1]:.2f}, {r[2]:.2f}]"
 
 
+def cheap(D, B) -> bool:
+    """A cell whose call is cheap on the CPU (``D·B < 100000``: the one-example cells): more calls per block
+    (:func:`reps_for`) and more rounds (:func:`rounds_for`)."""
+    return D * B < 100000
+
+
 def reps_for(D, B, quick, device):
     if device.type == "cuda":
         return 20 if quick else 100
-    big = D * B >= 100000
-    return (3 if big else 30) if quick else (10 if big else 150)
+    return (30 if cheap(D, B) else 3) if quick else (150 if cheap(D, B) else 10)
 
 
 def rounds_for(D, B, n_rounds: int, small_rounds: int) -> int:
-    """Rounds at one cell: ``small_rounds`` where a call is cheap (``D·B < 100000``: the one-example cells), else
+    """Rounds at one cell: ``small_rounds`` where a call is cheap (:func:`cheap`: the one-example cells), else
     ``n_rounds``. A call there takes ~100–300 µs on the 2-core VM, so the machine's jitter is a larger part of each
     round's ratio: at 25 rounds each median moves by ~±0.05 from run to run and the largest of the nine core
-    medians reads 1.07–1.17 where the estimators' own cost is ~3–8% (results/s7). The rounds are cheap there: a full run
-    with 75 of them and 25 at the large cells took ~9 minutes (results/s8)."""
-    return small_rounds if D * B < 100000 else n_rounds
+    medians reads 1.07–1.17 where the estimators' own cost is ~3–8% (results/s7). The rounds are cheap there: a
+    full run with 75 of them and 25 at the large cells took ~9 minutes (results/s8)."""
+    return small_rounds if cheap(D, B) else n_rounds
 
 
 def run(quick: bool, device: torch.device, n_rounds: int, everything: bool, sizes=SIZES,
@@ -299,8 +304,8 @@ def run(quick: bool, device: torch.device, n_rounds: int, everything: bool, size
     gen = torch.Generator(device=device).manual_seed(0)
     results: dict = {"method": "median of within-round ratios [quartiles], process CPU time (CUDA: wall time "
                                "with a synchronisation per block), candidates shuffled within each round",
-                     "device": str(device), "rounds": n_rounds, "small_rounds": small_rounds, "core": {}, "core_tuned": {}, "rebar_relax": {},
-                     "all": {}}
+                     "device": str(device), "rounds": n_rounds, "small_rounds": small_rounds, "core": {},
+                     "core_tuned": {}, "rebar_relax": {}, "all": {}}
     header = "| " + " | ".join(f"D={D}, b={B}" for D, B in sizes) + " |"
     print(f"# stochgrad overhead ({device}, {torch.get_num_threads()} thread(s), {n_rounds} rounds; "
           f"{small_rounds} at D·b < 100000)\n")
@@ -386,7 +391,8 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="fewer calls per block (a smoke test)")
     parser.add_argument("--rounds", type=int, default=0, help="rounds at the large cells (default 25; quick 5)")
     parser.add_argument("--small-rounds", type=int, default=0,
-                        help="rounds at the cheap one-example cells, D·b < 100000 (default 3 × --rounds; quick: --rounds)")
+                        help="rounds at the cheap one-example cells, D·b < 100000 "
+                             "(default 3 × --rounds; quick: --rounds)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--all", action="store_true", help="also every estimator against stochgrad's reinforce")

@@ -31,7 +31,7 @@ from torch import nn
 import stochgrad as sg
 from stochgrad.runinfo import environment, set_threads
 
-from overhead import cell, clock, ratio, timed_rounds  # the same timing method (benchmarks/ is on sys.path)
+from timing import cell, clock, ratio, timed_rounds  # the same timing method (benchmarks/ is on sys.path)
 
 
 def quad(b):

@@ -1,4 +1,4 @@
-"""Fault runs for issue 14: ``kill -9`` of ``stochgrad train vae`` at random moments (some during a
+"""Fault runs of the checkpoints: ``kill -9`` of ``stochgrad train vae`` at random moments (some during a
 checkpoint write), each followed by ``--resume`` until the run finishes; every finished run must equal an
 uninterrupted run of the same length: the final checkpoint's tensors, the metrics rows (step, ELBO,
 gradient variance) and the summary's numbers (training time, steps per second and environment aside). Then a disk-full

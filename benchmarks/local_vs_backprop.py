@@ -2,7 +2,7 @@
 1024 units, batch 128), broadcast-only local learning (``reinforce_optimal`` layers, ``broadcast(local=True)``)
 against the same step with back-propagation (``straight_through`` layers, ``loss.backward()``).
 
-What is compared, and why it is the fair comparison (issue 13): the same network, the same forward sampling
+What is compared, and why it is the fair comparison: the same network, the same forward sampling
 (``h = 1[u < σ(a)]``, one uniform per unit), the same loss (cross-entropy of a linear read-out), the same SGD
 step, zeroed gradients set to ``None`` (PyTorch's default) on both sides; every candidate writes the threshold
 ``1[u < σ(a)]`` over its fresh noise, as stochgrad's sampler does (one pass, no boolean buffer).
@@ -47,7 +47,7 @@ from torch import nn
 import stochgrad as sg
 from stochgrad.runinfo import environment, set_threads
 
-from overhead import clock, keep_heap, ratio, timed_rounds  # the same timing method (benchmarks/ is on sys.path)
+from timing import clock, keep_heap, ratio, timed_rounds  # the same timing method (benchmarks/ is on sys.path)
 
 DECAY = 0.9  # reinforce_optimal's default
 

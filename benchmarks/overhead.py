@@ -1,56 +1,73 @@
 """Cost of a gradient estimate through stochgrad, as same-round ratios (a shared machine: never absolute claims).
 
-Method (robust on a loaded machine): every candidate of one size is timed in *rounds*; within a round the
-candidates run in a freshly shuffled order, each for a block of calls, timed in **process CPU time**
-(``time.process_time``; on CUDA, wall time with a synchronisation at the end of each block). A ratio is
-taken *within* each round (the neighbours shared the machine's state) and the table reports the median
-of the rounds' ratios with its spread (the interquartile range). The control row times the hand-written
-reinforce against itself (two candidates, same function): it must read 1.00 ± noise, and its spread is
-the resolution of the whole table.
+Method (``timing.py``): every candidate of one size is timed in *rounds*; within a round the candidates run in a
+freshly shuffled order, each for a block of calls, timed in **process CPU time** (on CUDA, wall time with a
+synchronisation at the end of each block). A ratio is taken *within* each round (the neighbours shared the machine's
+state) and the table reports the median of the rounds' ratios with its spread (the interquartile range). The control
+row times the hand-written reinforce against itself (two candidates, same function): it must read 1.00 ± noise, and
+its spread is the resolution of the whole table.
 
-1. Core estimators against a hand-written plain-torch version of the same formula, in the common idioms
-   (target <= 1.1).
-1b. The same runs, against the same formulas hand-written with the dispatch savings stochgrad uses itself (the
-   threshold written in place, the replace-gradient as one autograd node, ...): what the library's own checks and
-   layers cost per call, with nothing gained back from doing fewer torch operations than the common idioms.
-2. REBAR and RELAX, default settings (tuning every ``tune_every`` calls), against plain reinforce
-   (target <= 5); each block a whole number of tuning cycles (8 calls), so that it holds the defaults' mix of tuning
-   and plain calls (blocks of 3 calls at the largest size held a tuning call in 3 of 4 blocks: the median
-   overweighted it).
-3. (``--all``) every estimator against stochgrad's reinforce.
+The distribution is a parameter (``--distribution``):
 
-f is the separable quadratic ``Σ (b − 0.45)²`` so that the estimator's own work dominates.
-Rounds: 25 at the large cells, 75 at the cheap one-example ones, where jitter is a larger part of a call
-(:func:`rounds_for`; ``--rounds``, ``--small-rounds``). A full run takes ~9 min on the 2-core VM.
-Run: ``python benchmarks/overhead.py [--quick] [--device cuda] [--sizes 10x1,1000x1] [--json out.json]``.
+- ``bernoulli`` (default): logits ``(b, D)``, ``f(b) = Σ (b − 0.45)²``.
+
+  1. Core estimators against a hand-written plain-torch version of the same formula, in the common idioms
+     (target <= 1.1).
+  1b. The same runs, against the same formulas hand-written with the dispatch savings stochgrad uses itself (the
+     threshold written in place, the replace-gradient as one autograd node, ...): what the library's own checks and
+     layers cost per call, with nothing gained back from doing fewer torch operations than the common idioms.
+  2. REBAR and RELAX, default settings (tuning every ``tune_every`` calls), against plain reinforce (target <= 5);
+     each block a whole number of tuning cycles (8 calls), so that it holds the defaults' mix of tuning and plain
+     calls (blocks of 3 calls at the largest size held a tuning call in 3 of 4 blocks: the median overweighted it).
+  3. (``--all``) every estimator against stochgrad's reinforce.
+
+- ``categorical``: logits ``(b, n, K)``, ``f(h) = Σ_i (w·h_i − 0.45)²`` with ``w = linspace(0, 1, K)``; section 1
+  for the estimators that support one-hot categorical units.
+
+f is cheap so that the estimator's own work dominates. Rounds (Bernoulli): 25 at the large cells, 75 at the cheap
+one-example ones, where jitter is a larger part of a call (:func:`rounds_for`; ``--rounds``, ``--small-rounds``);
+categorical: ``--rounds`` at every cell. A full Bernoulli run takes ~9 min on a 2-core VM.
+Run: ``python benchmarks/overhead.py [--distribution categorical] [--quick] [--device cuda] [--sizes 10x1,1000x1]
+[--json out.json]``.
 """
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
+import math
+import os
 import random
-import statistics
-import time
+import sys
 
 import torch
+import torch.nn.functional as F
 
 import stochgrad as sg
 from stochgrad.runinfo import environment, set_threads
 
-SIZES = [(10, 1), (10, 1024), (1000, 1), (1000, 1024)]
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))   # timing.py beside this file, also when loaded by path
+from timing import cell, clock, keep_heap, ratio, rounds  # noqa: E402
+
+SIZES = [(10, 1), (10, 1024), (1000, 1), (1000, 1024)]                  # Bernoulli: (D units, b examples)
+CATEGORICAL_SIZES = [(10, 10, 1), (20, 10, 100), (30, 10, 1024), (100, 64, 64)]   # (n units, K classes, b examples)
 TUNE_CYCLE = 8  # calls in which REBAR (tune_every=8) and RELAX (tune_every=4, its temperature every 2nd step) each
 # complete whole tuning cycles
 CORE = ["straight_through", "straight_through_sigmoid", "reinforce", "reinforce_ma", "reinforce_optimal",
         "reinforce_loo", "arm", "disarm", "gumbel_st"]
+CATEGORICAL_CORE = ["reinforce", "reinforce_optimal", "reinforce_loo", "straight_through", "gumbel_st", "reinmax"]
 
 
 def f(b):
     return (b - 0.45).square().sum(-1)
 
 
-# ---- hand-written references: what a careful user writes without the library, one formula each ----------
-# ``tuned=False`` (section 1, the issue's yardstick): the common idioms, ``(u < p).to(dtype)`` for the threshold and
+def f_categorical(h):
+    w = torch.linspace(0, 1, h.shape[-1], dtype=h.dtype, device=h.device)
+    return ((h * w).sum(-1) - 0.45).square().sum(-1)
+
+
+# ---- hand-written Bernoulli references: what a careful user writes without the library, one formula each ---
+# ``tuned=False`` (section 1, the yardstick): the common idioms, ``(u < p).to(dtype)`` for the threshold and
 # ``value + s − s.detach()`` with ``s = Σ g·a`` to attach a gradient. ``tuned=True`` (section 1b): the same formulas
 # with the dispatch savings stochgrad itself uses (the threshold written over the fresh noise, ``u.lt_(p)``; a
 # one-node autograd.Function to attach the gradient; ``sign(z)`` clamped at 0 for ``1[z > 0]``; one detach shared):
@@ -107,19 +124,21 @@ class PlainMA:
 
 
 class PlainOptimal:
-    """Eq. 7's per-unit baseline from moving numerator and denominator."""
+    """Eq. 7's baseline per unit (and class, with ``event=2`` for categorical units) from moving numerator and
+    denominator."""
 
-    def __init__(self):
-        self.num = self.den = None
+    def __init__(self, event=1):
+        self.event, self.num, self.den = event, None, None
 
     def __call__(self, score, L):
         w = score.square()
+        shape = w.shape[-self.event:]
         if self.num is None:
-            self.num = torch.zeros(score.shape[-1], dtype=score.dtype, device=score.device)
+            self.num = torch.zeros(shape, dtype=score.dtype, device=score.device)
             self.den = torch.zeros_like(self.num)
         c = torch.where(self.den > 0, self.num / self.den.clamp_min(1e-30), 0.0)
-        self.num.mul_(0.9).add_(0.1 * (w * L.unsqueeze(-1)).reshape(-1, w.shape[-1]).mean(0))
-        self.den.mul_(0.9).add_(0.1 * w.reshape(-1, w.shape[-1]).mean(0))
+        self.num.mul_(0.9).add_(0.1 * (w * L.reshape(*L.shape, *[1] * self.event)).reshape(-1, *shape).mean(0))
+        self.den.mul_(0.9).add_(0.1 * w.reshape(-1, *shape).mean(0))
         return c
 
 
@@ -199,104 +218,135 @@ def reference(name, gen, tuned=False):
     return lambda a: plain(a, gen, tuned)
 
 
-def ours(name, gen):
+# ---- hand-written categorical references (the common idioms) ----------------------------------------------------
+def _sample(p, gen, lead=()):
+    """One uniform per unit through the inverse CDF, as a careful user writes it."""
+    u = torch.rand((*lead, *p.shape[:-1]), generator=gen, dtype=p.dtype, device=p.device)
+    idx = (p.cumsum(-1)[..., :-1] < (1 - u).unsqueeze(-1)).sum(-1)
+    return F.one_hot(idx, p.shape[-1]).to(p.dtype)
+
+
+def _attach_categorical(value, a, g):
+    s = (g * a).sum((-2, -1))
+    (value + s - s.detach()).sum().backward()
+
+
+def plain_categorical_reinforce(a, gen, baseline=None):
+    p = torch.softmax(a.detach(), -1)
+    h = _sample(p, gen)
+    L = f_categorical(h)
+    score = h - p
+    c = 0.0 if baseline is None else baseline(score, L)
+    _attach_categorical(L, a, score * (L[..., None, None] - c))
+
+
+def plain_categorical_loo(a, gen, S=2):
+    p = torch.softmax(a.detach(), -1)
+    h = _sample(p, gen, (S,))
+    L = f_categorical(h)
+    c = (L.sum(0, keepdim=True) - L) / (S - 1)
+    _attach_categorical(L.mean(0), a, ((h - p) * (L - c)[..., None, None]).mean(0))
+
+
+def plain_categorical_straight_through(a, gen):
+    p = torch.softmax(a, -1)
+    h = _sample(p.detach(), gen)
+    f_categorical(h + p - p.detach()).sum().backward()
+
+
+def plain_categorical_gumbel_st(a, gen, tau=0.5):
+    u = torch.rand(a.shape, generator=gen, dtype=a.dtype, device=a.device).clamp_min(torch.finfo(a.dtype).tiny)
+    z = a - torch.log(-torch.log(u))
+    soft = torch.softmax(z / tau, -1)
+    hard = F.one_hot(z.argmax(-1), a.shape[-1]).to(a.dtype)
+    f_categorical(hard + soft - soft.detach()).sum().backward()
+
+
+def plain_categorical_reinmax(a, gen, tau=1.0):
+    p0 = torch.softmax(a.detach(), -1)
+    h = _sample(p0, gen)
+    p1 = 0.5 * (h + torch.softmax(a.detach() / tau, -1))
+    p1 = torch.softmax(a + (p1.log() - a).detach(), -1)        # Liu et al. 2023, Alg. 2
+    p2 = 2 * p1 - 0.5 * torch.softmax(a, -1)
+    f_categorical(h + p2 - p2.detach()).sum().backward()
+
+
+def reference_categorical(name, gen):
+    """The hand-written categorical step for ``name`` (the common idioms; no tuned variants)."""
+    if name == "reinforce_optimal":
+        state = PlainOptimal(event=2)
+        return lambda a: plain_categorical_reinforce(a, gen, state)
+    plain = {"reinforce": plain_categorical_reinforce, "reinforce_loo": plain_categorical_loo,
+             "straight_through": plain_categorical_straight_through, "gumbel_st": plain_categorical_gumbel_st,
+             "reinmax": plain_categorical_reinmax}[name]
+    return lambda a: plain(a, gen)
+
+
+def ours(name, gen, distribution="bernoulli"):
     est = sg.get_estimator(name).to(gen.device)
     samples = max(1, est.min_samples)
+    if distribution == "categorical":
+        return lambda a: sg.expect(f_categorical, a, est, samples, gen, distribution="categorical").sum().backward()
     return lambda a: sg.expect(f, a, est, samples, gen).sum().backward()
 
 
 # ---- the method ------------------------------------------------------------------------------------------
-def keep_heap() -> bool:
-    """glibc only: fixed thresholds (mmap above 32 MiB, trim above 1 GiB) instead of the dynamic ones, so that freed
-    large temporaries stay in the heap rather than go back to the system and fault back in at the next call (each
-    fresh 8 MiB buffer costs ~5 ms of page faults on the 2-core VM). Returns whether it was set."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, 32 * 2 ** 20)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2 ** 30))
-    except OSError:
-        return False
+class Axis:
+    """What the benchmark needs to know of one distribution: its cells, estimators, references and block sizes."""
+
+    def __init__(self, name, sizes, core, reference, shape, label, reps, tuned):
+        self.name, self.sizes, self.core, self.reference, self.tuned = name, sizes, core, reference, tuned
+        self.shape, self.label, self.reps = shape, label, reps    # reps: (cheap, large, quick cheap, quick large)
+
+    def key(self, size) -> str:
+        return self.label(size).replace(" ", "")
 
 
-def clock(device):
-    if device.type == "cuda":
-        def now():
-            torch.cuda.synchronize()
-            return time.perf_counter()
-        return now
-    return time.process_time
+DISTRIBUTIONS = {
+    "bernoulli": Axis("bernoulli", SIZES, CORE, reference, shape=lambda s: (s[1], s[0]),
+                      label=lambda s: f"D={s[0]}, b={s[1]}", reps=(150, 10, 30, 3), tuned=True),
+    "categorical": Axis("categorical", CATEGORICAL_SIZES, CATEGORICAL_CORE, lambda name, gen, tuned=False:
+                        reference_categorical(name, gen), shape=lambda s: (s[2], s[0], s[1]),
+                        label=lambda s: f"n={s[0]}, K={s[1]}, b={s[2]}", reps=(100, 10, 20, 3), tuned=False),
+}
 
 
-def rounds(candidates: dict, a, reps: int, n_rounds: int, now, rng: random.Random) -> dict[str, list[float]]:
-    """Seconds per call of every candidate ``fn(a)`` (``a.grad`` cleared before each call), one entry per round;
-    shuffled order within each round (:func:`timed_rounds`, after a warm-up that lets stateful estimators settle)."""
-    def step(fn):
-        def call():
-            a.grad = None
-            fn(a)
-        return call
-
-    steps = {k: step(fn) for k, fn in candidates.items()}
-    for call in steps.values():
-        for _ in range(3):
-            call()
-    return timed_rounds(steps, reps, n_rounds, now, rng)
+def cheap(size) -> bool:
+    """A cell whose call is cheap on the CPU (fewer than 100000 logits: the one-example cells): more calls per block
+    (:func:`reps_for`) and, for Bernoulli units, more rounds (:func:`rounds_for`)."""
+    return math.prod(size) < 100000
 
 
-def timed_rounds(fns: dict, reps: int, n_rounds: int, now, rng: random.Random) -> dict[str, list[float]]:
-    """Seconds per call of every zero-argument function in ``fns``, one entry per round; shuffled order within
-    each round. The one timing loop of the benchmarks: :func:`rounds`, ``compile_speed.py``, ``local_vs_backprop.py``."""
-    out = {k: [] for k in fns}
-    for _ in range(n_rounds):
-        order = list(fns)
-        rng.shuffle(order)
-        for k in order:
-            fn = fns[k]
-            t = now()
-            for _ in range(reps):
-                fn()
-            out[k].append((now() - t) / reps)
-    return out
-
-
-def ratio(times: dict, num: str, den: str) -> tuple[float, float, float]:
-    """Median, first and third quartile of the within-round ratios ``num / den``."""
-    r = sorted(x / y for x, y in zip(times[num], times[den]))
-    if len(r) < 4:
-        return statistics.median(r), r[0], r[-1]
-    q = statistics.quantiles(r, n=4)
-    return statistics.median(r), q[0], q[2]
-
-
-def cell(r) -> str:
-    return f"{r[0]:.2f} [{r[1]:.2f}, {r[2]:.2f}]"
-
-
-def cheap(D, B) -> bool:
-    """A cell whose call is cheap on the CPU (``D·B < 100000``: the one-example cells): more calls per block
-    (:func:`reps_for`) and more rounds (:func:`rounds_for`)."""
-    return D * B < 100000
-
-
-def reps_for(D, B, quick, device):
+def reps_for(axis: Axis, size, quick, device):
     if device.type == "cuda":
         return 20 if quick else 100
-    return (30 if cheap(D, B) else 3) if quick else (150 if cheap(D, B) else 10)
+    return axis.reps[(2 if quick else 0) + (0 if cheap(size) else 1)]
 
 
-def rounds_for(D, B, n_rounds: int, small_rounds: int) -> int:
+def rounds_for(size, n_rounds: int, small_rounds: int) -> int:
     """Rounds at one cell: ``small_rounds`` where a call is cheap (:func:`cheap`: the one-example cells), else
-    ``n_rounds``. A call there takes ~100–300 µs on the 2-core VM, so the machine's jitter is a larger part of each
+    ``n_rounds``. A call there takes ~100–300 µs on a 2-core VM, so the machine's jitter is a larger part of each
     round's ratio: at 25 rounds each median moves by ~±0.05 from run to run and the largest of the nine core
-    medians reads 1.07–1.17 where the estimators' own cost is ~3–8% (results/s7). The rounds are cheap there: a
-    full run with 75 of them and 25 at the large cells took ~9 minutes (results/s8)."""
-    return small_rounds if cheap(D, B) else n_rounds
+    medians reads 1.07–1.17 where the estimators' own cost is ~3–8%. The rounds are cheap there: a full run with 75
+    of them and 25 at the large cells took ~9 minutes."""
+    return small_rounds if cheap(size) else n_rounds
 
 
-def run(quick: bool, device: torch.device, n_rounds: int, everything: bool, sizes=SIZES,
-        small_rounds: int | None = None) -> dict:
+def _table(title, axis, sizes, rows: dict, out: dict):
+    print(title + "\n")
+    print("| estimator | " + " | ".join(axis.label(s) for s in sizes) + " |")
+    print("|---|" + "---|" * len(sizes))
+    for name, cells in rows.items():
+        print(f"| {name} | " + " | ".join(cell(c) for c in cells) + " |")
+        out[name] = {axis.key(s): c for s, c in zip(sizes, cells)}
+
+
+def run(quick: bool, device: torch.device, n_rounds: int, everything: bool = False, sizes=None,
+        small_rounds: int | None = None, distribution: str = "bernoulli") -> dict:
     """Prints and returns the tables. ``n_rounds`` rounds at the large cells, ``small_rounds`` (default: the same)
     at the one-example ones (:func:`rounds_for`)."""
+    axis = DISTRIBUTIONS[distribution]
+    sizes = sizes or axis.sizes
     small_rounds = small_rounds or n_rounds
     torch.manual_seed(0)
     rng = random.Random(0)
@@ -304,61 +354,54 @@ def run(quick: bool, device: torch.device, n_rounds: int, everything: bool, size
     gen = torch.Generator(device=device).manual_seed(0)
     results: dict = {"method": "median of within-round ratios [quartiles], process CPU time (CUDA: wall time "
                                "with a synchronisation per block), candidates shuffled within each round",
-                     "device": str(device), "rounds": n_rounds, "small_rounds": small_rounds, "core": {},
-                     "core_tuned": {}, "rebar_relax": {}, "all": {}}
-    header = "| " + " | ".join(f"D={D}, b={B}" for D, B in sizes) + " |"
-    print(f"# stochgrad overhead ({device}, {torch.get_num_threads()} thread(s), {n_rounds} rounds; "
-          f"{small_rounds} at D·b < 100000)\n")
-    print("## 1. stochgrad / hand-written plain torch (median [quartiles] of within-round ratios; target <= 1.1)\n")
-    print("| estimator " + header)
-    print("|---|" + "---|" * len(sizes))
-    table: dict[str, list] = {name: [] for name in ["control: plain reinforce / itself", *CORE]}
-    table_tuned: dict[str, list] = {name: [] for name in CORE}
+                     "distribution": distribution, "device": str(device), "rounds": n_rounds,
+                     "small_rounds": small_rounds, "core": {}, "core_tuned": {}, "rebar_relax": {}, "all": {}}
+    print(f"# stochgrad overhead, {distribution} units ({device}, {torch.get_num_threads()} thread(s), {n_rounds} "
+          f"rounds; {small_rounds} at fewer than 100000 logits)\n")
+    table: dict[str, list] = {name: [] for name in ["control: plain reinforce / itself", *axis.core]}
+    table_tuned: dict[str, list] = {name: [] for name in axis.core}
     table_rr: dict[str, list] = {"rebar": [], "relax": []}
-    for D, B in sizes:
-        a = torch.randn(B, D, device=device, requires_grad=True)
-        cands = {"plain reinforce": reference("reinforce", gen), "plain reinforce (again)": reference("reinforce", gen)}
-        for name in CORE:
-            cands[name] = ours(name, gen)
-            cands["plain " + name] = reference(name, gen)
-            cands["tuned " + name] = reference(name, gen, tuned=True)
-        n = rounds_for(D, B, n_rounds, small_rounds)
-        times = rounds(cands, a, reps_for(D, B, quick, device), n, now, rng)
+    for size in sizes:
+        a = torch.randn(axis.shape(size), device=device, requires_grad=True)
+        cands = {"plain reinforce": axis.reference("reinforce", gen),
+                 "plain reinforce (again)": axis.reference("reinforce", gen)}
+        for name in axis.core:
+            cands[name] = ours(name, gen, distribution)
+            cands["plain " + name] = axis.reference(name, gen)
+            if axis.tuned:
+                cands["tuned " + name] = axis.reference(name, gen, tuned=True)
+        n = rounds_for(size, n_rounds, small_rounds)
+        times = rounds(cands, a, reps_for(axis, size, quick, device), n, now, rng)
         table["control: plain reinforce / itself"].append(ratio(times, "plain reinforce (again)", "plain reinforce"))
-        for name in CORE:
+        for name in axis.core:
             table[name].append(ratio(times, name, "plain " + name))
-            table_tuned[name].append(ratio(times, name, "tuned " + name))
+            if axis.tuned:
+                table_tuned[name].append(ratio(times, name, "tuned " + name))
+        if distribution != "bernoulli":
+            continue
         rr = {"plain reinforce": reference("reinforce", gen), "rebar": ours("rebar", gen), "relax": ours("relax", gen)}
         # blocks of whole tuning cycles (REBAR tunes every 8th call, RELAX every 4th): each block's calls hold the
         # defaults' mix of tuning and plain calls, whatever the phase of the estimators' call counters
-        times = rounds(rr, a, max(TUNE_CYCLE, reps_for(D, B, quick, device) // 3 // TUNE_CYCLE * TUNE_CYCLE), n,
-                       now, rng)
+        times = rounds(rr, a, max(TUNE_CYCLE, reps_for(axis, size, quick, device) // 3 // TUNE_CYCLE * TUNE_CYCLE),
+                       n, now, rng)
         for name in table_rr:
             table_rr[name].append(ratio(times, name, "plain reinforce"))
-    for name, cells in table.items():
-        print(f"| {name} | " + " | ".join(cell(c) for c in cells) + " |")
-        results["core"][name] = {f"D={D},b={B}": c for (D, B), c in zip(sizes, cells)}
-    worst = max(c[0] for name in CORE for c in table[name])
-    print(f"\nworst median ratio of a core estimator: {worst:.2f}\n")
-    print("## 1b. the same runs, against references written with stochgrad's dispatch savings (in-place threshold, "
-          "one-node replace-gradient, sign-clamp threshold): the library's own per-call tax\n")
-    print("| estimator " + header)
-    print("|---|" + "---|" * len(sizes))
-    for name, cells in table_tuned.items():
-        print(f"| {name} | " + " | ".join(cell(c) for c in cells) + " |")
-        results["core_tuned"][name] = {f"D={D},b={B}": c for (D, B), c in zip(sizes, cells)}
-    results["worst_core_tuned"] = max(c[0] for name in CORE for c in table_tuned[name])
-    print(f"\nworst median ratio against the tuned references: {results['worst_core_tuned']:.2f}\n")
-    print("## 2. REBAR and RELAX (default settings) / hand-written plain reinforce (target <= 5)\n")
-    print("| estimator " + header)
-    print("|---|" + "---|" * len(sizes))
-    for name, cells in table_rr.items():
-        print(f"| {name} | " + " | ".join(cell(c) for c in cells) + " |")
-        results["rebar_relax"][name] = {f"D={D},b={B}": c for (D, B), c in zip(sizes, cells)}
-    results["worst_core"] = worst
+    _table("## 1. stochgrad / hand-written plain torch (median [quartiles] of within-round ratios; target <= 1.1)",
+           axis, sizes, table, results["core"])
+    results["worst_core"] = max(c[0] for name in axis.core for c in table[name])
+    print(f"\nworst median ratio of a core estimator: {results['worst_core']:.2f}\n")
+    if axis.tuned:
+        _table("## 1b. the same runs, against references written with stochgrad's dispatch savings (in-place "
+               "threshold, one-node replace-gradient, sign-clamp threshold): the library's own per-call tax",
+               axis, sizes, table_tuned, results["core_tuned"])
+        results["worst_core_tuned"] = max(c[0] for name in axis.core for c in table_tuned[name])
+        print(f"\nworst median ratio against the tuned references: {results['worst_core_tuned']:.2f}\n")
+    if distribution == "bernoulli":
+        _table("## 2. REBAR and RELAX (default settings) / hand-written plain reinforce (target <= 5)",
+               axis, sizes, table_rr, results["rebar_relax"])
     if everything:
         print("\n## 3. every estimator / stochgrad reinforce (samples = 1; loo 2)\n")
-        print("| estimator | f evals " + header)
+        print("| estimator | f evals | " + " | ".join(axis.label(s) for s in sizes) + " |")
         print("|---|---|" + "---|" * len(sizes))
         for name, info in sg.estimators().items():
             cells = []
@@ -368,53 +411,58 @@ def run(quick: bool, device: torch.device, n_rounds: int, everything: bool, size
                     continue
                 a = torch.randn(B, D, device=device, requires_grad=True)
                 times = rounds({"reinforce": ours("reinforce", gen), name: ours(name, gen)}, a,
-                               max(2, reps_for(D, B, quick, device) // 3), max(3, n_rounds // 2), now, rng)
+                               max(2, reps_for(axis, (D, B), quick, device) // 3), max(3, n_rounds // 2), now, rng)
                 cells.append(f"{ratio(times, name, 'reinforce')[0]:.2f}")
             results["all"][name] = cells
             print(f"| {name} | {info.cost} | " + " | ".join(cells) + " |")
     return results
 
 
-def _sizes(text: str) -> list[tuple[int, int]]:
-    """``"10x1,1000x1"`` as ``[(10, 1), (1000, 1)]``: units ``D`` by examples ``b``."""
+def _sizes(text: str) -> list[tuple[int, ...]]:
+    """``"10x1,1000x1"`` as ``[(10, 1), (1000, 1)]``: units ``D`` by examples ``b`` (categorical: ``n x K x b``)."""
     try:
         cells = [tuple(int(v) for v in cell.lower().split("x")) for cell in text.split(",")]
     except ValueError:
         cells = []
-    if not cells or any(len(c) != 2 or min(c) < 1 for c in cells):
-        raise argparse.ArgumentTypeError(f"sizes must look like 10x1,1000x1024 (units x examples), got {text!r}")
+    if not cells or any(len(c) not in (2, 3) or min(c) < 1 for c in cells):
+        raise argparse.ArgumentTypeError(f"sizes must look like 10x1,1000x1024 (units x examples) or 10x10x1 "
+                                         f"(units x classes x examples), got {text!r}")
     return cells
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--distribution", choices=list(DISTRIBUTIONS), default="bernoulli",
+                        help="the stochastic units: bernoulli (D units) or one-hot categorical (n units of K classes)")
     parser.add_argument("--quick", action="store_true", help="fewer calls per block (a smoke test)")
     parser.add_argument("--rounds", type=int, default=0, help="rounds at the large cells (default 25; quick 5)")
     parser.add_argument("--small-rounds", type=int, default=0,
-                        help="rounds at the cheap one-example cells, D·b < 100000 "
-                             "(default 3 × --rounds; quick: --rounds)")
+                        help="rounds at the cheap one-example cells, fewer than 100000 logits "
+                             "(default: Bernoulli 3 × --rounds, quick or categorical --rounds)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--all", action="store_true", help="also every estimator against stochgrad's reinforce")
+    parser.add_argument("--all", action="store_true",
+                        help="also every estimator against stochgrad's reinforce (Bernoulli units)")
     parser.add_argument("--json", help="write the figures to this file")
     parser.add_argument("--keep-heap", action="store_true",
-                        help="glibc: fixed malloc thresholds for the whole process (see keep_heap); default: dynamic")
-    parser.add_argument("--sizes", type=_sizes, default=SIZES,
-                        help="the (units x examples) cells, e.g. 10x1,1000x1 (default: 10x1,10x1024,1000x1,1000x1024)")
-    parser.add_argument("--categorical", action="store_true",
-                        help="also categorical units (n, K) against hand-written torch (overhead_categorical.py)")
+                        help="glibc: fixed malloc thresholds for the whole process (see timing.keep_heap); "
+                             "default: dynamic")
+    parser.add_argument("--sizes", type=_sizes, default=None,
+                        help="the cells, e.g. 10x1,1000x1 (Bernoulli, units x examples; default "
+                             "10x1,10x1024,1000x1,1000x1024) or 10x10x1 (categorical, units x classes x examples; "
+                             "default 10x10x1,20x10x100,30x10x1024,100x64x64)")
     args = parser.parse_args(argv)
+    width = 2 if args.distribution == "bernoulli" else 3
+    if args.sizes and any(len(s) != width for s in args.sizes):
+        parser.error(f"--sizes for {args.distribution} units need {width} numbers per cell")
+    if args.all and args.distribution != "bernoulli":
+        parser.error("--all times every estimator on Bernoulli units only")
     set_threads(args.threads)
     kept = keep_heap() if args.keep_heap else False
     print(f"glibc heap thresholds: {'fixed (--keep-heap)' if kept else 'dynamic (default)'}")
     n_rounds = args.rounds or (5 if args.quick else 25)
-    results = run(args.quick, torch.device(args.device), n_rounds, args.all, args.sizes,
-                  args.small_rounds or (n_rounds if args.quick else 3 * n_rounds))
-    if args.categorical:  # issue 10: the same method, on one-hot categorical units
-        from overhead_categorical import run as run_categorical
-        print()
-        results["categorical"] = run_categorical(args.quick, torch.device(args.device),
-                                                 n_rounds)
+    small = args.small_rounds or (3 * n_rounds if args.distribution == "bernoulli" and not args.quick else n_rounds)
+    results = run(args.quick, torch.device(args.device), n_rounds, args.all, args.sizes, small, args.distribution)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({**results, "keep_heap": kept, "environment": environment()}, fh, indent=1)

@@ -1,21 +1,27 @@
 """A published VAE protocol at its full length (``stochgrad.studies.vae.PROTOCOLS``: ``disarm`` — linear or
 nonlinear, batch 50, Adam 1e-4, 1,000,000 steps; ``rodeo`` — nonlinear, batch 100, Adam 1e-3, 1,000,000
-steps) for each estimator, on a GPU when one is present; curves and summaries go to
-``benchmarks/results/vae_<protocol>_<model>_<estimator>/``. A run that finds its checkpoint resumes.
+steps) for each estimator, on a GPU when one is present; each run writes its curves and summary into
+``OUT/vae_<protocol>_<model>_<estimator>/`` (default ``runs/vae_full``), and a run that finds its checkpoint resumes.
+``--record MACHINE`` files them all as one result, ``benchmarks/results/vae_full_<protocol>_<model>/MACHINE/`` (see
+``record.py``).
 
 Run: ``python benchmarks/vae_full.py --protocol disarm [--model nonlinear] [--estimators disarm,reinforce_loo]
-[--steps N] [--max-seconds S]``. Without a GPU it stops unless ``--cpu-ok`` is given (a million steps take
-many hours on one core).
+[--steps N] [--max-seconds S] [--record MACHINE]``. Without a GPU it stops unless ``--cpu-ok`` is given (a million
+steps take many hours on one core).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import sys
+from pathlib import Path
 
 import torch
 
 from stochgrad.studies.vae import PROTOCOLS, VAEConfig, train_vae
+
+from record import read_run, save  # beside this file (benchmarks/ is on sys.path)
 
 DEFAULT = "disarm,reinforce_loo,reinforce_optimal,rebar,relax,straight_through_sigmoid,gumbel_st"
 
@@ -29,7 +35,8 @@ def main():
     p.add_argument("--estimators", default=DEFAULT)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cpu-ok", action="store_true")
-    p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    p.add_argument("--out", default="runs/vae_full")
+    p.add_argument("--record", metavar="MACHINE", help="file the runs as one result for MACHINE (results/machines.json)")
     a = p.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu" and not a.cpu_ok:
@@ -46,6 +53,9 @@ def main():
         print(json.dumps(summaries[name]), flush=True)
     with open(os.path.join(a.out, f"vae_full_{a.protocol}_{model}_summary.json"), "w") as fh:
         json.dump(summaries, fh, indent=1)
+    if a.record:
+        runs = {name: read_run(Path(a.out) / f"vae_{a.protocol}_{model}_{name}") for name in summaries}
+        print(save(f"vae_full_{a.protocol}_{model}", a.record, runs, "python benchmarks/vae_full.py " + " ".join(sys.argv[1:])))
 
 
 if __name__ == "__main__":

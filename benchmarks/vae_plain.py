@@ -1,5 +1,5 @@
 """A plain-torch reference loop of the linear binary VAE under the DisARM protocol, written by hand without
-stochgrad, to set beside ``stochgrad train vae --protocol disarm`` at equal steps (issue 12).
+stochgrad, to set beside ``stochgrad train vae --protocol disarm`` at equal steps (``reproduce/vae_equal_steps.py``).
 
 The model and protocol are those of :mod:`stochgrad.studies.vae` (google-research
 ``disarm/binary/experiment_launcher_singlelayer.py``): 784-200 logistic encoder on ``x − pixel mean``,

@@ -1,4 +1,4 @@
-"""The real host-device synchronisation check (issue 13), on a CUDA device: the happy path of ``expect`` for the
+"""The real host-device synchronisation check, on a CUDA device: the happy path of ``expect`` for the
 core estimators and of the layers (a broadcast network step) runs under ``torch.cuda.set_sync_debug_mode("error")``,
 which raises on any synchronising CUDA call. Then a bad call (NaN losses) must be reported by a later call of
 the same estimator, with the estimator's state untouched.

@@ -105,7 +105,7 @@ class _ReplaceGradient(torch.autograd.Function):
     ``∂L/∂value[k] · grad[k]``. One autograd node where the idiom ``value + (s − s.detach())`` with ``s = Σ grad·logits``
     builds four: no full-size product in the forward pass and none of the idiom's passes in the backward (at 1024 x
     1000 the core estimators went from 0.92–1.03 to 0.75–0.96 of the idiom's cost); at a few units, about the same
-    time (benchmarks/results/s5core).
+    time (``benchmarks/overhead.py``).
     """
 
     @staticmethod

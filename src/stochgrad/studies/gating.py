@@ -22,7 +22,7 @@ mean probability of being open over the minibatch, for the sigmoid family; for r
 ``λ · mean_batch Σ_units h_j`` with ``λ`` adapted every step (multiplied by ``exp(0.01·(open − target) /
 target)``, starting at ``sparsity_weight · 1e-2``) until the fraction of non-zero gates sits at the target.
 Seed §2's firing-rate control (:class:`stochgrad.FiringRateControl`, a per-unit offset) is available with
-``rate_control=True`` but is off by default: its offset fights the gater and, measured in issue 12,
+``rate_control=True`` but is off by default: its offset fights the gater and, measured on MNIST,
 turned straight-through's gates into input-independent 10% dropout.
 
 Protocol: SGD lr 0.1 (the unbiased gater's path 100× smaller, as in the paper), batch 32, incoming-weight
@@ -41,8 +41,8 @@ an L1 penalty (rectifiers) and the test-time rule "deterministic gates, 10% open
 1308.3432's MNIST experiment as recorded in the project's paper notes. The paper's own experiment section
 (its penalty weights, epochs, results table) could not be read here: the stored renderings of the paper
 (arxiv-vanity, ar5iv) give only its abstract and introduction, and no code of the experiment was found
-(Léonard's public repositories hold later Torch work). Therefore these are our choices, measured on MNIST
-(issue 12): the KL weight 0.1 summed over the 2,000 gates (at 1.0 the penalty outweighs the
+(Léonard's public repositories hold later Torch work). Therefore these are our choices, measured on MNIST:
+the KL weight 0.1 summed over the 2,000 gates (at 1.0 the penalty outweighs the
 classification loss: straight-through's gates collapsed to input-independent dropout at 10.4% test
 error; at 0.1 the gates stay input-dependent and the error falls below the linear model's), the sigmoid
 gates' biases started at ``logit(target)`` (the penalty starts at its minimum instead of driving every
@@ -51,8 +51,8 @@ bias down from σ = 0.5 and shutting units for good), and the adaptive-L1 consta
 A flagged deviation: ``expert="relu"`` (``--expert relu``) rectifies the expert units, ``max(0, W x + b)``.
 The paper notes say the expert units are linear, and so is the default; the flag exists to test the
 hypothesis that the paper's were not (with linear experts a gater that has not learned leaves a linear
-classifier, about 8% error, while the paper reports under 2% for every gater). The measured answer is in
-``benchmarks/results/gating_cpu/report.md``.
+classifier, about 8% error, while the paper reports under 2% for every gater). The measured answer (no help
+to either gater) is in the documentation's training results (``docs/results/training.md``).
 """
 from __future__ import annotations
 

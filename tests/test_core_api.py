@@ -139,8 +139,8 @@ def test_a_name_is_stateless_and_warns_for_stateful_estimators():
 
 @pytest.mark.parametrize("name", ["reinforce", "reinforce_loo", "disarm", "straight_through", "gumbel_st"])
 def test_torch_func_grad_gives_the_eager_gradient(name):
-    """Under torch.func transforms the replace-gradient node is built as the plain-ops idiom (an autograd.Function
-    without setup_context is refused there): the same gradient as eager autograd, same noise."""
+    """Under torch.func transforms the replace-gradient node (an autograd.Function with setup_context) gives the
+    same gradient as eager autograd, same noise."""
     f = lambda b: (b - 0.45).square().sum(-1)  # noqa: E731
     a = torch.randn(3, 4, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     samples = 2 if name == "reinforce_loo" else 1
@@ -150,27 +150,18 @@ def test_torch_func_grad_gives_the_eager_gradient(name):
     assert g.abs().sum() > 0 and torch.allclose(g, b.grad, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("route", ["C entry", "public apply"])
-def test_the_replace_gradient_node_keeps_f_parameters_gradient_and_its_value(route, monkeypatch):
+def test_the_replace_gradient_node_keeps_f_parameters_gradient_and_its_value():
     """attach_gradient: the value is the losses' mean bitwise, f's parameters get their pathwise gradient, and
-    the logits get ∂L/∂value ⊗ grad, for Bernoulli (n,) and categorical (n, K) events; through autograd.Function's
-    C entry (the default) and through the public ``_ReplaceGradient.apply`` (taken under torch.compile), one node."""
-    import sys
+    the logits get ∂L/∂value ⊗ grad, for Bernoulli (n,) and categorical (n, K) events, in one node."""
+    from stochgrad.gradient import attach_gradient
 
-    from stochgrad.expect import attach_gradient
-
-    module = sys.modules["stochgrad.expect"]
-    if route == "C entry":
-        assert module._replace_gradient is not None  # this torch has the entry: the default takes it
-    else:
-        monkeypatch.setattr(module, "_replace_gradient", None)
     w = torch.randn(5, dtype=torch.float64, requires_grad=True)
     for event in [(4,), (4, 3)]:
         logits = torch.randn(5, *event, dtype=torch.float64, requires_grad=True)
         grad = torch.randn(5, *event, dtype=torch.float64)
         value = w.square()
         out = attach_gradient(value, logits, grad)
-        assert torch.equal(out, value) and type(out.grad_fn).__name__ == "_ReplaceGradientBackward"
+        assert torch.equal(out, value) and type(out.grad_fn).__name__ == "ReplaceGradientBackward"
         up = torch.randn(5, dtype=torch.float64)
         w.grad = None
         out.backward(up)

@@ -267,7 +267,7 @@ def test_the_hand_chained_bernoulli_path_is_autograds(name, samples, batch):
     mean ‖ĝ‖² in (η, log λ, ρ): written out by hand on the Bernoulli path (one Hessian-vector product through f),
     autograd's double backward through the generic formula. A batch of 1 takes RELAX's products in the other layout."""
     from stochgrad.distributions import BERNOULLI
-    from stochgrad.expect import CheckedLoss
+    from stochgrad.guard import CheckedLoss
 
     p = problems.nonseparable()
     est = sg.get_estimator(name, tune_every=1, lr=0.2)
@@ -296,7 +296,7 @@ def test_the_hand_tuning_step_with_f_linear_in_its_own_parameters(name):
     """f = b·w with w a parameter: ∂f/∂σ = w needs a graph but has no Hessian in σ. The hand-written tuning gradient
     is autograd's double backward through the generic formula (which finds no path to σ either)."""
     from stochgrad.distributions import BERNOULLI
-    from stochgrad.expect import CheckedLoss
+    from stochgrad.guard import CheckedLoss
 
     w = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64, requires_grad=True)
     f = CheckedLoss(lambda b: b @ w, 1, 2)
@@ -321,7 +321,7 @@ def test_a_tuning_step_without_the_temperature_is_the_full_step_with_its_gradien
     the hand-written gradient of mean ‖ĝ‖² is the full step's with the ``log λ`` entry 0, η's and ρ's exactly the
     same; the generic autograd path (``log λ`` a leaf that does not require grad) agrees. Same estimate either way."""
     from stochgrad.distributions import BERNOULLI
-    from stochgrad.expect import CheckedLoss
+    from stochgrad.guard import CheckedLoss
 
     p = problems.nonseparable()
     est = sg.get_estimator(name, tune_every=1, lr=0.2)

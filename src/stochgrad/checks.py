@@ -3,18 +3,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from .distributions import get_distribution
+from .estimators import Estimator, get_estimator, resolve
 from .exact import exact_expectation, exact_gradient
-from .expect import LossFn, check_logits, expect
+from .guard import LossFn, check_logits
 from .options import NON_NEGATIVE, POSITIVE, POSITIVE_FLOAT, integer
-
-if TYPE_CHECKING:
-    from .estimators.base import Estimator
 
 
 @dataclass
@@ -103,7 +100,7 @@ def sample_gradients(estimator: Estimator, f: LossFn, logits: Tensor, estimates:
     grads = []
     for call in range(warmup + calls):
         a = logits.detach().expand(batch, *logits.shape).clone().requires_grad_(True)
-        value = expect(f, a, estimator, samples, generator, distribution)
+        value = resolve(estimator).forward(f, a, samples, generator, distribution)  # (a name: stateless, as in expect)
         (g,) = torch.autograd.grad(value.sum(), a)
         if call >= warmup:
             grads.append(g)
@@ -133,8 +130,6 @@ def check_unbiased(estimator: str | Estimator, f: LossFn, logits: Tensor, *, est
     Returns:
         :class:`UnbiasedCheck`: per-coordinate mean, variance, bias, z-scores, and a verdict.
     """
-    from .estimators import get_estimator
-
     check_logits(logits)
     integer(2).check(estimates, "estimates")   # the kinds of `stochgrad check`'s flags (stochgrad.options)
     POSITIVE.check(samples, "samples")

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import Tensor
+from .sampling import bernoulli
 
 DATASETS = ("mnist", "fashion-mnist", "digits")
 MNIST_FIRST_IMAGE_MD5 = "2ce86e4daeeff3a0cdebce6897c784ba"   # canonical MNIST train_images[0], label 5
@@ -166,6 +167,4 @@ def binarize(images: Tensor, generator=None) -> Tensor:
 
     ``images``: ``(N, D)`` in [0, 1]; ``generator``: a ``torch.Generator`` (or a ``Sharded`` one).
     """
-    from .sampling import bernoulli
-
     return bernoulli(images, (), generator)

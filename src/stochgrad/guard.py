@@ -25,6 +25,7 @@ losses are then skipped (the state is unchanged) instead of raised; non-finite l
 from __future__ import annotations
 
 from math import isfinite
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -185,3 +186,66 @@ class _Landed:
     @staticmethod
     def query() -> bool:
         return True
+
+
+# The input checks of a call: the loss f, the number of samples (the logits: check_logits above).
+
+LOW_PRECISION = (torch.float16, torch.bfloat16)  # sampled and scored in float32
+
+LossFn = Callable[[Tensor], Tensor]
+"""A loss: samples ``(*lead, *batch, n)`` in {0, 1} to per-sample losses ``(*lead, *batch)``."""
+
+
+def check_samples(samples, minimum: int = 1, who: str = "") -> int:
+    """``samples`` as a validated int ``>= minimum``; a clear error naming ``who`` otherwise."""
+    if isinstance(samples, bool) or not isinstance(samples, int):
+        raise TypeError(f"samples must be an int >= {minimum}, got {samples!r}")
+    if samples < minimum:
+        extra = f" ({who} needs at least {minimum})" if who and minimum > 1 else ""
+        raise ValueError(f"samples must be >= {minimum}{extra}, got {samples}")
+    return samples
+
+
+def CheckedLoss(f: LossFn, event_dims: int = 1, dim: int = 2, dtype: torch.dtype | None = None) -> LossFn:
+    """Wraps the user's ``f`` in a function that checks every output has shape ``(*lead, *batch)`` = ``b.shape[:-1]``
+    (``b.shape[:-2]`` for categorical samples ``(*lead, *batch, n, K)``: ``event_dims = 2``).
+
+    One sample is drawn without a sample dimension (the fast path) and ``f`` sees ``(*batch, *event)``;
+    only unbatched logits (``dim == event_dims``) get a leading ``(1,)``, so that ``f``'s output shape
+    still tells a loss per sample from a reduction over everything. ``dtype``: for low-precision logits,
+    the samples (computed in float32) are handed to ``f`` in the logits' dtype (0 and 1 are exact there)
+    and its losses come back in float32.
+
+    A closure, not an object with ``__call__``: CPython calls a plain function without a slot lookup, and the
+    common case (batched Bernoulli logits in float32/float64) gets the one-comparison check alone.
+    """
+    if not callable(f):
+        raise TypeError(f"f must be callable, mapping (*lead, *batch, n) samples to (*lead, *batch) losses; got {type(f).__name__}")
+    if event_dims == 1 and dim != 1 and dtype is None:  # the common case
+        def loss(b: Tensor) -> Tensor:
+            out = f(b)
+            if not isinstance(out, Tensor) or out.shape != b.shape[:-1]:
+                bad_losses(out, b, 1)
+            return out
+        return loss
+    unbatched = dim == event_dims
+
+    def loss(b: Tensor) -> Tensor:
+        single = unbatched and b.dim() == event_dims
+        x = b.unsqueeze(0) if single else b
+        out = f(x if dtype is None else x.to(dtype))
+        if not isinstance(out, Tensor) or out.shape != x.shape[:-event_dims]:
+            bad_losses(out, x, event_dims)
+        if dtype is not None:
+            out = out.to(b.dtype)
+        return out[0] if single else out
+    return loss
+
+
+def bad_losses(out, x: Tensor, event_dims: int):
+    """Raises the error for ``f`` returning ``out`` (not losses of shape ``x.shape[:-event_dims]``) at samples ``x``."""
+    got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+    units = "n" if event_dims == 1 else "n, K"
+    raise ValueError(f"f must return per-sample losses of shape (*lead, *batch) = "
+                     f"{tuple(x.shape[:-event_dims])} for samples (*lead, *batch, {units}) of "
+                     f"shape {tuple(x.shape)}; got {got}")

@@ -13,7 +13,7 @@ from .baselines import ResizableBuffers, check_decay
 from .distributed import mean_over_ranks
 from .distributions import CATEGORICAL, one_hot
 from .estimators import Estimator, get_estimator
-from .expect import LOW_PRECISION, check_logits
+from .guard import LOW_PRECISION, check_logits
 from .graph import Node, active_graph
 from .sampling import bernoulli, normal
 

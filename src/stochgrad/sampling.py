@@ -89,3 +89,21 @@ def logistic_from_uniform(u: Tensor) -> Tensor:
 def gumbel_from_uniform(u: Tensor) -> Tensor:
     """Gumbel noise ``−log(−log u)``; ``argmax(a + Gumbel)`` is class ``k`` with probability softmax(a)_k."""
     return -torch.log(-torch.log(u.clamp_min(torch.finfo(u.dtype).tiny)))
+
+
+# The leading sample dimension of an estimator's draw: none for one sample (the fast path), ``(S,)`` for ``S``.
+
+def sample_mean(x: Tensor) -> Tensor:
+    """Mean over the leading sample dimension (a free view when there is one sample)."""
+    return x[0] if x.shape[0] == 1 else x.mean(0)
+
+
+def lead(samples: int) -> tuple[int, ...]:
+    """The leading sample shape of an estimator's draw: none for one sample (the fast path: no sample
+    dimension to select from or average over), ``(samples,)`` otherwise."""
+    return () if samples == 1 else (samples,)
+
+
+def over_samples(x: Tensor, samples: int) -> Tensor:
+    """Mean over the leading sample dimension that :func:`lead` gave ``x`` (none for one sample)."""
+    return x if samples == 1 else x.mean(0)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from .arm import ARM, DisARM
 from .arms import ARMS
 from .auto import Auto
-from .base import Estimator, ScoreFunction
+from .base import REGISTRY, Estimator, ScoreFunction
 from .carms import CARMS
 from .double_cv import DoubleCV
 from .exact import Exact
@@ -25,7 +25,7 @@ _CLASSES = (Exact, StraightThrough, StraightThroughSigmoid, Reinforce, Reinforce
             ReinforceLOO, Learned, ARM, DisARM, Gumbel, GumbelST, REBAR, RELAX, SPSA, FiniteDifference, NodePerturbation)
 _CLASSES += (GumbelRao, ReinMax, CARMS)  # made for categorical units; Bernoulli as their K = 2 case
 _CLASSES += (ARMS, DoubleCV, RODEO, Auto)  # multi-sample Bernoulli estimators since DisARM, and auto (issue 11)
-REGISTRY: dict[str, type[Estimator]] = {cls.name: cls for cls in _CLASSES}
+REGISTRY.update({cls.name: cls for cls in _CLASSES})  # (the dict lives in .base, which reads it for errors)
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ def resolve(estimator) -> Estimator:
     keep state by building the object once, ``est = sg.get_estimator(name)``, and passing ``est``.
     """
     if not isinstance(estimator, str):
-        if not hasattr(estimator, "estimate"):
+        if not isinstance(estimator, Estimator):
             raise TypeError(f"estimator must be a registered name or a stochgrad Estimator, got "
                             f"{type(estimator).__name__}")
         return estimator

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from ..expect import attach_gradient, lead, over_samples
-from ..sampling import bernoulli_from_uniform_, uniform
+from ..gradient import attach_gradient
+from ..sampling import bernoulli_from_uniform_, lead, over_samples, uniform
 from .base import Estimator
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..expect import attach_gradient
+from ..gradient import attach_gradient
 from ..sampling import uniform
 from .base import Estimator
 

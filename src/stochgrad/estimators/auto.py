@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from ..distributed import mean_over_ranks
 from ..sampling import Sharded
-from .base import Estimator
+from .base import REGISTRY, Estimator
 
 # Left out of the default candidates: enumeration, auto itself, and ARM, which DisARM dominates at the same
 # cost (DisARM is ARM Rao-Blackwellised over u given the pair; Dong et al. 2020).
@@ -63,7 +63,6 @@ def plan(budget: int, n: int, names=None) -> list[tuple[Estimator, int]]:
     ``names``: registered unbiased estimators (default: all but those in ``_NEVER``); those that cannot
     fit the budget are left out. Each gets the most samples whose cost fits.
     """
-    from . import REGISTRY  # the registry imports this module
 
     if names is None:
         names = [k for k, cls in REGISTRY.items() if cls.unbiased and k not in _NEVER]

@@ -10,9 +10,14 @@ from torch import Tensor, nn
 from ..baselines import ResizableBuffers
 from ..distributed import is_distributed, mean_over_ranks
 from ..distributions import BERNOULLI
-from ..expect import CheckedLoss, LossFn, attach_gradient, expect, lead, over_samples
-from ..guard import LOSSES, Verdict, finite, fold_, reads_at_once
-from ..sampling import Sharded, uniform
+from ..distributions import resolve as as_distribution
+from ..gradient import attach_gradient
+from ..guard import LOSSES, LOW_PRECISION, CheckedLoss, LossFn, Verdict, check_logits, check_samples, finite, fold_, \
+    reads_at_once
+from ..sampling import Sharded, lead, over_samples, uniform
+
+REGISTRY: dict[str, type["Estimator"]] = {}
+"""Registered names to classes: filled by :mod:`stochgrad.estimators` (the registry), read here for error messages."""
 
 BETAS, EPS = (0.9, 0.999), 1e-8  # Adam (Kingma & Ba 2015) for the tuned state: torch.optim.Adam's defaults
 
@@ -79,7 +84,30 @@ class Estimator(nn.Module, abc.ABC):
 
     def forward(self, f: LossFn, logits: Tensor, samples: int = 1, generator: torch.Generator | None = None,
                 distribution: str | None = None) -> Tensor:
-        return expect(f, logits, self, samples, generator, distribution)
+        """The checked call behind :func:`stochgrad.expect` (see it for the arguments): structure is checked before
+        anything runs, then :meth:`estimate` gets the wrapped loss (:class:`~stochgrad.guard.CheckedLoss`)."""
+        if logits.__class__ is Tensor and distribution is None:
+            dist = BERNOULLI
+        else:
+            logits, dist = as_distribution(logits, distribution)
+        check_logits(logits, "logits", self)  # (self: its verdict is looked up only where a device needs it)
+        if samples.__class__ is not int or samples != 1 or self.min_samples > 1:
+            check_samples(samples, self.min_samples, self.name)
+        if generator is not None and not isinstance(generator, (torch.Generator, Sharded)):
+            raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+        if dist is BERNOULLI and logits.dtype not in LOW_PRECISION:  # the common case
+            return self.estimate(CheckedLoss(f, 1, logits.ndim), logits, samples, generator)
+        if dist is not BERNOULLI:
+            dist.check(logits)
+            if dist.name not in self.distributions:
+                raise ValueError(unsupported(self, dist))
+        if logits.dtype in LOW_PRECISION:  # sample and score in float32: the low-precision grid biases P(h = 1)
+            loss = CheckedLoss(f, dist.event_dims, logits.dim(), logits.dtype)
+            work = logits.float()
+            value = self.estimate(loss, work, samples, generator) if dist is BERNOULLI else \
+                self.estimate(loss, work, samples, generator, dist=dist)
+            return value.to(logits.dtype)
+        return self.estimate(CheckedLoss(f, dist.event_dims, logits.dim()), logits, samples, generator, dist=dist)
 
     @abc.abstractmethod
     def estimate(self, f: CheckedLoss, logits: Tensor, samples: int,
@@ -89,6 +117,13 @@ class Estimator(nn.Module, abc.ABC):
     def evaluations(self, n: int, samples: int = 1) -> int:
         """Points at which ``f`` is evaluated per example and estimate, for ``n`` units."""
         return samples
+
+
+def unsupported(est: Estimator, dist) -> str:
+    """The error for an estimator asked for a distribution it does not declare, naming those that fit."""
+    fit = [name for name, cls in REGISTRY.items() if dist.name in cls.distributions]
+    return (f"estimator {est.name!r} does not support {dist.name} units (it supports "
+            f"{', '.join(est.distributions)}); estimators for {dist.name} units: {', '.join(fit)}")
 
 
 class ScoreFunction(Estimator):

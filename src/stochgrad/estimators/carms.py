@@ -42,7 +42,7 @@ import torch
 from torch import Tensor
 
 from ..distributions import BERNOULLI, CATEGORICAL, as_categorical, one_hot
-from ..expect import attach_gradient
+from ..gradient import attach_gradient
 from ..sampling import uniform
 from .arms import dirichlet_copula
 from .base import Estimator

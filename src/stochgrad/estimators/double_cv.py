@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from ..baselines import leave_one_out_mean
-from ..expect import attach_gradient
+from ..gradient import attach_gradient
 from ..guard import LOSSES, finite
 from ..sampling import bernoulli
 from .base import Tuned

@@ -9,7 +9,7 @@ the hard sample and back-propagates through the relaxed one.
 from __future__ import annotations
 
 from ..distributions import BERNOULLI
-from ..expect import lead, over_samples
+from ..sampling import lead, over_samples
 from .base import Estimator, check_positive
 from .straight_through import straight_through
 

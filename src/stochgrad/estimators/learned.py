@@ -20,9 +20,9 @@ from torch import Tensor
 
 from ..baselines import OptimalBaseline, ResizableBuffers, check_decay
 from ..distributed import mean_over_ranks
-from ..expect import attach_gradient, lead, over_samples
+from ..gradient import attach_gradient
 from ..guard import LOSSES, finite, fold_
-from ..sampling import bernoulli
+from ..sampling import bernoulli, lead, over_samples
 from .base import Estimator
 
 FEATURES = 4

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from ..expect import attach_gradient
+from ..gradient import attach_gradient
 from ..sampling import bernoulli_from_uniform, normal, uniform
 from .base import Estimator, check_positive
 

@@ -52,9 +52,9 @@ from torch import Tensor
 from torch.overrides import has_torch_function
 
 from ..distributions import BERNOULLI, conditional_logistic  # noqa: F401  (conditional_logistic: public here)
-from ..expect import attach_gradient, lead, over_samples
+from ..gradient import attach_gradient
 from ..guard import LOSSES, report_finite
-from ..sampling import logistic_from_uniform
+from ..sampling import lead, logistic_from_uniform, over_samples
 from .base import Tuned, check_count, check_positive
 
 

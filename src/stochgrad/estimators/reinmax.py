@@ -12,7 +12,7 @@ straight-through is not); pathwise, one evaluation of ``f`` per sample.
 from __future__ import annotations
 
 from ..distributions import BERNOULLI
-from ..expect import sample_mean
+from ..sampling import sample_mean
 from .base import Estimator
 from .straight_through import straight_through
 

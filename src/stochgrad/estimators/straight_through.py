@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from ..distributions import BERNOULLI
-from ..expect import lead, over_samples
+from ..sampling import lead, over_samples
 from .base import Estimator
 
 

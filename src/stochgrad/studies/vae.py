@@ -40,8 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import data as D
-from ..estimators import REGISTRY, get_estimator
-from ..expect import expect
+from ..estimators import REGISTRY, get_estimator, resolve
 from ..options import (DEVICE, FOLDER, NON_NEGATIVE, NON_NEGATIVE_FLOAT, POSITIVE, POSITIVE_FLOAT, SEED, OptionError,
                        Options)
 from ..runinfo import write_json
@@ -132,9 +131,9 @@ class BernoulliVAE(nn.Module):
         q_logits = self.encode(x)
         if signal == "elbo":
             q_fixed = q_logits.detach()
-            return expect(lambda b: self.learning_signal(b, x, q_fixed), q_logits, estimator, samples, generator)
+            return resolve(estimator).forward(lambda b: self.learning_signal(b, x, q_fixed), q_logits, samples, generator)
         if signal == "analytic_kl":
-            recon = expect(lambda b: self.neg_log_lik(b, x), q_logits, estimator, samples, generator)
+            recon = resolve(estimator).forward(lambda b: self.neg_log_lik(b, x), q_logits, samples, generator)
             return recon + bernoulli_kl(q_logits, self.prior_logits)
         raise ValueError(f"signal must be one of {', '.join(SIGNALS)}, got {signal!r}")
 

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from ..distributions import CATEGORICAL
-from ..expect import expect
+from ..estimators import resolve
 from .vae import BernoulliVAE
 
 
@@ -67,10 +67,10 @@ class CategoricalVAE(BernoulliVAE):
         q_logits = self.encode(x)
         if signal == "elbo":
             q_fixed = q_logits.detach()
-            return expect(lambda h: self.learning_signal(h, x, q_fixed), q_logits, estimator, samples, generator,
+            return resolve(estimator).forward(lambda h: self.learning_signal(h, x, q_fixed), q_logits, samples, generator,
                           distribution="categorical")
         if signal == "analytic_kl":
-            recon = expect(lambda h: self.neg_log_lik(h, x), q_logits, estimator, samples, generator,
+            recon = resolve(estimator).forward(lambda h: self.neg_log_lik(h, x), q_logits, samples, generator,
                            distribution="categorical")
             return recon + categorical_kl(q_logits, self.prior)
         raise ValueError(f"signal must be 'elbo' or 'analytic_kl', got {signal!r}")

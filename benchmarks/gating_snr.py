@@ -9,7 +9,7 @@ state is the checkpoint's every time). Reported per estimator: ``|mean|`` (the n
 |mean| / noise (an upper bound on one estimate's signal-to-noise ratio when |mean| is within its standard
 error, noise/sqrt(N), of zero), and the cosine between the two estimators' means.
 
-    python benchmarks/gating_snr.py runs/gating_cpu/reinforce_optimal/checkpoint.pt --estimates 200 --batch 32
+    python benchmarks/gating_snr.py runs/gating/reinforce_optimal/checkpoint.pt --estimates 200 --batch 32
 """
 from __future__ import annotations
 

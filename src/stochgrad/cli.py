@@ -42,7 +42,7 @@ def cmd_check(args) -> int:
     names = _estimator_names(args.estimators)
     suite = problems.suite()
     dist = None
-    if getattr(args, "categorical", False):  # issue 10: the categorical problems, the estimators made for them
+    if getattr(args, "categorical", False):  # the categorical problems, the estimators made for them
         suite, dist = problems.categorical_suite(), "categorical"
         names = [n for n in names if "categorical" in REGISTRY[n].distributions]
     rows, failed = [], []

@@ -169,7 +169,7 @@ class Bernoulli(Distribution):
         ``h = 1`` and ``(1 − p)(1 − e^{z̃})`` for ``h = 0``, that is ``∂z̃/∂a = −expm1(−|z̃|)·(1 − q)``.
         ``v`` is in ``[0, 1)`` (``torch.rand``), so ``1 − v > 0``; ``q`` is clamped to the smallest normal number
         (a saturated unit: ``t`` may overflow to ``inf``, ``z̃`` then is ``±inf`` and its slope ``1 − q``). Three
-        buffers of the inputs' size (``q``, ``w``, ``z̃``) where the expression's eleven ops each made one (issue 13).
+        buffers of the inputs' size (``q``, ``w``, ``z̃``) where the expression's eleven ops each made one.
         """
         q = score.abs().clamp_min_(torch.finfo(score.dtype).tiny)
         w = torch.sub(one, v)

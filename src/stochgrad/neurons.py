@@ -112,7 +112,7 @@ class StochasticBinary(nn.Module):
 
 class StochasticCategorical(nn.Module):
     """``n`` units of ``K`` classes each: one-hot samples, unit ``i`` in class ``k`` with probability
-    ``softmax(a_i)_k`` (issue 10), the categorical counterpart of :class:`StochasticBinary`.
+    ``softmax(a_i)_k``, the categorical counterpart of :class:`StochasticBinary`.
 
     Input logits ``(*batch, n, K)``, or ``(*batch, n·K)`` when ``categories=K`` is given (a ``Linear``
     layer's output); the output has the input's shape, one-hot along the classes. Training: pathwise

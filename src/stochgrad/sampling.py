@@ -62,7 +62,7 @@ def bernoulli_from_uniform(u: Tensor, probs: Tensor) -> Tensor:
 
 def bernoulli_from_uniform_(u: Tensor, probs: Tensor) -> Tensor:
     """:func:`bernoulli_from_uniform` written over ``u`` (a buffer of the caller's own, in ``probs``' dtype, of the
-    result's shape): the same values in one pass, no boolean buffer and no conversion pass (issue 13: a ``(128, 1024)``
+    result's shape): the same values in one pass, no boolean buffer and no conversion pass (a ``(128, 1024)``
     float32 threshold ~20 µs instead of ~190 µs on the CPU). Under a transform that refuses the in-place write
     (``torch.func.vmap``), the same values in a buffer of their own."""
     try:

@@ -24,7 +24,7 @@ from .straight_through import StraightThrough, StraightThroughSigmoid
 _CLASSES = (Exact, StraightThrough, StraightThroughSigmoid, Reinforce, ReinforceMA, ReinforceOptimal,
             ReinforceLOO, Learned, ARM, DisARM, Gumbel, GumbelST, REBAR, RELAX, SPSA, FiniteDifference, NodePerturbation)
 _CLASSES += (GumbelRao, ReinMax, CARMS)  # made for categorical units; Bernoulli as their K = 2 case
-_CLASSES += (ARMS, DoubleCV, RODEO, Auto)  # multi-sample Bernoulli estimators since DisARM, and auto (issue 11)
+_CLASSES += (ARMS, DoubleCV, RODEO, Auto)  # multi-sample Bernoulli estimators since DisARM, and auto
 REGISTRY.update({cls.name: cls for cls in _CLASSES})  # (the dict lives in .base, which reads it for errors)
 
 

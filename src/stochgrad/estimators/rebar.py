@@ -23,7 +23,7 @@ second-order pass through ``f``, ``log λ`` one Hessian-vector product (the pass
 with a graph for it); the categorical path differentiates the formula twice by autograd.
 
 Only the temperature's gradient needs that second-order pass, and it is half the cost of a tuning step at 1000 units
-× 1024 examples (issue 13). ``temperature_every`` takes it on every that-many-th tuning step (counted by the calls,
+× 1024 examples. ``temperature_every`` takes it on every that-many-th tuning step (counted by the calls,
 so the phase resumes from ``state_dict``) and leaves it 0 on the others, where η and ρ take their full step and
 Adam's decaying moments carry ``log λ`` on: per ``k`` tuning steps the temperature then moves about ``√k``, not ``k``,
 steps' worth. RELAX takes it every 2nd step (every 8th call), which left the variance after tuning within the noise

@@ -435,7 +435,7 @@ def findings(results) -> list[str]:
 
 
 def _env_line(env: dict) -> str:
-    keys = ("torch", "python", "threads", "cuda", "commit", "dirty", "date")
+    keys = ("torch", "python", "threads", "cuda")  # commit and date: in results.json / timings.json
     return "Environment: " + ", ".join(f"{k} {env[k]}" for k in keys if env.get(k) is not None) + "."
 
 
@@ -658,7 +658,7 @@ def run(cfg: Config, out_dir: str, progress: bool = True) -> dict:
     problems = measure_problems(cfg, tick)
     scaling = measure_scaling(cfg, tick)
     race = run_race(cfg, tick)
-    from .compare_categorical import measure_categorical, categorical_report  # issue 10: categorical units
+    from .compare_categorical import measure_categorical, categorical_report  # the categorical units' part
     categorical = measure_categorical(cfg, tick)
     bar.close()
     results = {"config": {**cfg.__dict__, "estimators": list(cfg.estimators), "scaling_D": list(cfg.scaling_D)},

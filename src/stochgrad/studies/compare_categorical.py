@@ -1,4 +1,4 @@
-"""The categorical part of ``stochgrad compare`` (issue 10): every estimator that supports categorical
+"""The categorical part of ``stochgrad compare``: every estimator that supports categorical
 units, on the categorical problems (bias, variance, cost against exact enumeration) and on how the
 variance grows with the number of units ``n`` and with the number of classes ``K``.
 
@@ -112,7 +112,7 @@ def categorical_report(res: dict, cfg, out_dir: str) -> None:
     if not res:
         return
     est = list(res["units"])
-    L = ["", "## Categorical units (issue 10)", "",
+    L = ["", "## Categorical units (one of K classes)", "",
          f"Estimators that support one-hot categorical units: {', '.join(est)}. Problems: n = 3 units of K = 4 "
          "classes, exact gradients by enumerating the 64 states; columns as above.", ""]
     for p in next(iter(res["problems"].values())):

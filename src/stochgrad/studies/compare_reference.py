@@ -2,12 +2,12 @@
 conclusions differ from the full study's.
 
 Source: the full run (seed 0, D = 1 … 1024, 4000 estimates per point, 100 warm-up calls for estimators
-with state) at commit 1057e34 on 2 CPU cores, as excerpted in the README. To refresh it after a full run:
+with state) on 2 CPU cores, as tabled in the documentation's estimator study. To refresh it after a full run:
 ``compare_reference.from_results(json.load(open("runs/compare/results.json")))``.
 """
 from __future__ import annotations
 
-SOURCE = "full run, seed 0, commit 1057e34"
+SOURCE = "full run, seed 0, 2 CPU cores"
 
 # estimator -> loss -> fitted exponent of relative variance against D (D >= 4)
 FULL_RUN_EXPONENTS: dict[str, dict[str, float]] = {

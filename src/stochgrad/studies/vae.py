@@ -8,7 +8,7 @@ ELBO term ``f(b) = −[log p(x | b) + log p(b) − log q(b | x)]`` with q's logi
 ``disarm/binary/networks.py``: ``get_elbo`` inside ``get_layer_grad_estimation``) and RODEO's
 (thjashin/rodeo ``networks.py``: ``get_loss``). ``signal="analytic_kl"`` feeds the estimator only
 ``−log p(x | b)`` and adds ``KL(q ‖ p)`` exactly: a different signal, and on MNIST a worse one (the
-estimator's centring no longer covers the KL's ``log q − log p`` noise; measured in issue 12: about twice
+estimator's centring no longer covers the KL's ``log q − log p`` noise; measured on MNIST: about twice
 the encoder-gradient variance and ~1 nat lower ELBO at equal steps).
 
 **Protocols** (``--protocol``; explicit flags override), each the published launcher's defaults:
@@ -286,7 +286,7 @@ def train_vae(cfg: VAEConfig) -> dict:
     options = dict(model=cfg.model, pixel_mean=x_train.mean(0).cpu(), demean=proto["demean"],
                    signed_latents=proto["signed_latents"] and not cfg.categories, bias_init=proto["bias_init"])
     if cfg.categories:
-        from .vae_categorical import CategoricalVAE  # the categorical latent layer (issue 10)
+        from .vae_categorical import CategoricalVAE  # the categorical latent layer
 
         model = CategoricalVAE(train.dim, cfg.latent, cfg.categories, **options).to(device)
     else:

@@ -1,4 +1,4 @@
-"""The categorical-latent VAE (issue 10): ``n`` latent variables of ``K`` classes, the setting of the
+"""The categorical-latent VAE: ``n`` latent variables of ``K`` classes, the setting of the
 Gumbel-softmax (Jang et al. 2017, §4.2: 20 × 10 on binarised MNIST) and ReinMax (Liu et al. 2023,
 §6.2: 30 × 10 on dynamically binarised MNIST) papers.
 

@@ -24,6 +24,7 @@ from torch import Tensor
 from .sampling import bernoulli, bernoulli_from_uniform, gumbel_from_uniform, logistic_from_uniform, uniform
 
 MAX_STATES = 2 ** 20
+WIDE = torch.float64  # the categorical sampler's running sum and uniforms: exact in law at any K (Categorical.from_uniform)
 
 
 def all_states(n: int, like: Tensor) -> Tensor:
@@ -56,18 +57,25 @@ def conditional_logistic(v: Tensor, b: Tensor, probs: Tensor) -> Tensor:
     return torch.where(b > 0, on, off)
 
 
-def conditional_gumbel(v: Tensor, h: Tensor, logits: Tensor) -> Tensor:
-    """``z̃ ~ p(z | argmax z = h)`` for ``z = a + Gumbel``, from ``v ~ U(0,1)^K``; differentiable in ``a``.
+def conditional_gumbel_noise(v: Tensor, h: Tensor, probs: Tensor) -> Tensor:
+    """``z̃ − a`` for ``z̃ ~ p(z | argmax z = h)``, ``z = a + Gumbel``, from ``v ~ U(0,1)^K``; differentiable in ``probs``.
 
-    Tucker et al. 2017 (appendix), Paulus et al. 2021 (Alg. 2): with ``E = −log v ~ Exp(1)``, the
-    maximum is ``z̃_b = logsumexp(a) − log E_b`` and every other ``z̃_j = −log(E_j e^{−a_j} + E_b e^{−logsumexp(a)})``.
+    Tucker et al. 2017 (appendix), Paulus et al. 2021 (Alg. 2): with ``E = −log v ~ Exp(1)``, the maximum is
+    ``z̃_b = log Σ e^a − log E_b`` and every other ``z̃_j = −log(E_j e^{−a_j} + E_b / Σ e^a)``; less ``a``, in terms of
+    ``p = softmax(a)``: ``−log E_b − log p_b`` for the sampled class and ``−log(E_j + E_b p_j)`` for the others. A
+    masked class (``p_j = 0``, ``a_j = −inf``) gets plain Gumbel noise ``−log E_j``: finite, so ``a + noise`` stays
+    ``−inf`` there and nothing subtracts two infinities.
     """
-    log_e = torch.log(-torch.log(v.clamp_min(torch.finfo(v.dtype).tiny)))     # log E
-    log_z = torch.logsumexp(logits, -1, keepdim=True)
-    log_e_top = (h * log_e).sum(-1, keepdim=True)
-    top = log_z - log_e_top
-    others = -torch.logaddexp(log_e - logits, log_e_top - log_z)
-    return torch.where(h > 0, top, others)
+    e = -torch.log(v.clamp_min(torch.finfo(v.dtype).tiny))                    # E ~ Exp(1)
+    e_top = (h * e).sum(-1, keepdim=True)
+    top = -torch.log(e_top) - torch.log((h * probs).sum(-1, keepdim=True))
+    return torch.where(h > 0, top, -torch.log(e + e_top * probs))
+
+
+def conditional_gumbel(v: Tensor, h: Tensor, logits: Tensor) -> Tensor:
+    """``z̃ ~ p(z | argmax z = h)`` for ``z = a + Gumbel``, from ``v ~ U(0,1)^K``; differentiable in ``a``
+    (:func:`conditional_gumbel_noise` added to ``a``)."""
+    return logits + conditional_gumbel_noise(v, h, torch.softmax(logits, -1))
 
 
 class Distribution(abc.ABC):
@@ -75,6 +83,7 @@ class Distribution(abc.ABC):
 
     name: str = ""
     event_dims: int = 1  # trailing dimensions of the logits that make one example's units
+    masks: bool = False  # whether a −inf logit masks a class (probability 0 exactly, zero gradient)
 
     def check(self, logits: Tensor, name: str = "logits") -> None:
         """Shape check beyond :func:`stochgrad.guard.check_logits` (dtype, finiteness)."""
@@ -111,6 +120,10 @@ class Distribution(abc.ABC):
     @abc.abstractmethod
     def conditional(self, v: Tensor, h: Tensor, logits: Tensor) -> Tensor:
         """``z̃ ~ p(z | hard(z) = h)`` from uniforms ``v``, differentiable in ``logits``."""
+
+    def conditional_noise(self, v: Tensor, h: Tensor, logits: Tensor) -> Tensor:
+        """``z̃ − a`` of :meth:`conditional` (Gumbel-Rao holds it fixed): finite where a class is masked."""
+        return self.conditional(v, h, logits) - logits
 
     @abc.abstractmethod
     def jacobian(self, p: Tensor, logits: Tensor) -> Tensor:
@@ -191,6 +204,7 @@ class Categorical(Distribution):
 
     name = "categorical"
     event_dims = 2
+    masks = True
 
     def check(self, logits, name="logits"):
         if logits.dim() < 2:
@@ -203,16 +217,31 @@ class Categorical(Distribution):
         return torch.softmax(logits, -1)
 
     def from_uniform(self, u: Tensor, probs: Tensor) -> Tensor:
-        """Inverse CDF with one uniform per unit: class ``k`` iff ``1 − P(≤k) ≤ u < 1 − P(<k)``.
+        """Class indices by the inverse CDF, one uniform per unit: class ``k`` iff ``C_{k−1} < (1 − u)·C_K ≤ C_k``.
 
-        ``u``: ``(*lead, *batch, n)``; ``probs``: ``(*batch, n, K)``. Ordered so that for ``K = 2`` the
-        sample is class 1 iff ``u < p_1``: the Bernoulli unit's ``1[u < σ(a_1 − a_0)]`` (seed Eq. 2).
+        ``u``: ``(*lead, *batch, n)`` in ``[0, 1)``; ``probs``: ``(*batch, n, K)``; returns ``(*lead, *batch, n)`` int64.
+        Exact in law as far as the arithmetic allows, for any ``K`` and for masked classes: ``C`` is the running sum
+        of the probabilities in float64 and the point is scaled by its own total ``C_K`` (not compared with 1), so a
+        class of probability 0 is an empty interval (``C_{k−1} = C_k``) that no ``u`` selects, and the classes after
+        the sum's rounding error keep their mass; ``u`` should be a float64 draw (:meth:`uniform_for`): its 2⁻⁵³ grid,
+        not float32's 2⁻²⁴, sets how finely the probabilities are resolved. Ordered so that for ``K = 2`` the sample
+        is class 1 iff ``u < p_1/(p_0 + p_1)``: the Bernoulli unit's ``1[u < σ(a_1 − a_0)]`` (seed Eq. 2).
         """
-        below = probs.cumsum(-1)[..., :-1]
-        return one_hot((below < (1 - u).unsqueeze(-1)).sum(-1), probs.shape[-1], probs)
+        c = probs.detach().to(WIDE).cumsum(-1)                                   # (*batch, n, K)
+        lead = u.shape[:u.dim() - (probs.dim() - 1)]
+        w = (1 - u.to(WIDE)).reshape(-1, *probs.shape[:-1]).movedim(0, -1)      # (*batch, n, S)
+        index = torch.searchsorted(c[..., :-1].contiguous(), (w * c[..., -1:]).contiguous())  # #{j < K−1: C_j < w·C_K}
+        return index.movedim(-1, 0).reshape(*lead, *probs.shape[:-1])
+
+    @staticmethod
+    def uniform_for(shape, probs: Tensor, generator=None) -> Tensor:
+        """The float64 U[0, 1) draw of :meth:`from_uniform` (float32 where the device has no float64)."""
+        return uniform(shape, probs.new_empty((), dtype=WIDE if probs.device.type != "mps" else torch.float32),
+                       generator)
 
     def sample(self, probs, lead=(), generator=None):
-        return self.from_uniform(uniform((*lead, *probs.shape[:-1]), probs, generator), probs)
+        u = self.uniform_for((*lead, *probs.shape[:-1]), probs, generator)
+        return one_hot(self.from_uniform(u, probs), probs.shape[-1], probs)
 
     def perturb(self, logits, u):
         return logits + gumbel_from_uniform(u)
@@ -226,11 +255,16 @@ class Categorical(Distribution):
     def conditional(self, v, h, logits):
         return conditional_gumbel(v, h, logits)
 
+    def conditional_noise(self, v, h, logits):
+        return conditional_gumbel_noise(v, h, torch.softmax(logits, -1))
+
     def jacobian(self, p, logits):
-        return p * logits - p * (p * logits).sum(-1, keepdim=True)
+        a = torch.where(p > 0, logits, 0.0)  # a masked class (p = 0, a = −inf): no 0·inf; its gradient is 0 anyway
+        return p * a - p * (p * a).sum(-1, keepdim=True)
 
     def log_prob(self, h, logits):
-        return (h * torch.log_softmax(logits, -1)).sum((-2, -1))
+        # log p clamped to the lowest finite number: a masked class's −inf times h = 0 would be NaN
+        return (h * torch.log_softmax(logits, -1).clamp_min(torch.finfo(logits.dtype).min)).sum((-2, -1))
 
     def states(self, logits):
         n, K = logits.shape[-2:]

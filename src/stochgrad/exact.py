@@ -36,7 +36,8 @@ def _log_prob_affine(logits: Tensor, dist) -> tuple[Tensor, Tensor]:
     basis = torch.cat([logits.new_zeros(1, m), torch.eye(m, dtype=logits.dtype, device=logits.device)])
     lp = dist.log_prob(basis.reshape(m + 1, *([1] * len(batch)), *event).expand(m + 1, *batch, *event), logits)
     lp = lp.reshape(m + 1, -1)
-    return lp[1:] - lp[:1], lp[0]
+    # a masked class (log P = −inf) as the lowest finite number: its states get probability 0, not 0·inf = NaN
+    return (lp[1:] - lp[:1]).clamp_min(torch.finfo(lp.dtype).min), lp[0]
 
 
 def _partial_sum(f, logits: Tensor, states: Tensor, dist) -> Tensor:

@@ -56,18 +56,17 @@ def reads_at_once(x: Tensor) -> bool:
     return "cpu" in HOST_READS if x.is_cpu else x.device.type in HOST_READS
 
 
-SMALL = 64  # at most this many elements (a 2-d tensor): read as one Python list; more: reduced on the tensor
+def check_logits(logits, name: str = "logits", verdict=None, masks: bool = False) -> Tensor:
+    """Raises a clear error unless ``logits`` is a floating tensor with a unit dimension and finite values; returns it.
 
+    ``masks``: categorical logits ``(*batch, n, K)``, where ``−inf`` masks a class (probability 0 exactly); then each
+    unit needs at least one finite class, and NaN and ``+inf`` stay errors.
 
-def check_logits(logits, name: str = "logits", verdict=None) -> Tensor:
-    """Raises a clear error unless ``logits`` is a finite floating tensor with a unit dimension; returns it.
-
-    Structure (type, dtype, shape) is checked at once. Values: on the host, read in the fewest calls, a small 2-d
-    tensor (``SMALL``, e.g. one example) as one list (``tolist``, no dispatch; Python sums in double, so only NaN and
-    inf count), else as one reduction and a read; off the host through ``verdict``: the site's :class:`Verdict`, or
-    the estimator that owns it (its ``verdict`` is then looked up only there), or ``None`` (no check off the host).
-    Inside ``torch.compile`` no value is read (a read would break the graph): the guarded updates remain.
-    It runs on every call of ``expect`` and of the layers.
+    Structure (type, dtype, shape) is checked at once. Values: one reduction, summed in float64 (finite float32
+    values cannot overflow it), read on the host where that is free (the CPU) and otherwise reported through
+    ``verdict`` as a device flag (the site's :class:`Verdict`, or the estimator that owns it, or ``None``: no check
+    off the host). Inside ``torch.compile`` no value is read (a read would break the graph): the guarded updates
+    remain. It runs on every call of ``expect`` and of the layers.
     """
     if not isinstance(logits, Tensor) or not logits.dtype.is_floating_point:
         bad_logits(logits, name)
@@ -76,17 +75,24 @@ def check_logits(logits, name: str = "logits", verdict=None) -> Tensor:
         bad_logits(logits, name)
     if _compiling():
         return logits
-    if reads_at_once(logits):
-        if len(shape) == 2 and shape[0] * shape[1] <= SMALL:
-            ok = isfinite(sum(map(sum, logits.tolist())))
-        else:
-            acc = _ACCUMULATE.get(logits.dtype)  # (.data: a read without autograd, cheaper than detach())
-            ok = isfinite((logits.data.sum() if acc is None else logits.data.sum(dtype=acc)).item())
-        if not ok:
-            raise ValueError(f"{name} must be finite; got NaN or inf in a tensor of shape {tuple(shape)}")
+    x = logits.detach()
+    if masks:  # per unit: NaN, +inf or every class −inf make its maximum non-finite; −inf classes alone do not
+        x = x.amax(-1)
+    total = x.sum(dtype=torch.float64 if x.device.type != "mps" else torch.float32)
+    if reads_at_once(total):
+        if not isfinite(total.item()):
+            raise ValueError(logits_message(name, masks) + f" (a tensor of shape {tuple(shape)})")
     elif verdict is not None:
-        (verdict if isinstance(verdict, Verdict) else verdict.verdict).report(finite(logits.detach()), LOGITS, name)
+        (verdict if isinstance(verdict, Verdict) else verdict.verdict).report(finite(total), LOGITS, name)
     return logits
+
+
+def logits_message(name: str, masks: bool = False) -> str:
+    """What bad logit values are called in an error."""
+    if masks:
+        return (f"{name} must be finite, or −inf for a masked class (every unit needs one finite class); got NaN, "
+                "+inf, or a unit whose classes are all −inf")
+    return f"{name} must be finite; got NaN or inf"
 
 
 def bad_logits(logits, name: str):

@@ -142,7 +142,7 @@ class StochasticCategorical(nn.Module):
                 raise ValueError(f"StochasticCategorical(categories={self.categories}) needs input (*batch, n·K) with "
                                  f"K = {self.categories}; got shape {tuple(shape)}")
             a = a.unflatten(-1, (-1, self.categories))
-        check_logits(a, "StochasticCategorical input", self._modules["estimator"])  # (its verdict: off the host only)
+        check_logits(a, "StochasticCategorical input", self._modules["estimator"], masks=True)  # (its verdict: off the host only)
         CATEGORICAL.check(a, "StochasticCategorical input")
         if not self.training:
             p = torch.softmax(a, -1)

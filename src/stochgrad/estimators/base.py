@@ -90,7 +90,7 @@ class Estimator(nn.Module, abc.ABC):
             dist = BERNOULLI
         else:
             logits, dist = as_distribution(logits, distribution)
-        check_logits(logits, "logits", self)  # (self: its verdict is looked up only where a device needs it)
+        check_logits(logits, "logits", self, dist.masks)  # (self: its verdict is looked up only off the host)
         if samples.__class__ is not int or samples != 1 or self.min_samples > 1:
             check_samples(samples, self.min_samples, self.name)
         if generator is not None and not isinstance(generator, (torch.Generator, Sharded)):

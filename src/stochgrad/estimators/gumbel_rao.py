@@ -37,7 +37,7 @@ class GumbelRao(GumbelST):
         a = logits.detach()
         h = dist.sample(dist.probs(a), lead, generator)
         v = dist.uniform((self.draws, *lead, *a.shape), a, generator)
-        noise = dist.conditional(v, h, a) - a          # a + noise ~ p(z | hard(z) = h), held fixed
+        noise = dist.conditional_noise(v, h, a)        # a + noise ~ p(z | hard(z) = h), held fixed
         return straight_through(h, dist.soften(logits + noise, self.temperature).mean(0))
 
     def extra_repr(self) -> str:

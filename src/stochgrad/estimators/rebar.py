@@ -92,6 +92,9 @@ def _dot(x: Tensor, y: Tensor) -> Tensor:
     return torch.vdot(x.reshape(-1), y.reshape(-1))
 
 
+MASKED = -1e4  # a masked class's perturbed logit in the relaxation: softmax weight exp(−1e4/λ), 0 in float32 for λ < 90
+
+
 class REBAR(Tuned):
     """``rebar`` (Tucker et al. 2017): the control variate ``c(z) = η·f(σ(z/λ))`` in Grathwohl et al.'s
     Eq. 6 (module docstring); ``η`` and ``λ`` tuned online to minimise the variance. Unbiased;
@@ -305,7 +308,9 @@ class REBAR(Tuned):
             a = a0.requires_grad_(True)
             z = dist.perturb(a, u)
             b = dist.hard(z.detach())
-            x = torch.stack([z, dist.conditional(v, b, a)])
+            # a masked class (a = −inf) enters the relaxation at MASKED, not −inf: the temperature's gradient multiplies
+            # x by 0 there, and 0·inf is NaN. c stays one function of z, so the estimate stays unbiased.
+            x = torch.stack([z, dist.conditional(v, b, a)]).clamp_min(MASKED)
             f_b = f(b)
             soft = dist.soften(x, 1 / inv_lam)
             c = eta * f(soft)

@@ -199,12 +199,13 @@ def test_categorical_vae_trains_and_reports(tmp_path, capsys):
 
 def test_categorical_vae_bound_and_kl_are_exact_on_a_tiny_model(gen):
     """The IW bound's pieces: log q and KL of the categorical latents against enumeration."""
-    from stochgrad.studies.vae_categorical import CategoricalVAE, categorical_kl, categorical_log_prob
+    from stochgrad.distributions import CATEGORICAL
+    from stochgrad.studies.vae import VAE
     q, p = torch.randn(2, 3, 4, generator=gen, dtype=torch.float64), torch.randn(3, 4, generator=gen, dtype=torch.float64)
-    kl = sg.exact_expectation(lambda h: categorical_log_prob(h, q) - categorical_log_prob(h, p.expand_as(q)), q, CAT)
-    assert torch.allclose(kl, categorical_kl(q, p))
+    kl = sg.exact_expectation(lambda h: CATEGORICAL.log_prob(h, q) - CATEGORICAL.log_prob(h, p.expand_as(q)), q, CAT)
+    assert torch.allclose(kl, CATEGORICAL.kl(q, p))
     with pytest.raises(ValueError, match="categories >= 2"):
-        CategoricalVAE(10, 3, 1)
+        VAE(10, 3, distribution="categorical", categories=1)
 
 
 # --- the network view: a categorical layer under a binary one, against enumeration of both ---------------

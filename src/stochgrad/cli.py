@@ -116,7 +116,7 @@ def cmd_train_vae(args) -> int:
                     checkpoint_every=args.checkpoint_every, variance_every=args.variance_every,
                     eval_at=tuple(args.eval_at), max_seconds=args.max_seconds, test_samples=args.test_samples,
                     test_examples=args.test_examples, progress=not args.quiet, categories=args.categories,
-                    latent=args.latents or (20 if args.categories else 200),
+                    latent=args.latents, temperature=args.temperature, clock=args.clock,
                     tensorboard=args.tensorboard, train_bound=args.train_bound)
     summary = train_vae(cfg)
     if summary:
@@ -268,18 +268,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_compare)
 
     train = sub.add_parser("train", help="train a model: vae, gating, rbm, hashing, bandit").add_subparsers(dest="model_kind", required=True)
-    p = _trainer(train, "vae", "the binary-latent VAE benchmark (200 Bernoulli latents)", cmd_train_vae)
-    p.add_argument("--protocol", default="disarm", choices=["disarm", "rodeo"],
+    p = _trainer(train, "vae", "the VAE benchmark (Bernoulli or categorical latents)", cmd_train_vae)
+    p.add_argument("--protocol", default="disarm", choices=["disarm", "rodeo", "reinmax"],
                    help="published set-up whose defaults fill the flags left out (disarm: linear, batch 50, "
-                        "Adam 1e-4, prior SGD 1e-2; rodeo: nonlinear, batch 100, Adam 1e-3, prior fixed)")
-    p.add_argument("--model", default=None, choices=["linear", "nonlinear"], help="default: the protocol's")
+                        "Adam 1e-4, prior SGD 1e-2; rodeo: nonlinear, batch 100, Adam 1e-3, prior fixed; reinmax: "
+                        "30 x 10-class latents, 784-512-256 ReLU, batch 100, 160 epochs, the script's RAdam lr and "
+                        "temperature, exact KL)")
+    p.add_argument("--model", default=None, choices=["linear", "nonlinear", "relu_512_256"],
+                   help="default: the protocol's")
     p.add_argument("--estimator", default="disarm")
-    p.add_argument("--steps", type=POSITIVE, default=None, help="default: the protocol's 1,000,000")
+    p.add_argument("--steps", type=POSITIVE, default=None,
+                   help="default: the protocol's (1,000,000; reinmax: 96,000, 160 epochs)")
     p.add_argument("--batch-size", type=POSITIVE, default=None)
-    p.add_argument("--lr", type=POSITIVE_FLOAT, default=None, help="Adam's, for encoder and decoder")
+    p.add_argument("--lr", type=POSITIVE_FLOAT, default=None,
+                   help="the optimiser's (Adam; reinmax: its script's), for encoder and decoder")
     p.add_argument("--prior-lr", type=NON_NEGATIVE_FLOAT, default=None, help="SGD's, for the prior logits (0: fixed prior)")
-    p.add_argument("--signal", default="elbo", choices=["elbo", "analytic_kl"],
-                   help="what the estimator sees: the per-example ELBO term (published) or -log p(x|b) + exact KL")
+    p.add_argument("--signal", default=None, choices=["elbo", "analytic_kl"],
+                   help="what the estimator sees: the per-example ELBO term or -log p(x|b) + exact KL "
+                        "(default: the protocol's; elbo, reinmax: analytic_kl)")
+    p.add_argument("--temperature", type=POSITIVE_FLOAT, default=None,
+                   help="the estimator's temperature (default: the reinmax protocol's, else the estimator's)")
+    p.add_argument("--clock", default="wall", choices=["wall", "cpu"],
+                   help="what --max-seconds and the seconds column measure: wall time or the training thread's "
+                        "CPU time (a budget other processes cannot eat into)")
     p.add_argument("--samples", type=POSITIVE, default=None,
                    help="samples (antithetic pairs) per estimate; default: the estimator's minimum")
     p.add_argument("--device", type=DEVICE, default="cpu")
@@ -295,9 +306,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-examples", type=NON_NEGATIVE, default=0, help="test examples to evaluate (0: all)")
     p.add_argument("--no-train-bound", dest="train_bound", action="store_false",
                    help="skip the summary's bound on as many training images (one evaluation less)")
-    p.add_argument("--categories", type=NON_NEGATIVE, default=0,
-                   help="0: Bernoulli latents; K >= 2: categorical latents of K classes (e.g. 10)")
-    p.add_argument("--latents", type=NON_NEGATIVE, default=0, help="latent variables (default 200 Bernoulli, 20 categorical)")
+    p.add_argument("--categories", type=NON_NEGATIVE, default=None,
+                   help="0: Bernoulli latents; K >= 2: categorical latents of K classes (default: the protocol's; "
+                        "0, reinmax: 10)")
+    p.add_argument("--latents", type=POSITIVE, default=None,
+                   help="latent variables (default 200 Bernoulli, 20 categorical; reinmax: 30)")
 
     p = _trainer(train, "gating", "conditional computation: stochastic gates on MNIST", cmd_train_gating)
     p.add_argument("--gater", default="straight_through",

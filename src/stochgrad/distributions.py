@@ -135,6 +135,11 @@ class Distribution(abc.ABC):
         """``log P(h)`` summed over the units: ``(*lead, *batch)``."""
 
     @abc.abstractmethod
+    def kl(self, q_logits: Tensor, p_logits: Tensor) -> Tensor:
+        """``KL(q ‖ p)`` of the laws with logits ``q_logits`` ``(*batch, *event)`` and ``p_logits`` (broadcastable),
+        summed over the units: ``(*batch)``."""
+
+    @abc.abstractmethod
     def states(self, logits: Tensor) -> Tensor:
         """Every state of one example's units, ``(N, *event)``, in the dtype of ``logits``."""
 
@@ -194,6 +199,11 @@ class Bernoulli(Distribution):
 
     def log_prob(self, h, logits):
         return log_prob(h, logits)
+
+    def kl(self, q_logits, p_logits):
+        # Σ σ(q)(log σ(q) − log σ(p)) + σ(−q)(log σ(−q) − log σ(−p)), with log σ(x) − log σ(−x) = x:
+        # σ(q)(q − p) + log σ(−q) − log σ(−p)
+        return (torch.sigmoid(q_logits) * (q_logits - p_logits) + F.softplus(p_logits) - F.softplus(q_logits)).sum(-1)
 
     def states(self, logits):
         return all_states(logits.shape[-1], logits)
@@ -265,6 +275,10 @@ class Categorical(Distribution):
     def log_prob(self, h, logits):
         # log p clamped to the lowest finite number: a masked class's −inf times h = 0 would be NaN
         return (h * torch.log_softmax(logits, -1).clamp_min(torch.finfo(logits.dtype).min)).sum((-2, -1))
+
+    def kl(self, q_logits, p_logits):
+        log_q = torch.log_softmax(q_logits, -1)
+        return (log_q.exp() * (log_q - torch.log_softmax(p_logits, -1))).sum((-2, -1))
 
     def states(self, logits):
         n, K = logits.shape[-2:]

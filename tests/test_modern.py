@@ -105,7 +105,7 @@ def test_each_estimator_costs_the_evaluations_it_declares(name):
     a = p.logits.expand(4, -1).clone().requires_grad_(True)
     est(counted, a, samples=S, generator=torch.Generator().manual_seed(0)).sum().backward()
     if name == "auto":   # its first call measures every candidate beside the chosen one; it counts what it spends
-        assert sum(calls) == est.spent[0].item() > est.evaluations(p.n, S) and est.evaluations(p.n, S) <= S
+        assert sum(calls) == est.report()["evaluations_spent"] > est.evaluations(p.n, S) and est.evaluations(p.n, S) <= S
         return
     assert sum(calls) == est.evaluations(p.n, S)
     assert str(sg.estimators()[name].cost)

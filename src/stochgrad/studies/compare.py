@@ -94,6 +94,11 @@ def _gen(cfg, salt=0):
     return torch.Generator(device=cfg.device).manual_seed(cfg.seed * 1000 + salt)
 
 
+def _estimator(name: str):
+    """A fresh estimator; ``auto`` ranks by f-evaluations here (machine-independent: results.json repeats)."""
+    return get_estimator(name, cost="evaluations") if name == "auto" else get_estimator(name)
+
+
 # ---- 1. problems ------------------------------------------------------------------------------------
 def _dist(p):
     """The problem's distribution as ``expect`` takes it (``None``: Bernoulli logits, the fast path)."""
@@ -107,7 +112,7 @@ def measure_problems(cfg: Config, tick, problems=None, names=None) -> dict:
     for k, p in enumerate(P.suite(device=cfg.device) if problems is None else problems):
         objects = {}
         for name in cfg.estimators if names is None else names:
-            est = objects[name] = get_estimator(name).to(cfg.device)
+            est = objects[name] = _estimator(name).to(cfg.device)
             r = check_unbiased(est, p.f, p.logits, estimates=cfg.problem_estimates, batch=batch,
                                samples=_samples(name), generator=_gen(cfg, k), warmup=10, distribution=_dist(p))
             out.setdefault(name, {})[p.name] = {
@@ -233,7 +238,7 @@ def measure_scaling(cfg: Config, tick, logit: float = 1.0) -> dict:
                     continue
                 a = torch.full((D,), logit, dtype=torch.float64, device=cfg.device)
                 exact = grad_fn(a)
-                est = get_estimator(name).to(cfg.device)
+                est = _estimator(name).to(cfg.device)
                 n_est = _scaling_estimates(cfg, name, D)
                 batch = min(n_est, max(1, 200000 // D))
                 stateful = any(True for _ in est.buffers()) or any(True for _ in est.parameters())
@@ -274,7 +279,7 @@ def run_race(cfg: Config, tick) -> dict:
     for k, p in enumerate(race_problems(cfg)):
         best = p.f(all_states(p.n, p.logits)).min().item()  # the loss of the best single state
         for name in cfg.estimators:
-            est = get_estimator(name).to(cfg.device)
+            est = _estimator(name).to(cfg.device)
             gen = _gen(cfg, 50 + k)
             a = p.logits.clone().requires_grad_(True)
             opt = torch.optim.Adam([a], lr=0.05)

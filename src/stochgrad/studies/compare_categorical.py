@@ -60,7 +60,7 @@ def relative_variance(cfg, name, n, K, loss, salt) -> float:
     a = torch.linspace(-1, 1, K, dtype=torch.float64, device=cfg.device).expand(n, K).contiguous()
     x = a.clone().requires_grad_(True)
     (exact,) = torch.autograd.grad(mean(x), x)
-    est = get_estimator(name).to(cfg.device)
+    est = get_estimator(name, **({"cost": "evaluations"} if name == "auto" else {})).to(cfg.device)  # repeatable
     estimates = min(cfg.scaling_estimates, 300) if cfg.quick else cfg.scaling_estimates
     batch = min(estimates, max(1, 200000 // (n * K)))
     stateful = any(True for _ in est.buffers()) or any(True for _ in est.parameters())

@@ -8,22 +8,21 @@ Run (long: ~45 CPU-minutes per estimator on one core of a 2-core Xeon VM; start 
         --estimators reinmax,gumbel_st,straight_through,reinforce_loo --runs runs/vae_reinmax
 
 Killed or stopped, the same command continues every unfinished run from its last checkpoint (every 1,000
-steps) and skips finished ones. ``--collect`` writes what the runs have reached (finished runs' summaries,
-unfinished runs' last logged step and training ELBO) to
-``benchmarks/results/vae_reinmax/<machine>/<date>_<commit>.json``, ``--collect-only`` does only that.
+steps) and skips finished ones. ``--collect`` files what the runs have reached (finished runs' summaries and curves,
+unfinished runs' curves so far) as ``benchmarks/results/vae_reinmax/<machine>/<date>_<commit>.json``
+(``benchmarks/record.py``); ``--collect-only`` does only that.
 """
 from __future__ import annotations
 
 import argparse
-import csv
-import datetime
 import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-RESULTS = os.path.join(HERE, "..", "results", "vae_reinmax")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from record import read_run, save  # noqa: E402  (benchmarks/record.py)
 
 
 def run_dir(runs: str, config: str, estimator: str, seed: int) -> str:
@@ -51,38 +50,21 @@ def train(out: str, config: str, estimator: str, seed: int, extra: list[str]) ->
     return subprocess.call(cmd)
 
 
-def progress(out: str) -> dict:
-    """An unfinished run: its last logged row (step, training ELBO of the last 100 steps, CPU seconds)."""
-    path = os.path.join(out, "metrics.csv")
-    if not os.path.exists(path):
-        return {"steps": 0}
-    with open(path) as fh:
-        rows = list(csv.DictReader(fh))
-    if not rows:
-        return {"steps": 0}
-    last = rows[-1]
-    return {"steps": int(last["step"]), "train_elbo_last_100_steps": float(last["train_elbo"]),
-            "train_seconds": float(last["seconds"])}
-
-
-def collect(runs: str, config: str, estimators: list[str], seed: int, machine: str) -> str:
-    from stochgrad.runinfo import environment, git_commit
-
+def collect(runs: str, config: str, estimators: list[str], seed: int, machine: str, command: str):
+    """Files every run (finished or not: its metrics so far) as one result (``benchmarks/record.py``)."""
+    folders = {name: run_dir(runs, config, name, seed) for name in estimators}
     table = {}
-    for name in estimators:
-        out = run_dir(runs, config, name, seed)
-        summary = finished(out)
-        table[name] = {"finished": True, **summary} if summary else {"finished": False, **progress(out)}
-    commit = (git_commit()[0] or "nocommit")[:7]
-    date = datetime.date.today().isoformat()
-    folder = os.path.join(RESULTS, machine)
-    os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, f"{date}_{commit}.json")
-    with open(path, "w") as fh:
-        json.dump({"benchmark": "vae_reinmax", "config": config, "seed": seed, "machine": machine,
-                   "protocol": "stochgrad train vae --protocol reinmax (ReinMax mnist_vae, 160 epochs)",
-                   "runs": table, "environment": environment()}, fh, indent=1)
-    return path
+    for name, out in folders.items():
+        if os.path.exists(os.path.join(out, "metrics.csv")):
+            run = read_run(Path(out))
+            run["finished"] = finished(out) is not None
+            if not run["finished"]:
+                run.pop("summary", None)   # a summary of a shorter earlier run, if any: not this protocol's
+            table[name] = run
+    note = (f"ReinMax's MNIST protocol, {config.replace('x', ' classes x ')} latents, seed {seed}, one CPU thread; "
+            "seconds are the training thread's CPU time. test_elbo_1_sample_analytic_kl is the published code's test "
+            "figure (one sample, exact KL); train_elbo_last_epoch its training figure. Unfinished runs: metrics so far.")
+    return save("vae_reinmax", machine, table, command, note)
 
 
 def main():
@@ -91,7 +73,7 @@ def main():
     p.add_argument("--estimators", default="reinmax,gumbel_st,straight_through,reinforce_loo")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--runs", default="runs/vae_reinmax", help="folder of the runs (checkpoints, metrics)")
-    p.add_argument("--machine", default=os.environ.get("STOCHGRAD_MACHINE", "xeon-2core"))
+    p.add_argument("--machine", default="cpu-2core", help="a machine named in benchmarks/results/machines.json")
     p.add_argument("--collect", action="store_true", help="write the results file after the runs")
     p.add_argument("--collect-only", action="store_true", help="only write the results file")
     p.add_argument("--steps", type=int, default=None, help="a shorter run (tests)")
@@ -104,7 +86,8 @@ def main():
             if finished(out) is None and train(out, a.config, name, a.seed, extra) != 0:
                 print(f"{name}: the run stopped with an error; rerun to resume it", file=sys.stderr)
     if a.collect or a.collect_only:
-        print("wrote", collect(a.runs, a.config, names, a.seed, a.machine))
+        command = "python benchmarks/reproduce/vae_reinmax.py " + " ".join(a for a in sys.argv[1:] if "collect" not in a)
+        print("wrote", collect(a.runs, a.config, names, a.seed, a.machine, command))
 
 
 if __name__ == "__main__":

@@ -98,7 +98,6 @@ def plan(budget: int, n: int, names=None, distribution=BERNOULLI) -> list[tuple[
     ``_NEVER`` and ``_COSTLY``); those that cannot fit the budget are left out. Each gets the most samples whose
     cost fits.
     """
-
     dist = get_distribution(distribution)
     if names is None:
         names = [k for k, cls in REGISTRY.items() if cls.unbiased and k not in _NEVER + _COSTLY

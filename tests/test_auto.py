@@ -1,4 +1,4 @@
-"""estimator="auto" (issue 11): it picks what the study says is best, stays unbiased, resumes, agrees across ranks."""
+"""estimator="auto": it picks what the study says is best, stays unbiased, resumes, agrees across ranks."""
 import copy
 import os
 import tempfile

@@ -58,7 +58,7 @@ def test_chunked_exact_matches_one_call(monkeypatch, gen):  # item 5: chunks cha
 @pytest.mark.parametrize("kwargs, match", [(dict(threshold=float("nan")), "threshold"),
                                            (dict(threshold=float("inf")), "threshold"),
                                            (dict(threshold=-1.0), "threshold"),
-                                           (dict(estimates=1), "estimates must be an integer >= 2"),
+                                           (dict(estimates=29), "estimates must be an integer >= 30"),
                                            (dict(estimates=100, batch=0), "batch must be an integer >= 1"),
                                            (dict(samples=0), "samples must be an integer >= 1"),
                                            (dict(warmup=-1), "warmup must be an integer >= 0")])
@@ -74,7 +74,7 @@ def test_exact_is_not_reported_biased(capsys):  # item 16
     assert main(["check", "--estimators", "exact", "--estimates", "200", "--batch", "100", "--quiet"]) == 0
     assert "unbiased: ok" in capsys.readouterr().out
     p = problems.suite()[0]   # a biased deterministic estimate is still caught at rounding resolution
-    r = check_unbiased("exact", lambda b: p.f(b) * (1 + 1e-9), p.logits, estimates=10)
+    r = check_unbiased("exact", lambda b: p.f(b) * (1 + 1e-9), p.logits, estimates=30)
     r.exact = exact_gradient(p.f, p.logits)[1]
     assert r.bias_detected
 

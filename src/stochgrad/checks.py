@@ -10,8 +10,11 @@ from torch import Tensor
 from .distributions import get_distribution
 from .estimators import Estimator, get_estimator, resolve
 from .exact import exact_expectation, exact_gradient
-from .guard import LossFn, check_logits
+from .guard import LOW_PRECISION, LossFn, check_logits
 from .options import NON_NEGATIVE, POSITIVE, POSITIVE_FLOAT, integer
+
+
+MIN_ESTIMATES = 30  # fewer cannot estimate the variance the z-scores divide by (Student's t with < 29 dof)
 
 
 @dataclass
@@ -59,6 +62,16 @@ class UnbiasedCheck:
         return self.bias / self.standard_error.clamp_min(self.rounding)
 
     @property
+    def critical(self) -> float:
+        """The ``|z|`` that counts as bias: :attr:`threshold` (a normal quantile) moved to Student's t with
+        ``estimates − 1`` degrees of freedom, since the standard error is itself estimated (Cornish–Fisher
+        expansion, Abramowitz & Stegun 26.7.5; at 30 estimates and threshold 4: 4.67)."""
+        z, nu = self.threshold, max(self.estimates - 1, 1)
+        terms = ((z ** 3 + z) / 4, (5 * z ** 5 + 16 * z ** 3 + 3 * z) / 96,
+                 (3 * z ** 7 + 19 * z ** 5 + 17 * z ** 3 - 15 * z) / 384)
+        return z + sum(t / nu ** (k + 1) for k, t in enumerate(terms))
+
+    @property
     def max_abs_z(self) -> float:
         return self.z.abs().max().item()
 
@@ -69,7 +82,8 @@ class UnbiasedCheck:
 
     @property
     def bias_detected(self) -> bool:
-        return self.max_abs_z >= self.threshold
+        """``max |z| ≥`` :attr:`critical`; a NaN z-score (a NaN estimate) counts as bias, never as a pass."""
+        return not self.max_abs_z < self.critical
 
     @property
     def passed(self) -> bool:
@@ -130,16 +144,24 @@ def check_unbiased(estimator: str | Estimator, f: LossFn, logits: Tensor, *, est
     Returns:
         :class:`UnbiasedCheck`: per-coordinate mean, variance, bias, z-scores, and a verdict.
     """
-    check_logits(logits)
-    integer(2).check(estimates, "estimates")   # the kinds of `stochgrad check`'s flags (stochgrad.options)
+    dist = get_distribution(distribution)
+    check_logits(logits, masks=dist.masks)
+    integer(MIN_ESTIMATES).check(estimates, "estimates")   # the kinds of `stochgrad check`'s flags (stochgrad.options)
     POSITIVE.check(samples, "samples")
     POSITIVE_FLOAT.check(threshold, "threshold")
     est = get_estimator(estimator) if isinstance(estimator, str) else estimator
-    exact = exact_gradient(f, logits, distribution)[1]
+    # the ground truth in float32 at least: the estimator samples and scores low-precision logits in float32 too
+    work = logits.detach().float() if logits.dtype in LOW_PRECISION else logits.detach()
+    truth = f if work.dtype == logits.dtype else (lambda b: f(b.to(logits.dtype)).to(work.dtype))
+    exact_value, exact = exact_gradient(truth, work, distribution)
+    if not (torch.isfinite(exact_value).all() and torch.isfinite(exact).all()):
+        raise ValueError("f is NaN or inf on some states, so E[f] and its gradient are undefined: no estimator can be "
+                         "checked against them")
     with torch.no_grad():
-        loss_scale = exact_expectation(lambda b: f(b).abs(), logits.detach(), distribution).abs().max().item()
-    states = get_distribution(distribution).states(logits.detach()).shape[0]
+        loss_scale = exact_expectation(lambda b: truth(b).abs(), work, distribution).abs().max().item()
+    states = dist.states(work).shape[0]
     g = sample_gradients(est, f, logits, estimates, batch, samples, generator, warmup, distribution)
+    g = g.to(exact.dtype)
     mean, var = g.mean(0), g.var(0)
     dims = tuple(range(1, g.dim()))
     mse = (g - exact).square().sum(dims).mean().item()

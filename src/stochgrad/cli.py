@@ -238,6 +238,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     """The ``stochgrad`` argument parser: one sub-command per function ``cmd_*`` of this module."""
     from . import __version__
+    from .checks import MIN_ESTIMATES
 
     parser = _Parser(prog="stochgrad", description=__doc__)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__} (torch {torch.__version__})")
@@ -247,7 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--categorical", action="store_true",
                    help="the categorical problems (3 units of 4 classes) and the estimators that support them")
     p.add_argument("--estimators", help="comma-separated names (default: all)")
-    p.add_argument("--estimates", type=integer(2), default=10000, help="gradient estimates per problem")
+    p.add_argument("--estimates", type=integer(MIN_ESTIMATES), default=10000,
+                   help=f"gradient estimates per problem (at least {MIN_ESTIMATES}: the z-test estimates their variance)")
     p.add_argument("--batch", type=POSITIVE, default=500, help="estimates per call (stateful estimators update per call)")
     p.add_argument("--samples", type=POSITIVE, default=2, help="samples per estimate")
     p.add_argument("--warmup", type=NON_NEGATIVE, default=5, help="calls discarded first (baselines, tuning)")

@@ -24,6 +24,7 @@ from torch import Tensor
 from .sampling import bernoulli, bernoulli_from_uniform, gumbel_from_uniform, logistic_from_uniform, uniform
 
 MAX_STATES = 2 ** 20
+MAX_STATE_ENTRIES = 2 ** 27  # entries of the enumerated states (states × event): 512 MiB in float32 (2^20 states of 5 × 16 fit)
 WIDE = torch.float64  # the categorical sampler's running sum and uniforms: exact in law at any K (Categorical.from_uniform)
 
 
@@ -284,6 +285,10 @@ class Categorical(Distribution):
         n, K = logits.shape[-2:]
         if n * math.log2(K) > 20 + 1e-9:
             raise ValueError(f"exact enumeration needs K^n <= 2^20 states; got n = {n} units of K = {K} classes")
+        if K ** n * n * K > MAX_STATE_ENTRIES:  # the one-hot states, (K^n, n, K): K matters, not only K^n
+            raise ValueError(f"exact enumeration of n = {n} units of K = {K} classes needs K^n·n·K = {K ** n * n * K:,} "
+                             f"one-hot entries, more than {MAX_STATE_ENTRIES:,} ({MAX_STATE_ENTRIES * 4 >> 20} MiB in "
+                             "float32): use fewer classes or units, or a sampling estimator")
         radix = K ** torch.arange(n - 1, -1, -1, device=logits.device)
         digits = torch.arange(K ** n, device=logits.device).unsqueeze(-1) // radix % K   # (K^n, n)
         return one_hot(digits, K, logits)

@@ -102,10 +102,10 @@ class Graph:
         if probes:  # one backward pass to the outputs of the nodes that need ∂L/∂h (straight-through's)
             grads = torch.autograd.grad(loss.sum(), probes, retain_graph=True, allow_unused=True)
             dl_dh = {id(p): (torch.zeros_like(p) if g is None else g) for p, g in zip(probes, grads)}
-        count = loss.numel()
-        roots, grads = [], []
+        count = max(loss.numel(), 1)   # an empty batch: nothing to learn, but every node still folds (and, under
+        roots, grads = [], []            # torch.distributed, joins its ranks' collectives with a count of 0)
         if loss.requires_grad:
-            roots.append(loss.mean())
+            roots.append(loss.mean() if loss.numel() else loss.sum())   # (an empty batch: 0, not the mean's NaN)
             grads.append(None)
         losses = {}   # the detached losses broadcast to each batch shape (usually one shape for all the nodes)
         for node in self.nodes:

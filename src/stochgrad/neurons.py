@@ -115,7 +115,9 @@ class StochasticCategorical(nn.Module):
     ``softmax(a_i)_k``, the categorical counterpart of :class:`StochasticBinary`.
 
     Input logits ``(*batch, n, K)``, or ``(*batch, n·K)`` when ``categories=K`` is given (a ``Linear``
-    layer's output); the output has the input's shape, one-hot along the classes. Training: pathwise
+    layer's output); with ``categories=K``, an input of three or more dimensions whose last is ``K`` is read as
+    ``(*batch, n, K)`` (a ``(B, T, K)`` input is then ``T`` units of ``B`` examples: give ``(B, T, 1, K)`` for one
+    unit per step). The output has the input's shape, one-hot along the classes. Training: pathwise
     estimators that support categorical units (``straight_through``, ``gumbel``, ``gumbel_st``,
     ``gumbel_rao``, ``reinmax``) learn by autograd; ``reinforce*`` record a node in
     :func:`stochgrad.broadcast` (``local=True`` and :class:`DelayedBroadcast` too) and learn from
@@ -137,10 +139,10 @@ class StochasticCategorical(nn.Module):
 
     def forward(self, a: Tensor) -> Tensor:
         shape = a.shape
-        if self.categories is not None:
+        if self.categories is not None and not (a.dim() >= 3 and shape[-1] == self.categories):  # (*batch, n, K): as is
             if a.dim() < 1 or a.shape[-1] % self.categories:
-                raise ValueError(f"StochasticCategorical(categories={self.categories}) needs input (*batch, n·K) with "
-                                 f"K = {self.categories}; got shape {tuple(shape)}")
+                raise ValueError(f"StochasticCategorical(categories={self.categories}) needs input (*batch, n·K) or "
+                                 f"(*batch, n, K) with K = {self.categories}; got shape {tuple(shape)}")
             a = a.unflatten(-1, (-1, self.categories))
         check_logits(a, "StochasticCategorical input", self._modules["estimator"], masks=True)  # (its verdict: off the host only)
         CATEGORICAL.check(a, "StochasticCategorical input")

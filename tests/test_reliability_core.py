@@ -85,3 +85,101 @@ def test_a_categorical_layer_given_units_and_classes_keeps_the_units():
         graph.backward(h.flatten(1).sum(-1))
         sizes.append(layer.estimator.baseline.numerator.shape)
     assert sizes == [(n * K,), (n * K,)]
+
+
+def _used(name, calls=3, samples=None, **options):
+    from stochgrad import problems
+
+    p = problems.decoder()
+    est = sg.get_estimator(name, **options)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(calls):
+        a = p.logits.expand(8, -1).clone().requires_grad_(True)
+        est(p.f, a, samples or max(2, est.min_samples), g).sum().backward()
+    return est
+
+
+def _same(before, est):
+    after = est.state_dict()
+    return before.keys() == after.keys() and all(
+        torch.equal(v, after[k]) if isinstance(v, torch.Tensor) else v == after[k] for k, v in before.items())
+
+
+def _copy(est):
+    return {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in est.state_dict().items()}
+
+
+def test_a_state_loads_only_into_the_estimator_it_means():
+    """One rule, checked before anything changes: the same estimator and options (the tuned family shares its buffer
+    names; auto's choice is an index into its candidates), and finite values; an older tuned state without its meaning
+    still loads."""
+    auto = _used("auto", calls=12, candidates=["disarm", "reinforce_loo"])
+    other = sg.get_estimator("auto", candidates=["reinforce_loo", "disarm"])
+    before = _copy(other)
+    with pytest.raises(ValueError, match="belongs to another estimator"):
+        other.load_state_dict(auto.state_dict())
+    assert _same(before, other) and len(other.candidates) == 0
+    sg.get_estimator("auto", candidates=["disarm", "reinforce_loo"]).load_state_dict(auto.state_dict())
+    rebar = _used("rebar", samples=1)
+    for target in (sg.get_estimator("double_cv"), sg.get_estimator("relax")):
+        with pytest.raises(ValueError, match="belongs to another estimator"):
+            target.load_state_dict(rebar.state_dict())
+    with pytest.raises(ValueError, match="hidden"):
+        sg.get_estimator("relax", hidden=20).load_state_dict(_used("relax", samples=1, hidden=10).state_dict())
+    for name in ("rebar", "reinforce_optimal"):
+        used = _used(name, samples=1)
+        bad = _copy(used)
+        key = "theta" if name == "rebar" else "baseline.numerator"
+        bad[key][0] = float("inf")
+        fresh = _used(name, samples=1, calls=1)
+        before = _copy(fresh)
+        with pytest.raises(ValueError, match="NaN or inf"):
+            fresh.load_state_dict(bad)
+        assert _same(before, fresh)
+    old = _copy(rebar)
+    old["_extra_state"] = {"calls": old["_extra_state"]["calls"]}   # saved before states carried their meaning
+    sg.get_estimator("rebar").load_state_dict(old)
+
+
+@pytest.mark.parametrize("case", ["huge losses", "huge lr"])
+def test_a_tuning_step_that_would_overflow_changes_nothing_and_says_so(case):
+    """The guard checks the step's result, not only its gradient: Adam's second moment overflowing (losses ~1e12 in
+    float32) or a learning rate that sends the tuned values to inf leaves the state bitwise as it was, with an error
+    (or silently with skip_nonfinite)."""
+    from stochgrad import problems
+
+    p = problems.decoder()
+    scale, lr = (1e12, 8e-2) if case == "huge losses" else (1.0, 1e38)
+    f = lambda b: quadratic(b) * scale  # noqa: E731
+    for skip in (False, True):
+        est = sg.get_estimator("rebar", tune_every=1, lr=lr)
+        est.skip_nonfinite = skip
+        a = p.logits.float().expand(8, -1)
+        before = _copy(est)
+        call = lambda: est(f, a.clone().requires_grad_(True), 1, torch.Generator().manual_seed(1))  # noqa: E731
+        if skip:
+            call()
+        else:
+            with pytest.raises(ValueError, match="tuning step came out NaN or inf"):
+                call()
+        after = est.state_dict()
+        assert all(torch.equal(after[k], v) for k, v in before.items() if k != "_extra_state" and v.numel())
+        assert torch.isfinite(est.theta).all()
+
+
+def test_a_rejected_call_leaves_a_tuned_estimator_as_it_was():
+    """A first call that fails after sizing the state (RELAX's network drawn on first use) leaves it unsized; a call
+    skipped for NaN losses (skip_nonfinite, on the host) is not counted."""
+    from stochgrad import problems
+
+    p = problems.decoder()
+    relax = sg.get_estimator("relax")
+    a = p.logits.expand(4, -1).clone().requires_grad_(True)
+    with pytest.raises(ValueError, match="per-sample losses"):
+        relax(lambda b: b.sum(), a, 1, torch.Generator().manual_seed(0))
+    assert relax.theta.numel() == 2 and relax.adam_m.numel() == 2
+    rebar = _used("rebar", samples=1, calls=2)
+    rebar.skip_nonfinite = True
+    calls, theta = rebar.get_extra_state()["calls"], rebar.theta.clone()
+    rebar(lambda b: p.f(b) * float("nan"), a, 1, torch.Generator().manual_seed(2)).sum().backward()
+    assert rebar.get_extra_state()["calls"] == calls and torch.equal(rebar.theta, theta)

@@ -118,7 +118,7 @@ class MovingAverage(Baseline):
 
     def update(self, score, losses):
         count = losses.numel()
-        if count == 0:
+        if count == 0 and not is_distributed():  # (under torch.distributed an empty rank still joins the mean)
             return None
         losses = losses.detach() if losses.requires_grad else losses  # (cheaper than torch.no_grad())
         mean, weight, keep = self._ready(losses), self._buffers["weight"], 1 - self.decay
@@ -177,7 +177,7 @@ class OptimalBaseline(Baseline):
         """This call's ``(E[(h − σ)² L], E[(h − σ)²])`` per unit over the examples of all ranks; ``None`` if empty."""
         per_unit = score.square().reshape(-1, score.shape[-1])
         count = per_unit.shape[0]
-        if count == 0:
+        if count == 0 and not is_distributed():  # (under torch.distributed an empty rank still joins the mean)
             return None
         if count == 1 and not is_distributed():  # one example: its own statistics, no reduction
             den = per_unit[0]

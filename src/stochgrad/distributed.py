@@ -21,10 +21,14 @@ def is_distributed() -> bool:
 
 
 def mean_over_ranks(local_mean: Tensor, local_count: int) -> Tensor:
-    """Mean over all ranks' examples, given this rank's mean over ``local_count`` examples."""
+    """Mean over all ranks' examples, given this rank's mean over ``local_count`` examples.
+
+    Every rank must call it whatever its batch (an empty one too: it then adds nothing, whatever its local "mean"
+    holds; skipping the call would leave the other ranks waiting in ``all_reduce``)."""
     if not (_AVAILABLE and dist.is_initialized()) or dist.get_world_size() == 1:
         return local_mean
-    packed = torch.cat([local_mean.reshape(-1) * local_count,
+    local_sum = local_mean.reshape(-1) * local_count if local_count else local_mean.new_zeros(local_mean.numel())
+    packed = torch.cat([local_sum,
                         torch.tensor([float(local_count)], dtype=local_mean.dtype, device=local_mean.device)])
     dist.all_reduce(packed)
     return (packed[:-1] / packed[-1]).reshape(local_mean.shape)

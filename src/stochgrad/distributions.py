@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .sampling import bernoulli, bernoulli_from_uniform, gumbel_from_uniform, logistic_from_uniform, uniform
+from .sampling import bernoulli, gumbel_from_uniform, logistic_from_uniform, uniform
 
 MAX_STATES = 2 ** 20
 MAX_STATE_ENTRIES = 2 ** 27  # entries of the enumerated states (states × event): 512 MiB in float32 (2^20 states of 5 × 16 fit)

@@ -34,8 +34,10 @@ from torch.compiler import is_compiling as _compiling  # (bound once: no attribu
 HOST_READS = frozenset({"cpu"})  # device types whose values the host reads without synchronising
 
 _ACCUMULATE = {torch.float16: torch.float32, torch.bfloat16: torch.float32}  # no overflow of the check's sum
-LOGITS, LOSSES = 1, 2  # the problems a verdict can carry (bits)
-MESSAGES = {LOGITS: "must be finite; got NaN or inf", LOSSES: "f returned NaN or inf losses"}
+LOGITS, LOSSES, TUNING = 1, 2, 4  # the problems a verdict can carry (bits)
+MESSAGES = {LOGITS: "must be finite; got NaN or inf", LOSSES: "f returned NaN or inf losses",
+            TUNING: "a tuning step came out NaN or inf (its gradient, Adam's moments or the tuned values: losses too large "
+                    "for the dtype, or too large a learning rate), so it was not taken"}
 
 
 def finite(x: Tensor) -> Tensor:
@@ -105,13 +107,15 @@ def bad_logits(logits, name: str):
     raise ValueError(f"{name} must have shape (*batch, n) with n >= 1 units, got {tuple(logits.shape)}")
 
 
-def report_finite(verdict: "Verdict", x: Tensor, problem: int, name: str = "") -> None:
+def report_finite(verdict: "Verdict", x: Tensor, problem: int, name: str = "") -> bool | None:
     """Reports to ``verdict`` whether all of ``x`` (detached) is finite: read at once where that is free (the
-    CPU: one reduction and a read), else as a device flag (:meth:`Verdict.report`)."""
+    CPU: one reduction and a read; returns the answer), else as a device flag (:meth:`Verdict.report`; returns None)."""
     if reads_at_once(x) and not _compiling():
-        verdict.report(isfinite(x.sum(dtype=_ACCUMULATE.get(x.dtype)).item()), problem, name)
-    else:
-        verdict.report(finite(x), problem, name)
+        ok = isfinite(x.sum(dtype=_ACCUMULATE.get(x.dtype)).item())
+        verdict.report(ok, problem, name)
+        return ok
+    verdict.report(finite(x), problem, name)
+    return None
 
 
 class Verdict:
@@ -133,7 +137,7 @@ class Verdict:
 
     def report(self, ok: "Tensor | bool", problem: int, name: str = "") -> None:
         """``ok``: the 0-dim device flag, or a ``bool`` the caller already read on the host (the CPU)."""
-        if problem == LOSSES and self.skip or _compiling():
+        if problem != LOGITS and self.skip or _compiling():
             return
         if ok.__class__ is bool or reads_at_once(ok):
             if not bool(ok):
@@ -170,6 +174,8 @@ class Verdict:
     def _message(problem: int, name: str) -> str:
         if problem == LOGITS:
             return f"{name or 'logits'} {MESSAGES[LOGITS]}"
+        if problem == TUNING:
+            return MESSAGES[TUNING] + " (set skip_nonfinite = True on the estimator to skip such steps silently)"
         return MESSAGES[problem] + ": a running statistic would have been poisoned, so this call was not folded " \
                                    "in (set skip_nonfinite = True on the estimator to skip such calls silently)"
 

@@ -10,10 +10,10 @@ import torch
 from torch import Tensor, nn
 
 from .baselines import ResizableBuffers, check_decay
-from .distributed import mean_over_ranks
+from .distributed import is_distributed, mean_over_ranks
 from .distributions import CATEGORICAL, one_hot
 from .estimators import Estimator, get_estimator
-from .guard import LOW_PRECISION, check_logits
+from .guard import LOW_PRECISION, check_logits, finite, fold_
 from .graph import Node, active_graph
 from .sampling import bernoulli, normal
 
@@ -241,14 +241,16 @@ class FiringRateControl(ResizableBuffers):
 
     def forward(self, a: Tensor) -> Tensor:
         out = self.neuron(self.shifted(a))
-        if self.training and a.numel() > 0:  # an empty batch changes nothing
-            with torch.no_grad():
+        if self.training and (a.numel() > 0 or is_distributed()):  # an empty batch changes nothing (under
+            with torch.no_grad():                                     # torch.distributed it still joins the mean)
                 fired = (out != 0).to(a.dtype).reshape(-1, a.shape[-1])
-                # a mean of 0/1 indicators is finite whatever a holds (NaN != 0 counts as fired): nothing to guard
+                # a mean of 0/1 indicators is finite whatever a holds (NaN != 0 counts as fired); only a batch empty
+                # on every rank gives 0/0, which the guard leaves out
                 now = mean_over_ranks(fired.mean(0), fired.shape[0])
-                self.rate.mul_(self.decay).add_((1 - self.decay) * now)
-                self.weight.mul_(self.decay).add_(1 - self.decay)
-                self.offset.add_(self.gain * (self.target - self.rate / self.weight.to(a.dtype)))
+                keep = 1 - self.decay
+                rate, weight = self.rate * self.decay + keep * now, self.weight * self.decay + keep
+                fold_(finite(now), (self.rate, rate), (self.weight, weight),
+                      (self.offset, self.offset + self.gain * (self.target - rate / weight.to(a.dtype))))
         return out
 
     def firing_rate(self) -> Tensor:

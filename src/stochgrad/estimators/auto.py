@@ -143,6 +143,8 @@ class Auto(Estimator):
     distributions = ("bernoulli", "categorical")
     cost = "S+meas."
 
+    records = ("timings",)   # the warm-up calls' seconds (NaN where a part was not timed), not a statistic
+
     def __init__(self, candidates: list[str] | tuple[str, ...] | None = None, every: int = 50, warmup: int = 10,
                  decay: float = 0.5, cost: str = "time"):
         super().__init__()
@@ -213,6 +215,7 @@ class Auto(Estimator):
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
+        self.check_state(state_dict, prefix)   # before anything here changes
         budget, units = state_dict.get(prefix + "budget"), state_dict.get(prefix + "units")
         extra = state_dict.get(prefix + "_extra_state") or {}
         if budget is not None and int(budget) > 0 and not self.sizes:
@@ -231,8 +234,14 @@ class Auto(Estimator):
         self._timings = self.timings[:min(self._calls, self.warmup)].tolist() if self.timings.numel() else []
         self._last_end = None
 
+    def state_meaning(self) -> dict:
+        # the candidates, in order: the choice is an index into them (a state saved with [a, b] never loads into
+        # auto([b, a]), where it would name the other estimator)
+        names = [c.name for c in self.candidates] or (list(self.names) if self.names else [])
+        return {**super().state_meaning(), **({"candidates": names} if names else {})}
+
     def get_extra_state(self):
-        return {"history": list(self.history), "distribution": self._dist.name}
+        return {**self.state_meaning(), "history": list(self.history), "distribution": self._dist.name}
 
     def set_extra_state(self, state):
         self.history = list(state.get("history", [])) if state else []

@@ -2,18 +2,18 @@
 from __future__ import annotations
 
 import abc
-import math
 
 import torch
 from torch import Tensor, nn
+from torch.optim.adam import adam
 
 from ..baselines import ResizableBuffers
 from ..distributed import is_distributed, mean_over_ranks
 from ..distributions import BERNOULLI
 from ..distributions import resolve as as_distribution
 from ..gradient import attach_gradient
-from ..guard import LOSSES, LOW_PRECISION, CheckedLoss, LossFn, Verdict, check_logits, check_samples, finite, fold_, \
-    reads_at_once
+from ..guard import LOSSES, LOW_PRECISION, TUNING, CheckedLoss, LossFn, Verdict, check_logits, check_samples, finite, fold_, \
+    report_finite
 from ..sampling import Sharded, lead, over_samples, uniform
 
 REGISTRY: dict[str, type["Estimator"]] = {}
@@ -67,6 +67,7 @@ class Estimator(nn.Module, abc.ABC):
     distributions: tuple[str, ...] = ("bernoulli",)
     cost: str = "S"  # evaluations of f per example and estimate, in words (S = samples, n = units)
     skip_nonfinite: bool = False  # True: a call whose losses are NaN/inf is skipped (state unchanged), not raised
+    records: tuple[str, ...] = ()  # buffers that record measurements (NaN: not measured), not running statistics
 
     @property
     def verdict(self) -> Verdict:
@@ -108,6 +109,39 @@ class Estimator(nn.Module, abc.ABC):
                 self.estimate(loss, work, samples, generator, dist=dist)
             return value.to(logits.dtype)
         return self.estimate(CheckedLoss(f, dist.event_dims, logits.dim()), logits, samples, generator, dist=dist)
+
+    def state_meaning(self) -> dict:
+        """What this estimator's state means beyond its shapes: its name and the options that decide how its buffers
+        are read (RELAX adds ``hidden``). Estimators whose buffers share their names with another's (the tuned family,
+        ``auto``) save it in their extra state; a state loads only into an estimator of the same meaning."""
+        return {"estimator": self.name}
+
+    def check_state(self, state_dict, prefix: str = "") -> None:
+        """One rule for loading an estimator's state, applied before any of it (or of its submodules) changes: the state
+        must mean the same (:meth:`state_meaning`: REBAR's tuned values never load into ``double_cv``, RELAX's network of
+        10 hidden units never into one of 20, ``auto([a, b])``'s choice never into ``auto([b, a])``) and hold only finite
+        numbers. A state saved without its meaning (an older checkpoint) is taken as this estimator's."""
+        key = prefix + "_extra_state"
+        saved = state_dict.get(key)
+        mine = self.state_meaning()
+        if isinstance(saved, dict):
+            differ = {k: (saved[k], v) for k, v in mine.items() if k in saved and saved[k] != v}
+            if differ:
+                raise ValueError(f"this state belongs to another estimator ({', '.join(f'{k} = {a!r}' for k, (a, _) in differ.items())}), "
+                                 f"not to this one ({', '.join(f'{k} = {b!r}' for k, (_, b) in differ.items())}): "
+                                 "its values would be misread; load it into the estimator it was saved from")
+        for name, value in state_dict.items():
+            if name.startswith(prefix) and isinstance(value, Tensor) and value.is_floating_point() \
+                    and name[len(prefix):] not in self.records and not bool(torch.isfinite(value).all()):
+                raise ValueError(f"state {name!r} holds NaN or inf: a running statistic or tuned value must be finite "
+                                 "(the state was not loaded)")
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        """:meth:`check_state` first (it raises before anything changes), then the usual load."""
+        self.check_state(state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
     @abc.abstractmethod
     def estimate(self, f: CheckedLoss, logits: Tensor, samples: int,
@@ -220,6 +254,16 @@ class Tuned(Estimator, ResizableBuffers):
     def prepare(self, n: int, like: Tensor, generator) -> None:
         """Sizes the tuned state for ``n`` units on first use (:meth:`grow`); nothing by default."""
 
+    def forward(self, *args, **kwargs) -> Tensor:
+        """:meth:`Estimator.forward`, undone if the call raises: a first call that sized the state (or moved it to
+        the logits' device) and then failed (bad losses, a shape error in ``f``) leaves the buffers as they were."""
+        before = (self.theta, self.adam_m, self.adam_v, self.adam_steps)   # a resize or a move replaces them
+        try:
+            return super().forward(*args, **kwargs)
+        except BaseException:
+            self.theta, self.adam_m, self.adam_v, self.adam_steps = before
+            raise
+
     def begin(self, like: Tensor, n: int, generator) -> bool:
         """At the start of a call that computes a gradient: the state in the dtype and device of ``like`` (the
         logits), sized by :meth:`prepare`; returns whether this call tunes."""
@@ -227,15 +271,24 @@ class Tuned(Estimator, ResizableBuffers):
         if theta.dtype != like.dtype or theta.device != like.device:  # the four buffers always move together
             self._follow(like, "theta", "adam_m", "adam_v", "adam_steps")
         self.prepare(n, like, generator)
+        self.__dict__["_dropped"] = False
         return self.tune and self.training and self._calls % self.tune_every == 0
+
+    def check_losses(self, losses: Tensor) -> None:
+        """On a training call, before its tuning step: reports NaN/inf losses (:mod:`stochgrad.guard`: an error, or
+        with ``skip_nonfinite`` silence). Where the host reads them for free (the CPU), a skipped call is dropped
+        whole: no tuning step and not counted; on a device its step is refused by the guard instead."""
+        if self.training:
+            self.__dict__["_dropped"] = report_finite(self.verdict, losses.detach(), LOSSES) is False
 
     def values(self, tuning: bool) -> Tensor:
         """``theta`` for the formula: a detached copy, differentiable on a tuning call."""
         return self.theta.detach().requires_grad_(tuning)
 
     def end(self) -> None:
-        """After the call's checks: counts a training call (a call that raised leaves even the count)."""
-        if self.training:
+        """After the call's checks: counts a training call (a call that raised, or one dropped by
+        :meth:`check_losses`, leaves even the count)."""
+        if self.training and not self.__dict__.get("_dropped"):
             self.__dict__["_calls"] = self._calls + 1  # a plain attribute: past nn.Module.__setattr__'s checks
 
     def draw(self, size: int, bound: float, like: Tensor, generator) -> Tensor:
@@ -243,7 +296,7 @@ class Tuned(Estimator, ResizableBuffers):
         caller's generator (its unsharded stream: the same on every rank; rank 0's draw without one)."""
         gen = generator.generator if isinstance(generator, Sharded) else generator
         out = (2 * uniform((size,), like, gen) - 1) * bound
-        if is_distributed() and gen is None:  # the global RNG differs across ranks: take rank 0's draw
+        if is_distributed():  # the global RNG, or a generator per rank, differs across ranks: take rank 0's draw
             torch.distributed.broadcast(out, 0)
         return out
 
@@ -268,35 +321,25 @@ class Tuned(Estimator, ResizableBuffers):
 
     @torch.no_grad()
     def _step(self, g: Tensor, count: int) -> None:
-        """Adam on ``theta`` with the gradient ``g`` averaged over ranks; nothing changes unless it is finite.
-
-        Where the host reads values for free (:data:`stochgrad.guard.HOST_READS`: the CPU) a bad step is refused
-        in Python before any write and the step is a few in-place ops; on a device every buffer is guarded with
-        a device-side flag (:func:`stochgrad.guard.fold_`), the verdict one call late. Same state either way (test).
-        """
-        g = mean_over_ranks(g.to(self.theta.dtype), count)
-        (b1, b2), lr = BETAS, self.lr
-        if reads_at_once(g) and not torch.compiler.is_compiling():
-            ok = math.isfinite(g.sum().item())
-            if ok:
-                t = self.adam_steps.add_(1).item()
-                self.adam_m.lerp_(g, 1 - b1)
-                self.adam_v.mul_(b2).addcmul_(g, g, value=1 - b2)
-                denom = self.adam_v.sqrt().div_(math.sqrt(1 - b2 ** t)).add_(EPS)
-                self.theta.addcdiv_(self.adam_m, denom, value=-lr / (1 - b1 ** t))
-            self.verdict.report(ok, LOSSES)
+        """One Adam step on ``theta`` (``torch.optim``'s own, fused; Kingma & Ba 2015) with the gradient ``g`` averaged
+        over ranks, guarded: the step is taken on copies of the state and kept only where the gradient, ``theta`` and
+        both moments come out finite (a NaN/inf gradient, a moment that overflows, a learning rate that sends ``theta``
+        to inf); otherwise nothing changes, bitwise. One form on every device: the verdict is read on the host where
+        that is free (the CPU), else reported by a later call (:class:`~stochgrad.guard.Verdict`)."""
+        if self.__dict__.get("_dropped"):   # (check_losses: a skipped call, known on the host)
             return
-        ok = finite(g)
-        g = torch.where(ok, g, 0.0)
-        steps = self.adam_steps + 1
-        m, v = b1 * self.adam_m + (1 - b1) * g, b2 * self.adam_v + (1 - b2) * g.square()
-        update = lr * (m / (1 - b1 ** steps)) / ((v / (1 - b2 ** steps)).sqrt() + EPS)
-        fold_(ok, (self.theta, self.theta - update), (self.adam_m, m), (self.adam_v, v), (self.adam_steps, steps))
-        self.verdict.report(ok, LOSSES)
+        g = mean_over_ranks(g.to(self.theta.dtype), count)
+        theta, m, v, steps = (x.clone() for x in (self.theta, self.adam_m, self.adam_v, self.adam_steps))
+        adam([theta], [g], [m], [v], [], [steps], fused=True, amsgrad=False, beta1=BETAS[0], beta2=BETAS[1],
+             lr=self.lr, weight_decay=0.0, eps=EPS, maximize=False)
+        ok = finite(torch.cat([g, theta, m, v]))
+        fold_(ok, (self.theta, theta), (self.adam_m, m), (self.adam_v, v), (self.adam_steps, steps))
+        self.verdict.report(ok, TUNING)
 
     def get_extra_state(self):
-        """The call counter (which calls tune) travels with ``state_dict``."""
-        return {"calls": self._calls}
+        """The state's meaning (:meth:`state_meaning`) and the call counter (which calls tune) travel with
+        ``state_dict``."""
+        return {**self.state_meaning(), "calls": self._calls}
 
     def set_extra_state(self, state):
         self._calls = int(state.get("calls", 0)) if isinstance(state, dict) else 0

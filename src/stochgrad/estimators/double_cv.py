@@ -26,7 +26,7 @@ from torch import Tensor
 
 from ..baselines import leave_one_out_mean
 from ..gradient import attach_gradient
-from ..guard import LOSSES, finite
+from ..distributed import is_distributed
 from ..sampling import bernoulli
 from .base import Tuned
 
@@ -65,17 +65,17 @@ class SlopeControlVariate(Tuned):
     def estimate(self, f, logits, samples, generator):
         probs = torch.sigmoid(logits.detach())
         b = bernoulli(probs, (samples,), generator)
-        if not logits.requires_grad or probs.numel() == 0:  # no gradient wanted, or an empty batch: no state touched
+        if not logits.requires_grad or probs.numel() == 0 and not is_distributed():  # no gradient wanted, or an empty
+            # batch: no state touched (under torch.distributed an empty rank still joins the others' tuning step)
             return attach_gradient(f(b).mean(0), logits, torch.zeros_like(probs))
         losses, slopes = loss_and_slope(f, b)
         tuning = self.begin(probs, probs.shape[-1], generator)
         with torch.set_grad_enabled(tuning):
             theta = self.values(tuning)
             grad = self.gradient(b, probs, losses.detach(), slopes, theta)
+            self.check_losses(losses)
             if tuning:
                 self.tune_on(grad, theta)
-            elif self.training:
-                self.verdict.report(finite(losses.detach()), LOSSES)
         self.end()
         return attach_gradient(losses.mean(0), logits, grad.detach())
 

@@ -51,9 +51,9 @@ import torch
 from torch import Tensor
 from torch.overrides import has_torch_function
 
+from ..distributed import is_distributed
 from ..distributions import BERNOULLI, conditional_logistic  # noqa: F401  (conditional_logistic: public here)
 from ..gradient import attach_gradient
-from ..guard import LOSSES, report_finite
 from ..sampling import lead, logistic_from_uniform, over_samples
 from .base import Tuned, check_count, check_positive
 
@@ -192,21 +192,22 @@ class REBAR(Tuned):
         a0 = logits.detach()
         lead_ = lead(samples)  # one sample: no sample dimension (the fast path)
         u, v = dist.uniform((2, *lead_, *logits.shape), logits, generator).unbind(0)
-        if not logits.requires_grad or a0.numel() == 0:  # no gradient wanted, or an empty batch: no tuning
+        if not logits.requires_grad or a0.numel() == 0 and not is_distributed():  # no gradient wanted, or an empty
+            # batch (under torch.distributed an empty rank still joins the others' tuning step)
             value = over_samples(f(dist.hard(dist.perturb(a0, u))), samples)
             return attach_gradient(value, logits, torch.zeros_like(a0))
         tuning = self.begin(a0, dist.flat(a0).shape[-1], generator)
         temperature = tuning and self.tunes_temperature()
         if dist is BERNOULLI:
             grad, f_b, step = self._bernoulli(f, a0, u, v, samples, tuning, temperature)
+            self.check_losses(f_b)
             if tuning:
-                self._step(step, grad.numel() // grad.shape[-1])
+                self._step(step, max(grad.numel() // grad.shape[-1], 1))
         else:
             grad, f_b, theta = self._by_autograd(f, a0, u, v, samples, tuning, dist, temperature)
+            self.check_losses(f_b)
             if tuning:
                 self.tune_on(grad, theta, dist.event_dims)
-        if not tuning and self.training:
-            report_finite(self.verdict, f_b.detach(), LOSSES)
         self.end()
         return attach_gradient(over_samples(f_b, samples), logits, grad.detach())
 
@@ -336,6 +337,9 @@ class RELAX(REBAR):
                  lr: float = 4e-2, tune_every: int = 4, temperature_every: int = 2):
         super().__init__(eta, temperature, tune, lr, tune_every, temperature_every)
         self.hidden = check_count(hidden, "hidden")
+
+    def state_meaning(self) -> dict:
+        return {**super().state_meaning(), "hidden": self.hidden}   # how theta's network part is cut
 
     def units(self) -> int:
         """The units the network takes (0 before first use): ``theta`` = [η, log λ, W1 (h·n), b1 (h), w2 (h), b2]."""

@@ -91,6 +91,9 @@ class RODEO(SlopeControlVariate):
         self.hidden = check_count(hidden, "hidden")
         super().__init__([0.0, 0.0], tune, lr, tune_every)
 
+    def state_meaning(self) -> dict:
+        return {**super().state_meaning(), "hidden": self.hidden}   # how theta's surrogate network is cut
+
     def prepare(self, n, like, generator):
         if self.theta.numel() == 2:   # first use: the network, nn.Linear's initialisation (bound 1/√fan_in)
             h = self.hidden

@@ -127,3 +127,48 @@ def test_synchronised_state_and_training_match_one_process():
     for r in ranks:
         for key, value in single.items():
             assert torch.allclose(r["categorical"][key], value, atol=1e-10), key
+
+
+def ragged_worker(rank, init_file, out_dir):
+    """Per-rank generators (different noise per rank, the usual way) and a batch that is empty on rank 1: the ranks
+    must finish (a rank that skipped a collective would leave the other waiting for the process group's timeout)
+    holding one state."""
+    import datetime
+
+    from stochgrad import problems
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2,
+                            timeout=datetime.timedelta(seconds=60))
+    try:
+        p = problems.decoder()
+        result = {}
+        for name in ("reinforce_ma", "reinforce_optimal", "rebar", "relax", "double_cv", "rodeo"):
+            est = sg.get_estimator(name, **({"tune_every": 1} if name in TUNED else {}))
+            gen = torch.Generator().manual_seed(10 + rank)                   # a generator of its own per rank
+            for step in range(3):
+                rows = 0 if rank == 1 and step == 1 else 4                    # rank 1's batch is empty once
+                a = p.logits.expand(rows, -1).clone().requires_grad_(True)
+                samples = TUNED.get(name, 1)
+                est(p.f, a, samples, gen).sum().backward()
+            result[name] = {k: v.clone() for k, v in est.state_dict().items() if isinstance(v, torch.Tensor)}
+        model, _ = make_model()
+        gen = torch.Generator().manual_seed(20 + rank)
+        model[1].neuron.generator = gen
+        with sg.broadcast() as graph:
+            loss = model(torch.randn(0 if rank else 4, D_IN, dtype=torch.float64)).squeeze(-1).square()
+        graph.backward(loss)
+        result["layer"] = {k: v.clone() for k, v in model.state_dict().items()}
+        torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ranks_with_their_own_generators_and_an_empty_batch_finish_with_one_state():
+    with tempfile.TemporaryDirectory() as tmp:
+        mp.spawn(ragged_worker, args=(os.path.join(tmp, "init"), tmp), nprocs=2, join=True)
+        ranks = [torch.load(os.path.join(tmp, f"rank{r}.pt"), weights_only=True) for r in range(2)]
+    for name, state in ranks[0].items():
+        for key, value in state.items():
+            assert torch.allclose(ranks[1][name][key], value, atol=1e-12, equal_nan=True), (name, key)
+        if name in TUNED:
+            assert torch.isfinite(state["theta"]).all()

@@ -274,6 +274,15 @@ class Tuned(Estimator, ResizableBuffers):
         self.__dict__["_dropped"] = False
         return self.tune and self.training and self._calls % self.tune_every == 0
 
+    def join(self, like: Tensor, n: int, generator) -> None:
+        """An empty batch under ``torch.distributed``: nothing to estimate, but this rank still makes the call's
+        collectives (the first use's draw, the tuning step, with nothing to add) and counts it, as the other ranks do;
+        without ranks, nothing."""
+        if is_distributed() and self.training:
+            if self.begin(like, n, generator):
+                self._step(self.theta.new_zeros(self.theta.shape), 0)
+            self.end()
+
     def check_losses(self, losses: Tensor) -> None:
         """On a training call, before its tuning step: reports NaN/inf losses (:mod:`stochgrad.guard`: an error, or
         with ``skip_nonfinite`` silence). Where the host reads them for free (the CPU), a skipped call is dropped

@@ -26,7 +26,6 @@ from torch import Tensor
 
 from ..baselines import leave_one_out_mean
 from ..gradient import attach_gradient
-from ..distributed import is_distributed
 from ..sampling import bernoulli
 from .base import Tuned
 
@@ -65,8 +64,9 @@ class SlopeControlVariate(Tuned):
     def estimate(self, f, logits, samples, generator):
         probs = torch.sigmoid(logits.detach())
         b = bernoulli(probs, (samples,), generator)
-        if not logits.requires_grad or probs.numel() == 0 and not is_distributed():  # no gradient wanted, or an empty
-            # batch: no state touched (under torch.distributed an empty rank still joins the others' tuning step)
+        if not logits.requires_grad or probs.numel() == 0:  # no gradient wanted, or an empty batch: no state touched
+            if logits.requires_grad:
+                self.join(probs, probs.shape[-1], generator)   # (under torch.distributed: the ranks' collectives)
             return attach_gradient(f(b).mean(0), logits, torch.zeros_like(probs))
         losses, slopes = loss_and_slope(f, b)
         tuning = self.begin(probs, probs.shape[-1], generator)

@@ -51,7 +51,6 @@ import torch
 from torch import Tensor
 from torch.overrides import has_torch_function
 
-from ..distributed import is_distributed
 from ..distributions import BERNOULLI, conditional_logistic  # noqa: F401  (conditional_logistic: public here)
 from ..gradient import attach_gradient
 from ..sampling import lead, logistic_from_uniform, over_samples
@@ -192,8 +191,9 @@ class REBAR(Tuned):
         a0 = logits.detach()
         lead_ = lead(samples)  # one sample: no sample dimension (the fast path)
         u, v = dist.uniform((2, *lead_, *logits.shape), logits, generator).unbind(0)
-        if not logits.requires_grad or a0.numel() == 0 and not is_distributed():  # no gradient wanted, or an empty
-            # batch (under torch.distributed an empty rank still joins the others' tuning step)
+        if not logits.requires_grad or a0.numel() == 0:  # no gradient wanted, or an empty batch: no tuning
+            if logits.requires_grad:
+                self.join(a0, dist.flat(a0).shape[-1], generator)   # (under torch.distributed: the ranks' collectives)
             value = over_samples(f(dist.hard(dist.perturb(a0, u))), samples)
             return attach_gradient(value, logits, torch.zeros_like(a0))
         tuning = self.begin(a0, dist.flat(a0).shape[-1], generator)
@@ -202,7 +202,7 @@ class REBAR(Tuned):
             grad, f_b, step = self._bernoulli(f, a0, u, v, samples, tuning, temperature)
             self.check_losses(f_b)
             if tuning:
-                self._step(step, max(grad.numel() // grad.shape[-1], 1))
+                self._step(step, grad.numel() // grad.shape[-1])
         else:
             grad, f_b, theta = self._by_autograd(f, a0, u, v, samples, tuning, dist, temperature)
             self.check_losses(f_b)

@@ -312,21 +312,23 @@ def test_categorical_layer_shapes_eval_and_errors():
 
 
 def test_compare_categorical_section(tmp_path):
-    from stochgrad.studies import compare, compare_categorical as cc
+    from stochgrad.studies import compare
     for K in (2, 5):   # the scaling losses' closed forms against enumeration
         a = torch.linspace(-1, 1, K, dtype=torch.float64).expand(3, K).contiguous()
-        for f, mean in cc.scaling_losses(K).values():
+        for f, mean in compare.scaling_losses("categorical", K).values():
             assert torch.allclose(sg.exact_expectation(f, a, CAT), mean(a))
+    a = torch.tensor([-1.0, 0.5, 2.0], dtype=torch.float64)   # and the Bernoulli ones
+    for f, mean in compare.scaling_losses("bernoulli").values():
+        assert torch.allclose(sg.exact_expectation(f, a), mean(a))
     cfg = compare.Config.make(quick=True, estimators=["reinforce", "gumbel_st", "disarm"], problem_estimates=300,
-                              scaling_estimates=100)
-    res = cc.measure_categorical(cfg, lambda: None)
+                              scaling_D=(1, 4), scaling_estimates=100, race_steps=3, categorical_units=(1, 2, 4),
+                              categorical_classes=(2, 4), timing_repeats=1)
+    res = compare.run(cfg, str(tmp_path), progress=False)["categorical"]
     assert set(res["units"]) == {"reinforce", "gumbel_st"}                     # disarm: Bernoulli only
     assert set(res["problems"]["reinforce"]) == {"cat_separable", "cat_nonseparable", "cat_decoder"}
     assert res["problems"]["reinforce"]["cat_decoder"]["verdict"] == "unbiased: ok"
-    (tmp_path / "report.md").write_text("# report\n")
-    cc.categorical_report(res, cfg, str(tmp_path))
     text = (tmp_path / "report.md").read_text()
-    assert "## Categorical units" in text and "exponent in K" in text
+    assert "## Categorical units" in text and "exponent in K" in text and "issue" not in text
     assert (tmp_path / "categorical_scaling.png").stat().st_size > 5000
 
 

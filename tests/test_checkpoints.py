@@ -61,7 +61,7 @@ def test_a_fresh_run_never_adopts_an_older_runs_checkpoint(tmp_path, capsys):  #
     vae(tmp_path, 5, "--estimator", "disarm", "--checkpoint-every", "5")
     # a new run in the same folder, killed before its first checkpoint (simulated: it runs 0 of its steps
     # to a checkpoint), then resumed: it must not continue the disarm run's weights
-    training.prepare_out(str(tmp_path), resume=False)
+    training.prepare_out(str(tmp_path), resume=False, force=True)
     assert not (tmp_path / "checkpoint.pt").exists() and (tmp_path / "checkpoint.pt.previous").exists()
     with pytest.raises(SystemExit):
         vae(tmp_path, 10, "--estimator", "reinforce", "--resume")
@@ -136,9 +136,9 @@ def test_a_failed_write_removes_its_temp_file_and_says_no_space_left(tmp_path, m
     path = str(tmp_path / "checkpoint.pt")
     save_checkpoint({"step": 1, "w": torch.ones(3)}, path)
     good = open(path, "rb").read()
-    real_open = open
+    real_fdopen = os.fdopen
 
-    class Full:
+    class Full:   # a file that takes 10 bytes, then the disk is full
         def __init__(self, fh):
             self.fh = fh
 
@@ -152,7 +152,9 @@ def test_a_failed_write_removes_its_temp_file_and_says_no_space_left(tmp_path, m
             self.fh.write(bytes(data)[:10])
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr("builtins.open", lambda f, m="r", *a, **k: Full(real_open(f, m)) if ".tmp." in str(f) else real_open(f, m, *a, **k))
+    from stochgrad import files
+
+    monkeypatch.setattr(files.os, "fdopen", lambda fd, *a, **k: Full(real_fdopen(fd, *a, **k)))
     with pytest.raises(CheckpointError, match="no space left on the device.*temporary file was removed.*intact"):
         save_checkpoint({"step": 2, "w": torch.zeros(3)}, path)
     monkeypatch.undo()
@@ -166,3 +168,53 @@ def test_stale_temp_files_of_killed_writers_are_cleaned_up(tmp_path):  # item 11
     mine.write_bytes(b"in progress")
     training.prepare_out(str(tmp_path), resume=True)
     assert not dead.exists() and mine.exists()
+
+
+# ---- a valid checksum over the wrong contents: refused in words, the file left alone ----------------------
+TRAINERS = {
+    "rbm": ["--dataset", "digits", "--hidden", "6", "--batch-size", "10"],
+    "hashing": ["--dataset", "digits", "--bits", "6", "--batch-size", "10"],
+    "bandit": ["--batch-size", "8"],
+    "gating": ["--dataset", "digits", "--batch-size", "64"],
+    "vae": ARGS[:-1],
+}
+
+
+def _rewrite(path, change):
+    state = load_checkpoint(str(path))
+    change(state)
+    save_checkpoint(state, str(path))   # a fresh, valid checksum over the changed contents
+    return path.read_bytes()
+
+
+WRONG = {   # a contents change a valid checksum covers, and the words that refuse it
+    "negative step": (lambda s: s.update(step=-5), "step must be an integer >= 0, got -5"),
+    "fractional step": (lambda s: s.update(step=2.5), "step must be an integer >= 0, got 2.5"),
+    "missing entry": (lambda s: s.pop("generator"), "KeyError: 'generator'"),
+    "negative time": (lambda s: s.update(seconds=-1.0), "seconds must be a finite number >= 0"),
+    "another shape": (lambda s: s["model"].update({k: v[..., :1] for k, v in list(s["model"].items())[:1]}),
+                      "size mismatch"),
+}
+
+
+@pytest.mark.parametrize("kind, wrong", [(k, "negative step") for k in TRAINERS] +
+                         [(k, w) for k in ("gating", "rbm") for w in WRONG if w != "negative step"])
+def test_a_checkpoint_with_the_wrong_contents_is_refused(kind, wrong, tmp_path, capsys):
+    change, words = WRONG[wrong]
+    argv = ["train", kind, "--out", str(tmp_path), "--quiet", *TRAINERS[kind]]
+    assert main([*argv, "--steps", "4", "--checkpoint-every", "2"]) == 0
+    kept = _rewrite(tmp_path / "checkpoint.pt", change)
+    with pytest.raises(SystemExit) as stop:
+        main([*argv, "--steps", "6", "--resume"])
+    err = capsys.readouterr().err.strip()
+    assert stop.value.code == 2 and len(err.splitlines()) == 1 and "does not fit" in err and words in err, err
+    assert (tmp_path / "checkpoint.pt").read_bytes() == kept
+
+
+def test_persistent_chains_of_another_shape_are_refused(tmp_path, capsys):
+    argv = ["train", "rbm", "--out", str(tmp_path), "--quiet", *TRAINERS["rbm"]]
+    assert main([*argv, "--steps", "4"]) == 0
+    _rewrite(tmp_path / "checkpoint.pt", lambda s: s.update(chains=s["chains"][:3]))
+    with pytest.raises(SystemExit):
+        main([*argv, "--steps", "6", "--resume"])
+    assert "persistent chains of shape (3, 64), this run's are (10, 64)" in capsys.readouterr().err

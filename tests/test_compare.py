@@ -108,7 +108,8 @@ def test_results_record_environment_and_timing_spread(tiny):
     timings = json.loads((tiny / "timings.json").read_text())
     env = timings["environment"]
     assert env["torch"] and env["threads"] >= 1 and env["date"] and "python" in env and "commit" in env
-    assert results["environment"] == {k: v for k, v in env.items() if k != "date"}   # the date: timings only
+    assert results["environment"] == {k: v for k, v in env.items() if k not in ("date", "load")}   # timings only
+    assert env["cpu"] and env["cores"] >= 1 and "load" in env
     assert timings["wall_seconds"] > 0 and "wall_seconds" not in results
     repeats = results["config"]["timing_repeats"]
     for name, e in timings["estimators"].items():
@@ -127,10 +128,10 @@ def test_same_seed_twice_writes_byte_identical_results(tmp_path, monkeypatch):
     by the configuration's seed (RELAX's surrogate and auto included), never from the global generator (moved
     between the runs here) or the clock (timings.json). A study of the smallest sizes, so only the bytes count;
     the figures are not drawn (they take most of a tiny run's time and are not compared)."""
-    from stochgrad.studies import compare_categorical
+    from stochgrad.studies import compare_report
 
-    monkeypatch.setattr(compare, "plot", lambda results, out: dict.fromkeys(("scaling", "bias_variance", "race"), "-"))
-    monkeypatch.setattr(compare_categorical, "_plot", lambda res, path: None)
+    monkeypatch.setattr(compare_report, "plot", lambda *args: dict.fromkeys(("scaling", "bias_variance", "race",
+                                                                             "categorical"), "-"))
     names = ["relax", "rebar", "auto", "reinforce_loo", "gumbel"]   # tuned, learned, composite, categorical-capable
     for run, global_seed in (("a", 1), ("b", 2)):
         torch.manual_seed(global_seed)
@@ -151,7 +152,9 @@ def test_scaling_sentences_keep_the_losses_apart(tiny):
     results = json.loads((tiny / "results.json").read_text())
     for line in results["scaling_sentences"]:
         assert ("(separable)" in line) != ("(coupled)" in line), line
-        assert ("floor" in line) == ("(separable)" in line), line   # the D − 1 floor is the separable loss's
+        assert ("(D − 1)" in line) == ("(separable)" in line), line   # D − 1 is the separable loss's reference
+        if "(separable)" in line:
+            assert "at equal f-evaluations" in line
 
 
 def _fake(names_k, quick=True):
@@ -188,12 +191,125 @@ def test_efficiency_verdict_says_when_it_is_within_noise():
 def test_plot_styles_tell_every_estimator_apart():
     from stochgrad.estimators import REGISTRY
 
-    names = {n: (1, 1.0, (1, 2)) for n in REGISTRY}
+    names = {n: (1, 1.0, (1, 2)) for n in REGISTRY if n != "exact"}
     results = _fake(names)
-    for n, cls in REGISTRY.items():
-        results["estimators"][n]["declared_unbiased"] = cls.unbiased
+    for n in names:
+        results["estimators"][n]["declared_unbiased"] = REGISTRY[n].unbiased
     st = compare.styles(results)
-    keys = {(s["color"], s["linestyle"], s["marker"]) for s in st.values()}
-    assert len(keys) == len(REGISTRY)                         # no two estimators drawn alike
-    for n, cls in REGISTRY.items():
-        assert st[n]["linestyle"] == ("-" if cls.unbiased else "--")
+    assert len({(s["color"], s["marker"]) for s in st.values()}) == len(names)   # colour and marker: no two alike
+    for n in names:
+        assert st[n]["linestyle"] == ("-" if REGISTRY[n].unbiased else "--")
+    assert compare.styles(_fake({"reinforce": (1, 1.0, (1, 2))}))["reinforce"] == st["reinforce"]   # every run alike
+
+
+# ---- the run: parts written as they finish, resume, an earlier run's folder, cost-aware sizes, verdicts -------
+def _small(**over):
+    sizes = dict(estimators=["reinforce", "reinforce_loo", "gumbel"], seed=5, problem_estimates=40, scaling_D=(1, 4),
+                 scaling_estimates=20, scaling_warmup=2, race_steps=4, race_units=3, timing_repeats=1,
+                 categorical_units=(1, 2), categorical_classes=(2, 3), min_estimates=10)
+    return compare.Config.make(quick=True, **{**sizes, **over})
+
+
+@pytest.fixture
+def no_plots(monkeypatch):
+    """The figures are not drawn (they take most of a tiny run's time; the bytes of the JSON are what count)."""
+    from stochgrad.studies import compare_report
+
+    monkeypatch.setattr(compare_report, "plot", lambda *args: dict.fromkeys(("scaling", "bias_variance", "race",
+                                                                             "categorical"), "-"))
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_an_interrupted_run_resumed_writes_the_same_results(tmp_path, monkeypatch, no_plots):
+    with one_thread():
+        compare.run(_small(), str(tmp_path / "once"), progress=False)
+        real, calls = compare.scaling_point, []
+
+        def stop_halfway(*args):
+            calls.append(args)
+            if len(calls) == 7:   # in the middle of the scaling part
+                raise Interrupt
+            return real(*args)
+
+        monkeypatch.setattr(compare, "scaling_point", stop_halfway)
+        with pytest.raises(Interrupt):
+            compare.run(_small(), str(tmp_path / "twice"), progress=False)
+        report = (tmp_path / "twice" / "report.md").read_text()    # the finished part is already written
+        assert "On **separable**, at equal f-evaluations" in report and "**Unfinished**" in report
+        assert "scaling with D" in report.split("**Unfinished**")[1].splitlines()[0]
+        monkeypatch.setattr(compare, "scaling_point", real)
+        with pytest.raises(compare.RunError, match="holds an earlier run"):   # a fresh run would replace it
+            compare.run(_small(), str(tmp_path / "twice"), progress=False)
+        compare.run(_small(), str(tmp_path / "twice"), progress=False, resume=True)
+    for name in ("results.json", "results_categorical.json"):
+        assert (tmp_path / "once" / name).read_bytes() == (tmp_path / "twice" / name).read_bytes(), name
+    assert "Unfinished" not in (tmp_path / "twice" / "report.md").read_text()
+    assert compare.run(_small(), str(tmp_path / "twice"), progress=False, resume=True) == {"already_complete": True}
+
+
+def test_resume_refuses_other_settings_and_a_fresh_run_needs_force(tmp_path, no_plots):
+    with one_thread():
+        compare.run(_small(), str(tmp_path), progress=False)
+        with pytest.raises(compare.RunError, match="other settings .*seed"):
+            compare.run(_small(seed=6),
+                        str(tmp_path), progress=False, resume=True)
+        with pytest.raises(compare.RunError, match="--resume to continue it, --force to replace it"):
+            compare.run(_small(), str(tmp_path), progress=False)
+        first = (tmp_path / "results.json").read_bytes()
+        compare.run(_small(), str(tmp_path), progress=False, force=True)
+    assert (tmp_path / "results.json").read_bytes() == first
+    with pytest.raises(compare.RunError, match="nothing to resume"):
+        compare.run(_small(), str(tmp_path / "new"), progress=False, resume=True)
+
+
+def test_expensive_estimators_get_fewer_estimates_and_the_report_says_so(tmp_path, no_plots):
+    w = compare.RELATIVE_COST["rodeo"]   # rodeo's cost per estimate and unit, relative to reinforce's (~100s)
+    cfg = _small(estimators=["reinforce", "rodeo"], scaling_D=(1, 4, 16, 64), scaling_estimates=200,
+                 budget=w * 16 * 125, min_estimates=100)
+    # the budget buys rodeo 125 estimates at D = 16 and fewer than 100 at D = 64 (not measured); reinforce
+    # (relative cost 1) is never limited
+    assert compare.sizes(cfg, "rodeo", 16, 200, 100)[0] == 125 and compare.sizes(cfg, "rodeo", 64, 200, 100) is None
+    assert compare.sizes(cfg, "reinforce", 64, 200, 100)[0] == 200
+    with one_thread():
+        results = compare.run(cfg, str(tmp_path), progress=False)
+    s = results["estimators"]["rodeo"]["scaling"]["separable"]
+    assert s["D"] == [1, 4, 16] and s["left_out"] == [64] and s["estimates"][-1] == 125
+    assert results["estimators"]["reinforce"]["scaling"]["separable"]["D"] == [1, 4, 16, 64]
+    report = (tmp_path / "report.md").read_text()
+    assert "`rodeo` (separable): D = 64 not measured; fewer estimates at D = 16: 125" in report
+
+
+def test_verdicts_compare_at_equal_f_evaluations():
+    # "a" has the least variance of one estimate, but spends 2 evaluations (and 25% more measuring) per estimate
+    results = _fake({"a": (1, 1.0, (1, 2)), "b": (1, 1.5, (1, 2))})
+    results["estimators"]["a"]["problems"]["p"].update(evaluations=2, measuring_fraction=0.2, auto_choice="x")
+    results["estimators"]["b"]["problems"]["p"].update(evaluations=1)
+    lines = compare.report.findings(results)
+    assert lines[0].startswith("On **p**, at equal f-evaluations the lowest-variance unbiased estimator is `b`")
+    assert "`a`'s (1, 2 f-evaluations per estimate, plus 25% more for its measuring)" in lines[1]
+
+
+def test_the_command_says_what_it_did_in_a_few_lines(tmp_path, capsys, monkeypatch, no_plots):
+    from stochgrad.cli import main
+
+    small = _small()
+    monkeypatch.setattr(compare.Config, "make", classmethod(lambda cls, **kw: small))
+    assert main(["compare", "--quick", "--out", str(tmp_path), "--quiet"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[0].startswith(f"wrote {tmp_path}/report.md") and len(out) <= 10
+    assert main(["compare", "--quick", "--out", str(tmp_path), "--quiet", "--resume"]) == 0
+    assert "already complete" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["compare", "--quick", "--out", str(tmp_path), "--quiet"])
+    assert "holds an earlier run" in capsys.readouterr().err
+
+
+def test_help_states_the_time():
+    from stochgrad.cli import COMPARE_MINUTES, build_parser
+
+    text = build_parser()._subparsers._group_actions[0].choices["compare"].format_help()
+    assert "--resume" in text and "--force" in text
+    assert COMPARE_MINUTES in build_parser().format_help()

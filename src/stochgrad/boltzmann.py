@@ -131,12 +131,12 @@ class ContrastiveDivergence:
 
 @torch.no_grad()
 def ais_log_partition(rbm: RBM, betas: int = 1000, runs: int = 100, generator=None,
-                      base_visible_bias: Tensor | None = None) -> tuple[float, float]:
+                      base_visible_bias: Tensor | None = None, progress=None) -> tuple[float, float]:
     """Annealed importance sampling estimate of ``log Z`` and its standard error (log scale, delta method).
 
     Intermediate models ``p_β ∝ exp(−(1−β)F_A(v) − βF_B(v))`` from the base rate model ``A`` (``W = 0``,
     visible biases ``base_visible_bias``, default the target's) to the target ``B``; Gibbs transitions
-    at each ``β``.
+    at each ``β``. ``progress``: called with no argument after each temperature (a progress bar's update).
     """
     for name, value in (("betas", betas), ("runs", runs)):
         if isinstance(value, bool) or not isinstance(value, int):
@@ -157,6 +157,8 @@ def ais_log_partition(rbm: RBM, betas: int = 1000, runs: int = 100, generator=No
         log_w += log_f(v, beta) - log_f(v, prev)
         h = bernoulli(torch.sigmoid(beta * (v @ rbm.W + rbm.c)), (), generator)
         v = bernoulli(torch.sigmoid((1 - beta) * bA + beta * (h @ rbm.W.T + rbm.b)), (), generator)
+        if progress is not None:
+            progress()
     log_mean = torch.logsumexp(log_w, 0) - math.log(runs)
     w = torch.exp(log_w - log_w.max())
     rel_se = (w.std() / w.mean() / math.sqrt(runs)).item()

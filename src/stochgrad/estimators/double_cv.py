@@ -56,6 +56,7 @@ class SlopeControlVariate(Tuned):
     (:class:`~stochgrad.estimators.base.Tuned`)."""
 
     min_samples = 2
+    cost = "S + backward"
 
     @abc.abstractmethod
     def gradient(self, b: Tensor, probs: Tensor, losses: Tensor, slopes: Tensor, theta: Tensor) -> Tensor:

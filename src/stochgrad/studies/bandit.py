@@ -9,19 +9,21 @@ action equals the addressed data bit, else 0 (the optimal policy earns 1). Netwo
 """
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 
 from ..graph import DelayedBroadcast
 from ..neurons import StochasticBinary
-from ..options import FOLDER, NON_NEGATIVE, POSITIVE, POSITIVE_FLOAT, SEED, OptionError, Options
+from ..options import NON_NEGATIVE, POSITIVE, OptionError, choice
 from ..runinfo import write_json
-from .training import (Metrics, open_run, plot_curves, save_checkpoint)
+from .training import (Metrics, RunConfig, clock, counter, nothing_to_do, open_run, plot_curves, restoring,
+                       save_checkpoint, stop_if_diverged)
 
 ESTIMATORS = ("reinforce", "reinforce_ma", "reinforce_optimal")
 IDENTITY = ("estimator", "delay", "batch_size", "hidden", "lr", "seed")
@@ -35,30 +37,22 @@ def multiplexer(batch: int, generator) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @dataclass
-class BanditConfig(Options):
-    """The bandit study's settings, checked when built and when training starts (:mod:`stochgrad.options`)."""
+class BanditConfig(RunConfig):
+    """The bandit study's settings (and those of every trainer: :class:`~stochgrad.studies.training.RunConfig`),
+    checked when built and when training starts (:mod:`stochgrad.options`)."""
 
-    OPTIONS = {"delay": NON_NEGATIVE, "steps": POSITIVE, "batch_size": POSITIVE, "hidden": POSITIVE,
-               "lr": POSITIVE_FLOAT, "seed": SEED, "out": FOLDER, "log_every": POSITIVE, "checkpoint_every": POSITIVE}
+    OPTIONS = {"estimator": choice(*ESTIMATORS, words="one of the estimators that learn from the reward alone"),
+               "delay": NON_NEGATIVE, "hidden": POSITIVE}
+    STEPS = 4000
+    out: str = "runs/bandit"
+    batch_size: int = 64
+    lr: float = 1.0
     estimator: str = "reinforce_optimal"
     delay: int = 0
-    steps: int = 4000
-    batch_size: int = 64
     hidden: int = 32
-    lr: float = 1.0
-    seed: int = 0
-    out: str = "runs/bandit"
-    tensorboard: bool = False   # also log metrics to OUT/tensorboard (the tensorboard extra)
-    log_every: int = 100
-    resume: bool = False
-    checkpoint_every: int = 1000
-    progress: bool = True
 
     def check(self) -> None:
-        """An estimator that learns from the reward alone; ``resume`` only without a delay."""
-        if self.estimator not in ESTIMATORS:
-            raise OptionError("estimator", f"must be one of {', '.join(ESTIMATORS)} (learning from reward alone), "
-                                           f"got {self.estimator!r}")
+        """``resume`` only without a delay."""
         if self.resume and self.delay > 0:
             raise OptionError("resume", "works with --delay 0 only: the decisions still awaiting their reward hold "
                                         "autograd graphs, which a checkpoint cannot carry")
@@ -79,10 +73,16 @@ def train_bandit(cfg: BanditConfig) -> dict:
     in_flight: deque = deque()   # (step handle, reward) of the environment, released k steps late
     start, seconds, held = 0, 0.0, 0
     if state is not None:   # delay 0: nothing is in flight between steps, so the resume is exact
-        policy.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        gen.set_state(state["generator"])
-        start, seconds, held = state["step"], state["seconds"], state["held"]
+        with restoring(ckpt_path):
+            policy.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            gen.set_state(state["generator"])
+            start, seconds, held = counter(state, "step"), clock(state), counter(state, "held")
+        if start >= cfg.steps:
+            done = nothing_to_do(cfg, state, f"step {start} of {cfg.steps}")
+            if done is not None:
+                return done
+    saved = start if state is not None else None
     metrics = Metrics(os.path.join(cfg.out, "metrics.csv"), ["step", "reward", "held_steps", "seconds"],
                       resume_step=start if state is not None else None, tensorboard=cfg.tensorboard)
     window = []
@@ -90,8 +90,12 @@ def train_bandit(cfg: BanditConfig) -> dict:
                      desc=f"bandit {cfg.estimator} k={cfg.delay}", disable=not cfg.progress):
         t0 = time.perf_counter()
         x, correct = multiplexer(cfg.batch_size, gen)
-        with delayed.step() as handle:
-            action = policy(x).squeeze(-1)
+        try:
+            with delayed.step() as handle:
+                action = policy(x).squeeze(-1)
+        except ValueError:   # non-finite logits: say why, if the parameters diverged
+            stop_if_diverged(policy, step + 1, saved)
+            raise
         reward = (action == correct).float()
         in_flight.append((handle, reward))
         held = max(held, len(delayed))
@@ -105,10 +109,12 @@ def train_bandit(cfg: BanditConfig) -> dict:
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
             metrics.write(step=step + 1, reward=sum(window) / len(window), held_steps=held, seconds=seconds)
             window = []
+            stop_if_diverged(policy, step + 1, saved)
         if cfg.delay == 0 and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps):
             save_checkpoint({"step": step + 1, "seconds": seconds, "held": held, "model": policy.state_dict(),
-                         "optimizer": opt.state_dict(), "generator": gen.get_state(), "config": cfg.__dict__},
-                        ckpt_path)
+                             "optimizer": opt.state_dict(), "generator": gen.get_state(), "config": asdict(cfg)},
+                            ckpt_path)
+            saved = step + 1
     delayed.discard()   # the last k steps' rewards arrive after the run
     in_flight.clear()
     policy.eval()
@@ -116,8 +122,8 @@ def train_bandit(cfg: BanditConfig) -> dict:
     with torch.no_grad():
         greedy = (policy(x).squeeze(-1) == correct).float().mean().item()
     rows = metrics.read()
-    summary = {"estimator": cfg.estimator, "delay": cfg.delay, "steps": cfg.steps,
-               "final_reward": rows[-1]["reward"], "greedy_reward": greedy, "optimal_reward": 1.0,
+    summary = {"estimator": cfg.estimator, "delay": cfg.delay, "steps": max(start, cfg.steps),
+               "final_reward": rows[-1]["reward"] if rows else math.nan, "greedy_reward": greedy, "optimal_reward": 1.0,
                "max_held_steps": held, "train_seconds": seconds}
     write_json(os.path.join(cfg.out, "summary.json"), summary)
     plot_curves(os.path.join(cfg.out, "curves.png"), rows, "step", ["reward"],

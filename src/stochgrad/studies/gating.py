@@ -67,11 +67,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..graph import broadcast
-from ..options import DEVICE, FOLDER, FRACTION, NON_NEGATIVE_FLOAT, POSITIVE, POSITIVE_FLOAT, SEED, OptionError, Options
 from ..neurons import FiringRateControl, NoisyRectifier, StochasticBinary, StochasticTimesSmooth
+from ..options import DEVICE, FRACTION, NON_NEGATIVE_FLOAT, POSITIVE, OptionError, choice
 from ..runinfo import write_json
 from ..sampling import normal
-from .training import (datasets_or_fail, fail, Metrics, NonFiniteError, open_run, plot_curves, save_checkpoint)
+from .training import (DataRunConfig, Metrics, NonFiniteError, clock, counter, datasets_or_fail, nothing_to_do,
+                       open_run, plot_curves, restoring, save_checkpoint, stop_if_diverged, stop_training)
 
 # the settings a resumed run must share with the run that wrote the checkpoint
 IDENTITY = ("dataset", "gater", "batch_size", "lr", "seed", "target", "sparsity_weight", "rate_control", "validation",
@@ -252,21 +253,27 @@ def kl_sparsity(rho: Tensor, target: float) -> Tensor:
 
 
 @dataclass
-class GatingConfig(Options):
-    """The gating study's settings, checked when built and when training starts (:mod:`stochgrad.options`)."""
+class GatingConfig(DataRunConfig):
+    """The gating study's settings (and those of every trainer: :class:`~stochgrad.studies.training.RunConfig`),
+    checked when built and when training starts (:mod:`stochgrad.options`).
 
-    OPTIONS = {"epochs": POSITIVE, "batch_size": POSITIVE, "lr": POSITIVE_FLOAT, "seed": SEED, "device": DEVICE,
-               "out": FOLDER, "target": FRACTION, "sparsity_weight": NON_NEGATIVE_FLOAT, "validation": POSITIVE,
-               "patience": POSITIVE, "max_seconds": NON_NEGATIVE_FLOAT, "log_every": POSITIVE}
-    dataset: str = "mnist"
-    gater: str = "straight_through"
-    epochs: int = 100
+    The run ends at ``epochs`` epochs, at ``steps`` SGD steps (if given; the last epoch is then cut short and
+    validated where it stops), after ``patience`` epochs without a better validation error, or after the epoch
+    that passes ``max_seconds`` of training. ``epochs`` and ``steps`` left ``None`` are 100 and unlimited on a
+    fresh run, and the checkpoint's own on a resumed one."""
+
+    OPTIONS = {"device": DEVICE, "gater": choice(*GATERS, words="one of the gaters"), "epochs": POSITIVE, "target": FRACTION,
+               "sparsity_weight": NON_NEGATIVE_FLOAT, "validation": POSITIVE, "patience": POSITIVE,
+               "max_seconds": NON_NEGATIVE_FLOAT, "expert": choice(*EXPERTS)}
+    DEFAULTED = ("epochs",)
+    TARGETS = ("epochs", "steps")
+    TARGET_DEFAULTS = {"epochs": 100}
+    out: str = "runs/gating"
     batch_size: int = 32
     lr: float = 0.1
-    seed: int = 0
     device: str = "cpu"
-    out: str = "runs/gating"
-    tensorboard: bool = False   # also log metrics to OUT/tensorboard (the tensorboard extra)
+    gater: str = "straight_through"
+    epochs: int | None = None
     target: float = 0.1
     sparsity_weight: float = 0.1
     rate_control: bool = False
@@ -274,18 +281,11 @@ class GatingConfig(Options):
     validation: int = 10000
     patience: int = 20          # epochs without a better validation error before stopping
     max_seconds: float = 0.0    # stop after the epoch during which training time passes this; 0: never
-    resume: bool = False
-    log_every: int = 100
-    progress: bool = True
 
     def check(self) -> None:
-        """A known gater; ``rate_control`` only with gates that output exact zeros."""
-        if self.gater not in GATERS:
-            raise OptionError("gater", f"must be one of the gaters (valid: {', '.join(GATERS)}), got {self.gater!r}")
+        """``rate_control`` only with gates that output exact zeros."""
         if self.rate_control and self.gater.startswith("sigmoid"):
             raise OptionError("rate_control", "needs gates that output exact zeros; sigmoid gates never do")
-        if self.expert not in EXPERTS:
-            raise OptionError("expert", f"must be one of {', '.join(EXPERTS)}, got {self.expert!r}")
 
 
 def train_gating(cfg: GatingConfig) -> dict:
@@ -309,105 +309,157 @@ def train_gating(cfg: GatingConfig) -> dict:
     opt = torch.optim.SGD([{"params": model.gater.parameters(), "lr": gater_lr},
                            {"params": [*model.expert.parameters(), *model.out.parameters()]}], lr=cfg.lr)
     l1 = torch.tensor(cfg.sparsity_weight * 1e-2)       # the adaptive L1 coefficient of rectifier gaters (1e-3 by default)
+    steps_per_epoch = n_train // cfg.batch_size
     epoch, step, seconds, best, stale, history = 0, 0, 0.0, None, 0, []
+    pos, perm, sums = 0, None, torch.zeros(3, device=device)   # the epoch's position, permutation and sums
     if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        gen.set_state(state["generator"])
-        l1 = state["l1"]
-        epoch, step, seconds, best, stale, history = (state[k] for k in ("epoch", "step", "seconds", "best", "stale",
-                                                                         "history"))
+        with restoring(ckpt_path):
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            gen.set_state(state["generator"])
+            l1 = state["l1"]
+            epoch, step, stale, seconds = (counter(state, "epoch"), counter(state, "step"), counter(state, "stale"),
+                                           clock(state))
+            best, history = state["best"], list(state["history"])
+            pos = counter(state, "pos") if "pos" in state else 0
+            if pos:
+                perm, sums = state["perm"].to(device), state["sums"].to(device)
+                if perm.shape != (n_train,) or sums.shape != (3,) or pos >= steps_per_epoch:
+                    raise ValueError(f"an epoch's position {pos} and permutation of {tuple(perm.shape)} do not fit "
+                                     f"{n_train} training examples")
+            if best is not None:   # the best epoch's parameters must fit this model too
+                copy.deepcopy(model).load_state_dict(best["model"])
+
+    def finished() -> bool:
+        return (epoch >= cfg.epochs or stale >= cfg.patience or (cfg.steps is not None and step >= cfg.steps)
+                or bool(pos == 0 and cfg.max_seconds and seconds >= cfg.max_seconds))
+
+    if state is not None and finished():
+        done = nothing_to_do(cfg, state, f"epoch {epoch} of {cfg.epochs}, step {step}" +
+                             (f" of {cfg.steps}" if cfg.steps else ""))
+        if done is not None:
+            return done
     metrics = Metrics(os.path.join(cfg.out, "metrics.csv"),
                       ["step", "epoch", "train_loss", "train_error", "train_open", "valid_error", "valid_contrast",
                        "sparsity_coefficient", "seconds"], resume_step=step if state is not None else None,
                       tensorboard=cfg.tensorboard)
-    steps_per_epoch = n_train // cfg.batch_size
     rectifier = cfg.gater in RECTIFIERS
+    saved = step if state is not None else None
 
     def save():
+        nonlocal saved
         try:
-            save_checkpoint({"step": step, "epoch": epoch, "seconds": seconds, "model": model.state_dict(),
+            save_checkpoint({"step": step, "epoch": epoch, "pos": pos, "perm": perm if pos else None,
+                             "sums": sums if pos else None, "seconds": seconds, "model": model.state_dict(),
                              "optimizer": opt.state_dict(), "generator": gen.get_state(), "l1": l1, "best": best,
                              "stale": stale, "history": history, "config": asdict(cfg)}, ckpt_path)
         except NonFiniteError as err:
-            fail(f"after epoch {epoch} {err}: training stopped; the previous epoch's checkpoint is kept")
+            stop_training(f"after step {step} {err}", saved)
+        saved = step
 
-    bar = tqdm(total=cfg.epochs, initial=epoch, desc=f"gating {cfg.gater}", disable=not cfg.progress)
-    while epoch < cfg.epochs and stale < cfg.patience and not (cfg.max_seconds and seconds >= cfg.max_seconds):
-        model.train()
+    total = cfg.epochs * steps_per_epoch if cfg.steps is None else min(cfg.steps, cfg.epochs * steps_per_epoch)
+    bar = tqdm(total=total, initial=min(step, total), unit="step", desc=f"gating {cfg.gater}", disable=not cfg.progress)
+    while not finished():
         t0 = time.perf_counter()
-        perm = torch.randperm(n_train, generator=gen, device=device)
-        sums = torch.zeros(3, device=device)
-        for s in range(steps_per_epoch):
-            idx = perm[s * cfg.batch_size:(s + 1) * cfg.batch_size]
-            x, y = xs[idx], ys[idx]
-            opt.zero_grad()
+        if pos == 0:   # a new epoch: a fresh permutation
+            perm = torch.randperm(n_train, generator=gen, device=device)
+            sums = torch.zeros(3, device=device)
+        model.train()
+        idx = perm[pos * cfg.batch_size:(pos + 1) * cfg.batch_size]
+        x, y = xs[idx], ys[idx]
+        opt.zero_grad()
+        try:
             with broadcast() as graph:
                 logits, g, a = model(x)
                 ce = F.cross_entropy(logits, y, reduction="none")
-            opened = (g != 0).to(g.dtype).mean() if not cfg.gater.startswith("sigmoid") else g.detach().mean()
-            if rectifier:
-                penalty = l1 * g.sum(-1).mean()
-                l1 = l1 * math.exp(L1_GAIN * (opened.item() - cfg.target) / cfg.target)
-            else:
-                penalty = cfg.sparsity_weight * kl_sparsity(model.open_probability(a).mean(0), cfg.target)
-            if score_function:
-                penalty.backward(retain_graph=True)
-                graph.backward(ce)
-            else:
-                (ce.mean() + penalty).backward()
-            opt.step()
-            max_norm_(model)
-            step += 1
-            sums += torch.stack([ce.detach().mean(), (logits.detach().argmax(-1) != y).float().mean(), opened.detach()])
-        train_loss, train_err, train_open = (sums / steps_per_epoch).tolist()
+        except ValueError:   # non-finite logits of the gates: say why, if the parameters diverged
+            bar.close()
+            stop_if_diverged(model, step + 1, saved)
+            raise
+        opened = (g != 0).to(g.dtype).mean() if not cfg.gater.startswith("sigmoid") else g.detach().mean()
+        if rectifier:
+            penalty = l1 * g.sum(-1).mean()
+            l1 = l1 * math.exp(L1_GAIN * (opened.item() - cfg.target) / cfg.target)
+        else:
+            penalty = cfg.sparsity_weight * kl_sparsity(model.open_probability(a).mean(0), cfg.target)
+        if score_function:
+            penalty.backward(retain_graph=True)
+            graph.backward(ce)
+        else:
+            (ce.mean() + penalty).backward()
+        opt.step()
+        max_norm_(model)
+        step, pos = step + 1, pos + 1
+        sums += torch.stack([ce.detach().mean(), (logits.detach().argmax(-1) != y).float().mean(), opened.detach()])
+        seconds += time.perf_counter() - t0
+        bar.update()
+        if pos < steps_per_epoch and not (cfg.steps is not None and step >= cfg.steps):
+            continue
+        # the end of an epoch (or of the run, cut short by --steps): validation, metrics, early stopping, checkpoint
+        t0 = time.perf_counter()
+        train_loss, train_err, train_open = (sums / pos).tolist()
         if not math.isfinite(train_loss):
             bar.close()
-            fail(f"the loss became {train_loss} in epoch {epoch + 1}; training stopped (checkpoint of epoch {epoch} kept)")
+            stop_if_diverged(model, step, saved)
+            stop_training(f"the loss became {train_loss} by step {step}", saved)
         model.eval()
         threshold = model.threshold_for(xv, cfg.target)
         valid_err, patterns = model.evaluate(xv, yv, threshold)
         dep = input_dependence(patterns, yv.cpu(), generator=torch.Generator().manual_seed(epoch))
         seconds += time.perf_counter() - t0
-        epoch += 1
-        history.append({"epoch": epoch, "valid_error_percent": valid_err, "train_error_percent": 100 * train_err})
-        metrics.write(step=step, epoch=epoch, train_loss=train_loss, train_error=100 * train_err, train_open=train_open,
+        whole = pos == steps_per_epoch
+        at = epoch + 1 if whole else epoch + pos / steps_per_epoch
+        history.append({"epoch": at, "valid_error_percent": valid_err, "train_error_percent": 100 * train_err})
+        metrics.write(step=step, epoch=at, train_loss=train_loss, train_error=100 * train_err, train_open=train_open,
                       valid_error=valid_err, valid_contrast=dep["class_contrast"], sparsity_coefficient=float(l1),
                       seconds=seconds)
         if best is None or valid_err < best["valid_error_percent"]:
-            best, stale = {"epoch": epoch, "valid_error_percent": valid_err, "threshold": threshold,
+            best, stale = {"epoch": at, "valid_error_percent": valid_err, "threshold": threshold,
                            "model": copy.deepcopy(model.state_dict())}, 0
         else:
             stale += 1
+        if whole:
+            epoch, pos = epoch + 1, 0
         save()
-        bar.update()
-        bar.set_postfix(valid=f"{valid_err:.2f}%", open=f"{train_open:.3f}")
+        bar.set_postfix(epoch=f"{at:.3g}", valid=f"{valid_err:.2f}%", open=f"{train_open:.3f}")
     bar.close()
-    model.load_state_dict(best["model"])
-    model.eval()
-    threshold = model.threshold_for(xv, cfg.target)          # chosen on validation data, never on the test set
-    x_test, y_test = test.images.to(device), test.labels.to(device)
-    test_err, patterns = model.evaluate(x_test, y_test, threshold)
-    train_err_final, _ = model.evaluate(xs[:10000], ys[:10000], threshold)
-    dep = input_dependence(patterns, y_test.cpu(), generator=torch.Generator().manual_seed(cfg.seed))
-    donors = torch.randperm(len(y_test), generator=torch.Generator().manual_seed(cfg.seed)).to(device)
-    shuffled_err, _ = model.evaluate(x_test, y_test, threshold, donors)
-    with torch.no_grad():
-        spread = torch.cat([model.open_probability(model.pre_activation(c)) for c in xv.split(1000)]).std(0).mean().item()
-    summary = {"gater": cfg.gater, "dataset": cfg.dataset, "epochs": epoch, "best_epoch": best["epoch"],
-               "steps": step, "target": cfg.target, "sparsity": "adaptive L1" if rectifier else "KL",
-               "sparsity_weight": cfg.sparsity_weight, "rate_control": cfg.rate_control, "expert": cfg.expert,
-               "test_error_percent": test_err, "valid_error_percent": best["valid_error_percent"],
-               "train_error_percent_first_10k": train_err_final, "threshold": threshold,
-               "threshold_chosen_on": "validation", "test_open_fraction": dep["open_fraction"],
-               "test_hamming": dep["hamming"], "test_hamming_independent": dep["hamming_independent"],
-               "test_hamming_same_class": dep["hamming_same_class"],
-               "test_hamming_different_class": dep["hamming_different_class"],
-               "test_class_contrast": dep["class_contrast"],
-               "test_error_percent_gates_of_another_example": shuffled_err,
-               "validation_open_probability_spread": spread,
-               "mean_field_test_error_percent": model.mean_field_error(x_test, y_test), "train_seconds": seconds}
-    write_json(os.path.join(cfg.out, "summary.json"), summary)
-    plot_curves(os.path.join(cfg.out, "curves.png"), metrics.read(), "epoch",
-                ["train_error", "valid_error", "train_open", "valid_contrast"], f"gating {cfg.gater} on {cfg.dataset}")
+    with tqdm(total=7, desc=f"gating {cfg.gater}: final evaluation", disable=not cfg.progress) as final:
+        with restoring(ckpt_path):
+            model.load_state_dict(best["model"])
+        model.eval()
+        threshold = model.threshold_for(xv, cfg.target)          # chosen on validation data, never on the test set
+        final.update()
+        x_test, y_test = test.images.to(device), test.labels.to(device)
+        test_err, patterns = model.evaluate(x_test, y_test, threshold)
+        final.update()
+        train_err_final, _ = model.evaluate(xs[:10000], ys[:10000], threshold)
+        final.update()
+        dep = input_dependence(patterns, y_test.cpu(), generator=torch.Generator().manual_seed(cfg.seed))
+        donors = torch.randperm(len(y_test), generator=torch.Generator().manual_seed(cfg.seed)).to(device)
+        shuffled_err, _ = model.evaluate(x_test, y_test, threshold, donors)
+        final.update()
+        with torch.no_grad():
+            spread = torch.cat([model.open_probability(model.pre_activation(c))
+                                for c in xv.split(1000)]).std(0).mean().item()
+        final.update()
+        mean_field = model.mean_field_error(x_test, y_test)
+        final.update()
+        summary = {"gater": cfg.gater, "dataset": cfg.dataset, "epochs": epoch + (pos > 0) * pos / steps_per_epoch,
+                   "best_epoch": best["epoch"], "steps": step, "target": cfg.target,
+                   "sparsity": "adaptive L1" if rectifier else "KL",
+                   "sparsity_weight": cfg.sparsity_weight, "rate_control": cfg.rate_control, "expert": cfg.expert,
+                   "test_error_percent": test_err, "valid_error_percent": best["valid_error_percent"],
+                   "train_error_percent_first_10k": train_err_final, "threshold": threshold,
+                   "threshold_chosen_on": "validation", "test_open_fraction": dep["open_fraction"],
+                   "test_hamming": dep["hamming"], "test_hamming_independent": dep["hamming_independent"],
+                   "test_hamming_same_class": dep["hamming_same_class"],
+                   "test_hamming_different_class": dep["hamming_different_class"],
+                   "test_class_contrast": dep["class_contrast"],
+                   "test_error_percent_gates_of_another_example": shuffled_err,
+                   "validation_open_probability_spread": spread,
+                   "mean_field_test_error_percent": mean_field, "train_seconds": seconds}
+        write_json(os.path.join(cfg.out, "summary.json"), summary)
+        plot_curves(os.path.join(cfg.out, "curves.png"), metrics.read(), "epoch",
+                    ["train_error", "valid_error", "train_open", "valid_contrast"], f"gating {cfg.gater} on {cfg.dataset}")
+        final.update()
     return summary

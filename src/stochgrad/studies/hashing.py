@@ -9,20 +9,22 @@ average precision over the full ranking (relevant = same label).
 """
 from __future__ import annotations
 
+import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..estimators import REGISTRY
 from ..graph import broadcast
 from ..neurons import StochasticBinary
-from ..options import FOLDER, POSITIVE, POSITIVE_FLOAT, SEED, OptionError, Options
+from ..estimators import REGISTRY
+from ..options import POSITIVE, choice
 from ..runinfo import write_json
-from .training import (datasets_or_fail, fail, Metrics, open_run, plot_curves, save_checkpoint)
+from .training import (DataRunConfig, Metrics, clock, counter, datasets_or_fail, fail, nothing_to_do, open_run,
+                       plot_curves, restoring, save_checkpoint, stop_if_diverged, stop_training)
 
 
 IDENTITY = ("dataset", "estimator", "bits", "batch_size", "lr", "seed")
@@ -80,33 +82,20 @@ def baseline_codes(train_x: Tensor, x: Tensor, bits: int, kind: str, generator=N
 
 
 @dataclass
-class HashingConfig(Options):
-    """The hashing study's settings, checked when built and when training starts (:mod:`stochgrad.options`)."""
+class HashingConfig(DataRunConfig):
+    """The hashing study's settings (and those of every trainer: :class:`~stochgrad.studies.training.RunConfig`),
+    checked when built and when training starts (:mod:`stochgrad.options`); whether the estimator works as a
+    layer is the layer's to say."""
 
-    OPTIONS = {"bits": POSITIVE, "steps": POSITIVE, "batch_size": POSITIVE, "lr": POSITIVE_FLOAT, "seed": SEED,
-               "out": FOLDER, "queries": POSITIVE, "database": POSITIVE, "log_every": POSITIVE,
-               "checkpoint_every": POSITIVE}
-    dataset: str = "mnist"
-    estimator: str = "straight_through"
-    bits: int = 32
-    steps: int = 5000
+    OPTIONS = {"estimator": choice(*REGISTRY, words="a registered estimator"), "bits": POSITIVE, "queries": POSITIVE, "database": POSITIVE}
+    STEPS = 5000
+    out: str = "runs/hashing"
     batch_size: int = 100
     lr: float = 1e-3
-    seed: int = 0
-    out: str = "runs/hashing"
-    tensorboard: bool = False   # also log metrics to OUT/tensorboard (the tensorboard extra)
+    estimator: str = "straight_through"
+    bits: int = 32
     queries: int = 1000
     database: int = 10000
-    log_every: int = 100
-    resume: bool = False
-    checkpoint_every: int = 1000
-    progress: bool = True
-
-    def check(self) -> None:
-        """A registered estimator (whether it works as a layer is the layer's to say)."""
-        if self.estimator not in REGISTRY:
-            raise OptionError("estimator", f"must be a registered estimator ({', '.join(REGISTRY)}), "
-                                           f"got {self.estimator!r}")
 
 
 def train_hashing(cfg: HashingConfig) -> dict:
@@ -125,30 +114,44 @@ def train_hashing(cfg: HashingConfig) -> dict:
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     start, seconds = 0, 0.0
     if state is not None:   # the estimator's state (baselines) is part of the model's
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        gen.set_state(state["generator"])
-        start, seconds = state["step"], state["seconds"]
+        with restoring(ckpt_path):
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            gen.set_state(state["generator"])
+            start, seconds = counter(state, "step"), clock(state)
+        if start >= cfg.steps:
+            done = nothing_to_do(cfg, state, f"step {start} of {cfg.steps}")
+            if done is not None:
+                return done
     metrics = Metrics(os.path.join(cfg.out, "metrics.csv"), ["step", "reconstruction_loss", "seconds"],
                       resume_step=start if state is not None else None, tensorboard=cfg.tensorboard)
-    window = []
+    window, saved = [], (start if state is not None else None)
     for step in tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"hashing {cfg.estimator}",
                      disable=not cfg.progress):
         t0 = time.perf_counter()
         x = train.images[torch.randint(len(train), (cfg.batch_size,), generator=gen)]
         opt.zero_grad()
-        with broadcast() as graph:
-            loss = model(x)
-        graph.backward(loss)
+        try:
+            with broadcast() as graph:
+                loss = model(x)
+            graph.backward(loss)
+        except ValueError:   # non-finite logits: say why, if the parameters diverged
+            stop_if_diverged(model, step + 1, saved)
+            raise
         opt.step()
         seconds += time.perf_counter() - t0
         window.append(loss.mean().item())
+        if not math.isfinite(window[-1]):
+            stop_training(f"the loss became {window[-1]} at step {step + 1}", saved)
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
             metrics.write(step=step + 1, reconstruction_loss=sum(window) / len(window), seconds=seconds)
             window = []
+            stop_if_diverged(model, step + 1, saved)
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
             save_checkpoint({"step": step + 1, "seconds": seconds, "model": model.state_dict(),
-                         "optimizer": opt.state_dict(), "generator": gen.get_state(), "config": cfg.__dict__}, ckpt_path)
+                             "optimizer": opt.state_dict(), "generator": gen.get_state(), "config": asdict(cfg)},
+                            ckpt_path)
+            saved = step + 1
     model.eval()
     db_x, db_y = train.images[: cfg.database], train.labels[: cfg.database]
     q_x, q_y = test.images[: cfg.queries], test.labels[: cfg.queries]
@@ -156,7 +159,7 @@ def train_hashing(cfg: HashingConfig) -> dict:
     for kind in ("pca", "random"):
         results[f"{kind}_sign"] = retrieval(baseline_codes(train.images, q_x, cfg.bits, kind, gen), q_y,
                                             baseline_codes(train.images, db_x, cfg.bits, kind, gen), db_y)
-    summary = {"dataset": cfg.dataset, "estimator": cfg.estimator, "bits": cfg.bits, "steps": cfg.steps,
+    summary = {"dataset": cfg.dataset, "estimator": cfg.estimator, "bits": cfg.bits, "steps": max(start, cfg.steps),
                "train_seconds": seconds, "retrieval": results}
     write_json(os.path.join(cfg.out, "summary.json"), summary)
     plot_curves(os.path.join(cfg.out, "curves.png"), metrics.read(), "step", ["reconstruction_loss"],

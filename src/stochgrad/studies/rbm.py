@@ -3,51 +3,42 @@ reward correlation of seed §4.2 (:mod:`stochgrad.boltzmann`). At the end: the t
 (exact when a layer has ≤ 20 units, else AIS) and a grid of model samples."""
 from __future__ import annotations
 
+import io
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 
 from .. import data as D
 from ..boltzmann import RBM, ContrastiveDivergence, ais_log_partition
-from ..options import FOLDER, POSITIVE, POSITIVE_FLOAT, SEED, OptionError, Options, integer
+from ..files import write_atomic
+from ..options import POSITIVE, choice, integer
 from ..runinfo import write_json
 from ..sampling import bernoulli
-from .training import (datasets_or_fail, diverged, fail, Metrics, open_run, plot_curves, save_checkpoint)
+from .training import (DataRunConfig, Metrics, clock, counter, datasets_or_fail, nothing_to_do, open_run,
+                       plot_curves, restoring, save_checkpoint, stop_if_diverged)
 
 
 IDENTITY = ("dataset", "hidden", "method", "k", "batch_size", "lr", "seed")
 
 
 @dataclass
-class RBMConfig(Options):
-    """The RBM study's settings, checked when built and when training starts (:mod:`stochgrad.options`)."""
+class RBMConfig(DataRunConfig):
+    """The RBM study's settings (and those of every trainer: :class:`~stochgrad.studies.training.RunConfig`),
+    checked when built and when training starts (:mod:`stochgrad.options`)."""
 
-    OPTIONS = {"hidden": POSITIVE, "k": POSITIVE, "steps": POSITIVE, "batch_size": POSITIVE, "lr": POSITIVE_FLOAT,
-               "seed": SEED, "out": FOLDER, "log_every": POSITIVE, "ais_betas": integer(2), "ais_runs": integer(2),
-               "checkpoint_every": POSITIVE}
-    dataset: str = "mnist"
+    OPTIONS = {"hidden": POSITIVE, "k": POSITIVE, "method": choice("cd", "pcd"), "ais_betas": integer(2),
+               "ais_runs": integer(2)}
+    STEPS = 5000
+    out: str = "runs/rbm"
+    batch_size: int = 100
+    lr: float = 0.05
     hidden: int = 100
     method: str = "pcd"
     k: int = 1
-    steps: int = 5000
-    batch_size: int = 100
-    lr: float = 0.05
-    seed: int = 0
-    out: str = "runs/rbm"
-    tensorboard: bool = False   # also log metrics to OUT/tensorboard (the tensorboard extra)
-    log_every: int = 100
     ais_betas: int = 2000
     ais_runs: int = 100
-    resume: bool = False
-    checkpoint_every: int = 1000
-    progress: bool = True
-
-    def check(self) -> None:
-        """``method``: ``cd`` or ``pcd``."""
-        if self.method not in ("cd", "pcd"):
-            raise OptionError("method", f"must be cd or pcd, got {self.method!r}")
 
 
 def sample_grid(path: str, images, shape, rows: int = 8) -> None:
@@ -63,7 +54,9 @@ def sample_grid(path: str, images, shape, rows: int = 8) -> None:
     for i in range(n):
         r, c = divmod(i, rows)
         grid[r * (h + 1): r * (h + 1) + h, c * (w + 1): c * (w + 1) + w] = images[i].reshape(h, w)
-    plt.imsave(path, grid.numpy(), cmap="gray", vmin=0, vmax=1)
+    buf = io.BytesIO()
+    plt.imsave(buf, grid.numpy(), cmap="gray", vmin=0, vmax=1, format="png")
+    write_atomic(path, buf.getvalue())
 
 
 def train_rbm(cfg: RBMConfig) -> dict:
@@ -80,13 +73,22 @@ def train_rbm(cfg: RBMConfig) -> dict:
     cd = ContrastiveDivergence(rbm, cfg.k, persistent=cfg.method == "pcd", generator=gen)
     start, seconds = 0, 0.0
     if state is not None:   # exact: parameters, the persistent chains and the noise continue where they stopped
-        rbm.load_state_dict(state["model"])
-        cd.state = state["chains"]
-        gen.set_state(state["generator"])
-        start, seconds = state["step"], state["seconds"]
+        with restoring(ckpt_path):
+            rbm.load_state_dict(state["model"])
+            chains = state["chains"]
+            if chains is not None and tuple(chains.shape) != (cfg.batch_size, train.dim):
+                raise ValueError(f"persistent chains of shape {tuple(chains.shape)}, this run's are "
+                                 f"({cfg.batch_size}, {train.dim})")
+            cd.state = chains
+            gen.set_state(state["generator"])
+            start, seconds = counter(state, "step"), clock(state)
+        if start >= cfg.steps:
+            done = nothing_to_do(cfg, state, f"step {start} of {cfg.steps}")
+            if done is not None:
+                return done
     metrics = Metrics(os.path.join(cfg.out, "metrics.csv"), ["step", "reconstruction_error", "seconds"],
                       resume_step=start if state is not None else None, tensorboard=cfg.tensorboard)
-    window = []
+    window, saved = [], (start if state is not None else None)
     for step in tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=f"rbm {cfg.method}-{cfg.k}",
                      disable=not cfg.progress):
         t0 = time.perf_counter()
@@ -99,24 +101,25 @@ def train_rbm(cfg: RBMConfig) -> dict:
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
             metrics.write(step=step + 1, reconstruction_error=sum(window) / len(window), seconds=seconds)
             window = []
-            bad = diverged(rbm)
-            if bad is not None:
-                fail(f"training diverged by step {step + 1}: parameter {bad}; lower --lr")
+            stop_if_diverged(rbm, step + 1, saved)
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
             save_checkpoint({"step": step + 1, "seconds": seconds, "model": rbm.state_dict(), "chains": cd.state,
-                         "generator": gen.get_state(), "config": cfg.__dict__}, ckpt_path)
+                             "generator": gen.get_state(), "config": asdict(cfg)}, ckpt_path)
+            saved = step + 1
+    steps = max(start, cfg.steps)
     with torch.no_grad():
         v_test = D.binarize(test.images, gen)
         if min(rbm.W.shape) <= 20:
             log_z, how = rbm.log_partition().item(), "exact"
         else:
-            log_z, _ = ais_log_partition(rbm, cfg.ais_betas, cfg.ais_runs, gen)
+            with tqdm(total=cfg.ais_betas - 1, desc="rbm: log Z by AIS", disable=not cfg.progress) as bar:
+                log_z, _ = ais_log_partition(rbm, cfg.ais_betas, cfg.ais_runs, gen, progress=bar.update)
             how = f"AIS ({cfg.ais_betas} temperatures, {cfg.ais_runs} runs)"
         ll = (-rbm.free_energy(v_test)).mean().item() - log_z
         chains = bernoulli(torch.full((64, train.dim), 0.5), (), gen)
         v, h = rbm.gibbs(chains, 1000, gen)
         sample_grid(os.path.join(cfg.out, "samples.png"), rbm.visible_probs(h), train.shape)
-    summary = {"dataset": cfg.dataset, "method": f"{cfg.method}-{cfg.k}", "hidden": cfg.hidden, "steps": cfg.steps,
+    summary = {"dataset": cfg.dataset, "method": f"{cfg.method}-{cfg.k}", "hidden": cfg.hidden, "steps": steps,
                "test_log_likelihood": ll, "log_partition": log_z, "log_partition_method": how, "train_seconds": seconds}
     write_json(os.path.join(cfg.out, "summary.json"), summary)
     plot_curves(os.path.join(cfg.out, "curves.png"), metrics.read(), "step", ["reconstruction_error"],

@@ -1,31 +1,74 @@
-"""What every ``stochgrad train ...`` command shares: safe checkpoints (atomic, checksummed, loaded without
-unpickling code, tied to the run's configuration), a metrics CSV, distributed set-up under ``torchrun``,
+"""What every ``stochgrad train ...`` command shares: one run configuration (:class:`RunConfig`: the settings and
+flags every trainer takes), safe checkpoints (atomic, checksummed, loaded without unpickling code, tied to the
+run's configuration, their contents checked before use), a metrics CSV, distributed set-up under ``torchrun``,
 and the plot of the curves.
 
-A trainer's checkpoint cycle, in four calls::
+A trainer's cycle::
 
-    ckpt = prepare_out(cfg.out, cfg.resume)            # the folder; stale temp files gone; a fresh run
-                                                        # moves an earlier run's checkpoint aside
-    state = load_checkpoint(ckpt, asdict(cfg), IDENTITY, cfg.force_resume) if cfg.resume else None
+    cfg.validate()                                      # every setting, before anything is read or written
+    ckpt, state = open_run(cfg, IDENTITY)               # the folder (a fresh run refuses an earlier run's folder
+                                                        # unless cfg.force); with cfg.resume the verified
+                                                        # checkpoint, and cfg.steps from it unless given
+    if finished(...): return nothing_to_do(cfg, state)  # "already complete": the saved summary
+    with restoring(ckpt): model.load_state_dict(state["model"]); step = counter(state, "step")
     ...
-    stop = diverged(model)                              # a parameter NaN, inf or past float resolution
+    stop_if_diverged(model, step, saved)                # a parameter NaN, inf or past float resolution
     save_checkpoint({"step": step, "model": ..., "config": asdict(cfg)}, ckpt)
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
-import errno
-import glob
 import hashlib
 import io
+import json
 import math
 import os
-import shutil
 import sys
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from ..files import OutputError, atomic_file, remove_stale, save_figure_atomic, write_atomic
+from ..options import FOLDER, NON_NEGATIVE, NON_NEGATIVE_FLOAT, POSITIVE, POSITIVE_FLOAT, SEED, Options
+
+
+@dataclass
+class RunConfig(Options):
+    """The settings every ``stochgrad train`` command takes (its flags of the same names), checked by the same
+    kinds (:mod:`stochgrad.options`). A trainer's configuration derives from it, adds its own fields and kinds
+    (``OPTIONS`` merge along the classes) and may give these fields other defaults.
+
+    ``steps``: ``None`` is the trainer's :attr:`STEPS` on a fresh run, and on ``resume`` the checkpoint's own
+    target (:func:`open_run`): a resumed run finishes what it started unless told otherwise.
+    """
+
+    OPTIONS = {"seed": SEED, "out": FOLDER, "steps": POSITIVE, "batch_size": POSITIVE, "lr": POSITIVE_FLOAT,
+               "log_every": POSITIVE, "checkpoint_every": POSITIVE}
+    DEFAULTED = ("steps",)
+    STEPS = 1000   # a fresh run's steps when none are given
+
+    seed: int = 0
+    out: str = "runs/run"
+    steps: int | None = None
+    batch_size: int = 100
+    lr: float = 1e-3
+    log_every: int = 100          # steps between rows of metrics.csv
+    checkpoint_every: int = 1000  # steps between checkpoints (and one at the end)
+    tensorboard: bool = False     # also log metrics to OUT/tensorboard (the tensorboard extra)
+    resume: bool = False          # continue exactly from OUT/checkpoint.pt
+    force_resume: bool = False    # with resume: continue even when the checkpoint's identity settings differ
+    force: bool = False           # a fresh run may replace an earlier run's outputs in OUT
+    progress: bool = True
+
+
+@dataclass
+class DataRunConfig(RunConfig):
+    """A :class:`RunConfig` that trains on a dataset (:mod:`stochgrad.data`: mnist, fashion-mnist, digits)."""
+
+    dataset: str = "mnist"
 
 
 class CheckpointError(RuntimeError):
@@ -108,47 +151,17 @@ def diverged(module: torch.nn.Module) -> str | None:
     return f"{params[i][0]} (largest |value| {peaks[i].item():.3g})"
 
 
-def _remove_quietly(path: str) -> None:
-    try:
-        os.remove(path)
-    except OSError:
-        pass
-
-
 def save_atomic(obj, path: str) -> None:
-    """``torch.save`` to memory, then to a temporary file beside ``path``, fsync, atomic rename: a kill
-    mid-write leaves the previous file intact, never a truncated one. A failed write removes its
-    temporary file and raises :class:`CheckpointError` saying why in words ("no space left")."""
+    """``torch.save`` to memory, then to ``path`` by the one atomic writer (:mod:`stochgrad.files`): a kill
+    mid-write leaves the previous file intact, never a truncated one. A failed write removes its temporary file
+    and raises :class:`CheckpointError` saying why in words ("no space left")."""
     buf = io.BytesIO()
     torch.save(obj, buf)
-    data = buf.getbuffer()
-    tmp = f"{path}.tmp.{os.getpid()}"
     try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException as err:
-        _remove_quietly(tmp)
-        if isinstance(err, OSError):
-            folder = os.path.dirname(os.path.abspath(path))
-            if err.errno in (errno.ENOSPC, errno.EDQUOT):
-                free = shutil.disk_usage(folder).free
-                why = f"no space left on the device ({free} bytes free, {len(data)} needed)"
-            else:
-                why = err.strerror or str(err)
-            kept = f"the previous {os.path.basename(path)} is intact" if os.path.exists(path) else "nothing was written"
-            raise CheckpointError(f"could not write {path}: {why}; the temporary file was removed and {kept}") from None
-        raise
-    try:  # make the rename itself durable
-        fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
+        with atomic_file(path) as fh:
+            fh.write(buf.getbuffer())
+    except OutputError as err:
+        raise CheckpointError(str(err)) from None
 
 
 def save_checkpoint(state: dict, path: str) -> None:
@@ -203,52 +216,131 @@ def load_checkpoint(path: str, config: dict | None = None, identity: tuple = (),
     return state
 
 
-def prepare_out(out: str, resume: bool, main: bool = True, name: str = "checkpoint.pt") -> str:
+#: what a trainer writes in its folder: a fresh run refuses a folder holding any of them (unless forced)
+RUN_FILES = ("checkpoint.pt", "metrics.csv", "summary.json", "curves.png", "samples.png", "tensorboard")
+
+
+def prepare_out(out: str, resume: bool, main: bool = True, name: str = "checkpoint.pt", force: bool = False) -> str:
     """Creates the output folder and returns the checkpoint's path in it. The main process also removes
-    temporary files left by killed writers, and on a fresh run (``resume`` false) moves an earlier
-    run's checkpoint to ``<name>.previous``, so that a later ``--resume`` can never adopt it."""
+    temporary files left by killed writers. A fresh run (``resume`` false) refuses a folder holding an earlier
+    run's outputs (:data:`RUN_FILES`) unless ``force``; forced, it moves the earlier checkpoint to
+    ``<name>.previous`` (an older ``.previous`` is kept as ``.previous.2``, ``.3``, …), so that a later
+    ``--resume`` can never adopt it and no checkpoint is lost."""
     if os.path.exists(out) and not os.path.isdir(out):
         fail(f"--out {out} is a file, not a folder")
     try:
         os.makedirs(out, exist_ok=True)
     except OSError as err:
-        fail(f"--out {out}: cannot create the folder ({err.strerror})")
+        fail(f"--out {out}: cannot create the folder ({reason_words(err)})")
     path = os.path.join(out, name)
     if main:
-        for tmp in glob.glob(glob.escape(path) + ".tmp.*"):
-            pid = tmp.rsplit(".", 1)[-1]
-            if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
-                _remove_quietly(tmp)
-        if not resume and os.path.exists(path):
-            os.replace(path, path + ".previous")
-            print(f"stochgrad: a fresh run in {out}: the earlier run's checkpoint was moved to {name}.previous",
-                  file=sys.stderr)
+        remove_stale(out)
+        if not resume:
+            earlier = [f for f in RUN_FILES if os.path.lexists(os.path.join(out, f))]
+            if earlier and not force:
+                fail(f"{out} holds an earlier run ({', '.join(earlier)}): --resume to continue it, --force to "
+                     "replace it, or choose another --out")
+            if os.path.lexists(path):
+                keep, k = path + ".previous", 1
+                if os.path.lexists(keep):   # the slip before this one: kept too
+                    while os.path.lexists(f"{keep}.{k + 1}"):
+                        k += 1
+                    os.replace(keep, f"{keep}.{k + 1}")
+                os.replace(path, keep)
+                print(f"stochgrad: a fresh run in {out} (--force): the earlier run's checkpoint was moved to "
+                      f"{name}.previous", file=sys.stderr)
     return path
 
 
-def open_run(cfg, identity: tuple, main: bool = True, force: bool = False) -> tuple[str, dict | None]:
-    """How every trainer starts: the output folder ``cfg.out`` (:func:`prepare_out`) and its checkpoint's
-    path, and with ``cfg.resume`` the verified checkpoint, whose configuration must match ``cfg`` on the
-    ``identity`` fields unless ``force`` (:func:`load_checkpoint`; a clear exit otherwise); ``None`` on a
-    fresh run."""
-    path = prepare_out(cfg.out, cfg.resume, main)
-    if not cfg.resume:
-        return path, None
-    try:
-        defaults = {f.name: f.default for f in dataclasses.fields(cfg) if f.default is not dataclasses.MISSING}
-        return path, load_checkpoint(path, dataclasses.asdict(cfg), identity, force, defaults)
-    except CheckpointError as err:
-        fail(str(err))
+def reason_words(err: OSError) -> str:
+    """Words for an ``OSError`` (:func:`stochgrad.files.reason`)."""
+    from ..files import reason
+
+    return reason(err)
 
 
-def _alive(pid: int) -> bool:
+def open_run(cfg: RunConfig, identity: tuple, main: bool = True) -> tuple[str, dict | None]:
+    """How every trainer starts: the output folder ``cfg.out`` (:func:`prepare_out`, ``cfg.force``) and its
+    checkpoint's path, and with ``cfg.resume`` the verified checkpoint, whose configuration must match ``cfg`` on
+    the ``identity`` fields unless ``cfg.force_resume`` (:func:`load_checkpoint`; a clear exit otherwise); ``None``
+    on a fresh run. ``cfg.steps`` left ``None`` becomes the checkpoint's own target on a resumed run and the
+    trainer's :attr:`~RunConfig.STEPS` on a fresh one."""
+    path = prepare_out(cfg.out, cfg.resume, main, force=getattr(cfg, "force", False))
+    state = None
+    if cfg.resume:
+        try:
+            defaults = {f.name: f.default for f in dataclasses.fields(cfg) if f.default is not dataclasses.MISSING}
+            state = load_checkpoint(path, dataclasses.asdict(cfg), identity, getattr(cfg, "force_resume", False),
+                                    defaults)
+        except CheckpointError as err:
+            fail(str(err))
+        saved = state.get("config") if isinstance(state.get("config"), dict) else {}
+        for target in getattr(cfg, "TARGETS", ("steps",)):
+            if getattr(cfg, target, 0) is None and isinstance(saved.get(target), int):
+                setattr(cfg, target, saved[target])
+    for target, default in getattr(cfg, "TARGET_DEFAULTS", {"steps": getattr(cfg, "STEPS", None)}).items():
+        if getattr(cfg, target, 0) is None:
+            setattr(cfg, target, default)
+    return path, state
+
+
+def nothing_to_do(cfg: RunConfig, state: dict, where: str) -> dict | None:
+    """On a resumed run whose checkpoint already reached its target (``where``: e.g. ``"step 300 of 300"``):
+    says so and returns the run's ``summary.json`` when that summary belongs to this checkpoint; ``None`` when
+    the final evaluation is still to be done (the run was stopped before it)."""
+    summary_path = os.path.join(cfg.out, "summary.json")
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        with open(summary_path) as fh:
+            summary = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    if summary.get("steps") != state.get("step"):
+        return None
+    summary.pop("environment", None)
+    print(f"stochgrad: {cfg.out} is already complete ({where}): nothing to do; its summary: {summary_path} "
+          "(a larger --steps continues it)")
+    return summary
+
+
+@contextlib.contextmanager
+def restoring(path: str):
+    """Wraps a trainer's reading of a verified checkpoint: contents that do not fit this run (a missing entry,
+    another shape, a negative step: a valid checksum over the wrong contents) stop with a clear error naming the
+    file, which is left as it is, instead of a traceback or a silently wrong run."""
+    try:
+        yield
+    except (KeyError, IndexError, TypeError, ValueError, RuntimeError, AttributeError) as err:
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [""]
+        first = " ".join(lines[:2]) if lines[0].endswith(":") else lines[0]   # "Error(s) in loading ...:" + the first
+        first = first if len(first) <= 240 else first[:237] + "..."
+        fail(f"checkpoint {path} does not fit this command's model and settings ({type(err).__name__}: {first}); "
+             "it was left as it is: remove it or point --out elsewhere")
+
+
+def counter(state: dict, key: str) -> int:
+    """``state[key]`` checked to be an integer >= 0 (a step, an epoch): inside :func:`restoring`."""
+    return NON_NEGATIVE.check(state[key], key)
+
+
+def clock(state: dict, key: str = "seconds") -> float:
+    """``state[key]`` checked to be a finite number >= 0 (training time): inside :func:`restoring`."""
+    return float(NON_NEGATIVE_FLOAT.check(state[key], key))
+
+
+def stop_if_diverged(model: torch.nn.Module, step: int, saved: int | None, bar=None) -> None:
+    """Stops the run, with the words every trainer uses, when a parameter of ``model`` diverged (:func:`diverged`)."""
+    bad = diverged(model)
+    if bad is not None:
+        stop_training(f"training diverged by step {step}: parameter {bad} (lower --lr)", saved, bar)
+
+
+def stop_training(why: str, saved: int | None, bar=None) -> None:
+    """Exits with ``why``, saying which checkpoint is kept (``saved``: its step, ``None``: none was written);
+    closes the progress ``bar`` first."""
+    if bar is not None:
+        bar.close()
+    kept = f"the last good checkpoint (step {saved}) is kept" if saved is not None else "no checkpoint was written"
+    fail(f"{why}: training stopped; {kept}")
 
 
 class Metrics:
@@ -284,12 +376,14 @@ class Metrics:
                         rows.append(r)
                 except ValueError:
                     pass
-        tmp = f"{path}.tmp.{os.getpid()}"
-        with open(tmp, "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=fields)
-            w.writeheader()
-            w.writerows(rows)
-        os.replace(tmp, path)
+        text = io.StringIO()
+        w = csv.DictWriter(text, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+        try:
+            write_atomic(path, text.getvalue())
+        except OutputError as err:
+            fail(str(err))
 
     def write(self, **row) -> None:
         """Appends one row (keys: ``fields``); to TensorBoard as well if asked."""
@@ -298,8 +392,7 @@ class Metrics:
                 with open(self.path, "a", newline="") as fh:
                     csv.DictWriter(fh, fieldnames=self.fields).writerow(row)
             except OSError as err:
-                why = "no space left on the device" if err.errno in (errno.ENOSPC, errno.EDQUOT) else err.strerror
-                fail(f"could not append to {self.path}: {why}")
+                fail(f"could not append to {self.path}: {reason_words(err)}")
             if self.writer is not None:
                 for key, value in row.items():
                     if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
@@ -359,18 +452,21 @@ def datasets_or_fail(name: str):
 
 
 def save_figure(fig, axes, path: str, legend: bool = False, dpi: int = 110) -> None:
-    """Legend beside the last panel (if asked), tight layout, save, close."""
+    """Legend beside the last panel (if asked), tight layout, save atomically (:mod:`stochgrad.files`), close."""
     import matplotlib.pyplot as plt
 
     if legend:
         axes[-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
+    try:
+        save_figure_atomic(fig, path, dpi=dpi)
+    finally:
+        plt.close(fig)
 
 
 def plot_curves(path: str, rows: list[dict], x: str, ys: list[str], title: str) -> None:
-    """One panel per column ``ys`` of ``rows`` against ``x``, saved to ``path``."""
+    """One panel per column ``ys`` of ``rows`` against ``x``, saved to ``path``; points are marked when there are
+    few of them (one logged row still shows)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -380,7 +476,9 @@ def plot_curves(path: str, rows: list[dict], x: str, ys: list[str], title: str) 
     for ax, y in zip(axes[0], ys):
         pts = [(r[x], r[y]) for r in rows if y in r and math.isfinite(r[y])]
         if pts:
-            ax.plot(*zip(*pts))
+            ax.plot(*zip(*pts), marker="o" if len(pts) <= 30 else None, ms=4)
+        else:
+            ax.text(0.5, 0.5, "no finite values logged", ha="center", va="center", transform=ax.transAxes)
         ax.set_xlabel(x)
         ax.set_ylabel(y)
         ax.grid(True, alpha=0.3)

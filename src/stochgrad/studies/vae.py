@@ -65,12 +65,12 @@ from torch import Tensor, nn
 from .. import data as D
 from ..distributions import BERNOULLI, CATEGORICAL, Distribution, get_distribution
 from ..estimators import REGISTRY, get_estimator, resolve
-from ..options import (DEVICE, FOLDER, NON_NEGATIVE, NON_NEGATIVE_FLOAT, POSITIVE, POSITIVE_FLOAT, SEED, OptionError,
-                       Options)
+from ..options import DEVICE, NON_NEGATIVE, NON_NEGATIVE_FLOAT, POSITIVE, POSITIVE_FLOAT, OptionError, choice
 from ..runinfo import write_json
 from ..sampling import Sharded
-from .training import (CheckpointError, NonFiniteError, datasets_or_fail, Metrics, all_mean, distributed_from_env, diverged,
-                       fail, open_run, plot_curves, save_checkpoint)
+from .training import (CheckpointError, DataRunConfig, Metrics, NonFiniteError, all_mean, clock as clock_of, counter,
+                       datasets_or_fail, distributed_from_env, fail, nothing_to_do, open_run, plot_curves, restoring,
+                       save_checkpoint, stop_if_diverged, stop_training)
 
 SIGNALS = ("elbo", "analytic_kl")
 CLOCKS = ("wall", "cpu")
@@ -217,60 +217,46 @@ def takes_temperature(estimator: str) -> bool:
 
 
 @dataclass
-class VAEConfig(Options):
-    """``None`` fields take the protocol's value (:data:`PROTOCOLS`). Checked when built and when training
-    starts (:mod:`stochgrad.options`: ``OPTIONS``; ``samples`` at least the estimator's minimum)."""
+class VAEConfig(DataRunConfig):
+    """``None`` fields take the protocol's value (:data:`PROTOCOLS`); ``steps``, on a resumed run, the
+    checkpoint's own target. The settings every trainer shares: :class:`~stochgrad.studies.training.RunConfig`.
+    Checked when built and when training starts (:mod:`stochgrad.options`: ``OPTIONS``; ``samples`` at least the
+    estimator's minimum)."""
 
-    OPTIONS = {"steps": POSITIVE, "batch_size": POSITIVE, "lr": POSITIVE_FLOAT, "prior_lr": NON_NEGATIVE_FLOAT,
-               "seed": SEED, "device": DEVICE, "out": FOLDER, "samples": POSITIVE, "latent": POSITIVE,
-               "categories": NON_NEGATIVE, "log_every": POSITIVE, "checkpoint_every": POSITIVE,
-               "variance_every": POSITIVE, "eval_at": POSITIVE, "max_seconds": NON_NEGATIVE_FLOAT,
-               "test_samples": POSITIVE, "test_examples": NON_NEGATIVE, "temperature": POSITIVE_FLOAT}
-    DEFAULTED = ("steps", "batch_size", "lr", "prior_lr", "samples", "latent", "categories", "temperature")
-    dataset: str = "mnist"
+    OPTIONS = {"protocol": choice(*PROTOCOLS), "model": choice(*MODELS),
+               "estimator": choice(*(n for n in REGISTRY if n != "exact"), words="a registered estimator but exact"),
+               "signal": choice(*SIGNALS), "clock": choice(*CLOCKS), "prior_lr": NON_NEGATIVE_FLOAT, "device": DEVICE,
+               "samples": POSITIVE, "latent": POSITIVE, "categories": NON_NEGATIVE, "variance_every": POSITIVE,
+               "eval_at": POSITIVE, "max_seconds": NON_NEGATIVE_FLOAT, "test_samples": POSITIVE,
+               "test_examples": NON_NEGATIVE, "temperature": POSITIVE_FLOAT}
+    DEFAULTED = ("model", "batch_size", "lr", "prior_lr", "signal", "samples", "latent", "categories", "temperature")
+    TARGET_DEFAULTS = {}   # steps: the protocol's (resolved), or the checkpoint's on a resumed run
+    out: str = "runs/vae"
+    batch_size: int | None = None
+    lr: float | None = None
     protocol: str = "disarm"
     model: str | None = None
     estimator: str = "disarm"
-    steps: int | None = None
-    batch_size: int | None = None
-    lr: float | None = None
     prior_lr: float | None = None
     signal: str | None = None    # None: the protocol's (elbo; reinmax: analytic_kl)
-    seed: int = 0
     device: str = "cpu"
-    out: str = "runs/vae"
-    tensorboard: bool = False   # also log metrics to OUT/tensorboard (the tensorboard extra)
-    resume: bool = False
-    force_resume: bool = False   # resume even when the checkpoint's IDENTITY settings differ
     samples: int | None = None   # None: the estimator's minimum (one antithetic pair, two for reinforce_loo)
     latent: int | None = None    # None: the protocol's (200 Bernoulli units, 20 categorical variables; reinmax: 30)
     categories: int | None = None  # 0: Bernoulli latents; K >= 2: `latent` categorical variables of K classes
     temperature: float | None = None   # the estimator's; None: the protocol's (reinmax) or the estimator's default
     clock: str = "wall"          # what --max-seconds and the seconds column measure: wall or the thread's cpu time
-    log_every: int = 100
-    checkpoint_every: int = 1000
     variance_every: int = 10     # steps between updates of the encoder-gradient-variance diagnostic
     eval_at: tuple = ()          # extra steps at which the test bounds are evaluated (summary["evaluations"])
     max_seconds: float = 0.0     # stop (checkpoint, evaluate) once this much training time has passed; 0: never
     test_samples: int = 100
     test_examples: int = 0   # 0: the whole test set
     train_bound: bool = True  # the summary also has the bound on as many training images
-    progress: bool = True
 
     def check(self) -> None:
-        """The names (estimator, protocol, signal, clock); ``samples`` at least the estimator's minimum
-        (``reinforce_loo``: 2); ``categories`` 0 or >= 2, with an estimator that supports categorical units;
-        ``temperature`` only for an estimator that has one; the reinmax protocol at a published configuration."""
+        """``samples`` at least the estimator's minimum (``reinforce_loo``: 2); ``categories`` 0 or >= 2, with an
+        estimator that supports categorical units; ``temperature`` only for an estimator that has one; the reinmax
+        protocol at a published configuration. (The names: their kinds, ``OPTIONS``.)"""
         usable = [n for n in REGISTRY if n != "exact"]
-        if self.estimator not in usable:
-            raise OptionError("estimator", f"must be a registered estimator but exact (valid: {', '.join(usable)}), "
-                                           f"got {self.estimator!r}")
-        for name, valid in (("protocol", PROTOCOLS), ("signal", SIGNALS), ("clock", CLOCKS)):
-            value = getattr(self, name)
-            if not (value is None and name == "signal") and value not in valid:
-                raise OptionError(name, f"must be one of {', '.join(valid)}, got {value!r}")
-        if self.model is not None and self.model not in MODELS:
-            raise OptionError("model", f"must be one of {', '.join(MODELS)}, got {self.model!r}")
         est = REGISTRY.get(self.estimator)
         if self.samples is not None and est is not None and self.samples < est.min_samples:
             raise OptionError("samples", f"must be >= {est.min_samples} for estimator {self.estimator}, got {self.samples}")
@@ -298,7 +284,7 @@ class VAEConfig(Options):
         self.validate()
         p = PROTOCOLS[self.protocol]
         out = VAEConfig(**asdict(self))
-        for name in ("model", "steps", "batch_size", "lr", "prior_lr", "signal", "categories"):
+        for name in ("model", "batch_size", "lr", "prior_lr", "signal", "categories") + (() if self.resume else ("steps",)):
             if getattr(out, name) is None:
                 setattr(out, name, p[name])
         if out.latent is None:
@@ -389,7 +375,9 @@ def train_vae(cfg: VAEConfig) -> dict:
     n_train = train_split(len(train), proto["validation"])
     if cfg.batch_size > n_train:
         fail(f"--batch-size {cfg.batch_size} exceeds the {n_train} training examples")
-    ckpt_path, state = open_run(cfg, IDENTITY, main, cfg.force_resume)
+    ckpt_path, state = open_run(cfg, IDENTITY, main)
+    if cfg.steps is None:   # a resumed run whose checkpoint names no target: the protocol's
+        cfg.steps = proto["steps"]
 
     torch.manual_seed(cfg.seed)
     x_train = train.images[:n_train].to(device)
@@ -410,7 +398,7 @@ def train_vae(cfg: VAEConfig) -> dict:
     epoch_sum, epoch_count, last_epoch_elbo = 0.0, 0, None
     window, window_n, evaluations = 0.0, 0, []
     if state is not None:
-        try:
+        with restoring(ckpt_path):
             model.load_state_dict(state["model"])
             estimator.load_state_dict(state["estimator"])
             opt.load_state_dict(state["optimizer"])
@@ -419,15 +407,21 @@ def train_vae(cfg: VAEConfig) -> dict:
                 group["lr"] = cfg.lr
             for group in prior_opt.param_groups:
                 group["lr"] = cfg.prior_lr
-        except (RuntimeError, ValueError, KeyError) as err:
-            fail(f"checkpoint {ckpt_path} does not fit this command's model and estimator "
-                 f"({str(err).strip().splitlines()[0]}); it was left as it is")
-        gen.set_state(state["generator"])
-        gvar.load(state["gradient_variance"])
-        step, seconds = state["step"], state["seconds"]
-        perm, pos = (None if state["perm"] is None else state["perm"].to(device)), state["pos"]
-        epoch_sum, epoch_count, last_epoch_elbo = state["epoch_sum"], state["epoch_count"], state["last_epoch_elbo"]
-        window, window_n, evaluations = state["log_window"], state["log_window_n"], state["evaluations"]
+            gen.set_state(state["generator"])
+            gvar.load(state["gradient_variance"])
+            step, seconds = counter(state, "step"), clock_of(state)
+            perm, pos = (None if state["perm"] is None else state["perm"].to(device)), counter(state, "pos")
+            if perm is not None and (tuple(perm.shape) != (n_train,) or pos > n_train):
+                raise ValueError(f"an epoch's permutation of {tuple(perm.shape)} at {pos} does not fit {n_train} "
+                                 "training examples")
+            epoch_sum, epoch_count, last_epoch_elbo = (float(state["epoch_sum"]), counter(state, "epoch_count"),
+                                                       state["last_epoch_elbo"])
+            window, window_n = float(state["log_window"]), counter(state, "log_window_n")
+            evaluations = list(state["evaluations"])
+        if step >= cfg.steps or (cfg.max_seconds and seconds >= cfg.max_seconds):
+            done = nothing_to_do(cfg, state, f"step {step} of {cfg.steps}") if main else {}
+            if done is not None:
+                return done
     net = model
     noise = gen
     if world > 1:
@@ -441,14 +435,10 @@ def train_vae(cfg: VAEConfig) -> dict:
     saved = step if state is not None else None
 
     def stop(why: str):
-        bar.close()
-        kept = f"the last good checkpoint (step {saved}) is kept" if saved is not None else "no checkpoint was written"
-        fail(f"{why}: training stopped; {kept}")
+        stop_training(why, saved, bar)
 
     def check_parameters():  # at log and checkpoint steps, not every step: one pass over the parameters
-        bad = diverged(model)
-        if bad is not None:
-            stop(f"training diverged by step {step}: parameter {bad} (lower --lr)")
+        stop_if_diverged(model, step, saved, bar)
 
     def checkpoint():
         nonlocal saved
@@ -519,19 +509,26 @@ def train_vae(cfg: VAEConfig) -> dict:
         checkpoint()
     if not main:
         return {}
+    n = cfg.test_examples or len(test)   # the bounds' images: test, and as many training images
+    final = tqdm(total=n * (2 if cfg.train_bound else 1), unit="image", disable=not cfg.progress,
+                 desc=f"vae: the {cfg.test_samples}-sample bound on {n} test" + (" and training" * cfg.train_bound)
+                 + " images")
     summary = {"estimator": cfg.estimator, "protocol": cfg.protocol, "model": cfg.model, "dataset": cfg.dataset,
                "latents": cfg.latent, "categories": cfg.categories, "temperature": cfg.temperature,
                "optimizer": cfg.optimizer(), "signal": cfg.signal, "batch_size": cfg.batch_size, "lr": cfg.lr,
                "steps": step, "epochs": step * cfg.batch_size / n_train, "clock": cfg.clock, "train_seconds": seconds,
                "steps_per_second": step / seconds if seconds else float("nan"),
                "train_examples": n_train, "train_elbo_last_epoch": train_elbo_report(),
-               **test_bounds(model, test, cfg, device), "evaluations": evaluations}
+               **test_bounds(model, test, cfg, device, final.update), "evaluations": evaluations}
     if cfg.train_bound:
         with torch.no_grad():   # the same bound on as many training images as test images were used
             gen = torch.Generator(device=device).manual_seed(cfg.seed + 2)
-            n = cfg.test_examples or len(test)
-            summary[f"train_elbo_{cfg.test_samples}_samples"] = torch.cat(
-                [model.iw_bound(binarize(c, gen), cfg.test_samples, gen) for c in x_train[:n].split(500)]).mean().item()
+            bounds = []
+            for c in x_train[:n].split(500):
+                bounds.append(model.iw_bound(binarize(c, gen), cfg.test_samples, gen))
+                final.update(len(c))
+            summary[f"train_elbo_{cfg.test_samples}_samples"] = torch.cat(bounds).mean().item()
+    final.close()
     if hasattr(estimator, "report"):   # auto: what it chose over the run, and why
         summary["auto"] = estimator.report()
     write_json(os.path.join(cfg.out, "summary.json"), summary)
@@ -542,10 +539,10 @@ def train_vae(cfg: VAEConfig) -> dict:
 
 
 @torch.no_grad()
-def test_bounds(model: VAE, test, cfg: VAEConfig, device) -> dict:
+def test_bounds(model: VAE, test, cfg: VAEConfig, device, progress=None) -> dict:
     """The ``cfg.test_samples``-sample bound, the one-sample ELBO and, with ``signal="analytic_kl"``, the
     one-sample ELBO with the exact KL, on the test set (their own generator, so an evaluation never moves
-    the training noise)."""
+    the training noise); ``progress(images)`` is called after each chunk."""
     gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
     x_test = test.images.to(device)
     if cfg.test_examples:
@@ -558,6 +555,8 @@ def test_bounds(model: VAE, test, cfg: VAEConfig, device) -> dict:
         one.append(model.iw_bound(x, 1, gen))
         if cfg.signal == "analytic_kl":
             analytic.append(model.elbo_analytic_kl(x, gen))
+        if progress is not None:
+            progress(len(chunk))
     out = {f"test_elbo_{cfg.test_samples}_samples": torch.cat(bounds).mean().item(),
            "test_elbo_1_sample": torch.cat(one).mean().item()}
     if analytic:

@@ -37,27 +37,27 @@ class ResizableBuffers(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
-        for name, buf in self._buffers.items():
+        for name, buf in self.named_buffers(recurse=False):
             incoming = state_dict.get(prefix + name)
-            if buf is not None and incoming is not None and (incoming.shape, incoming.dtype) != (buf.shape, buf.dtype):
-                self._buffers[name] = torch.zeros(incoming.shape, dtype=incoming.dtype, device=buf.device)
+            if incoming is not None and (incoming.shape, incoming.dtype) != (buf.shape, buf.dtype):
+                setattr(self, name, torch.zeros(incoming.shape, dtype=incoming.dtype, device=buf.device))
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
 
     def _follow(self, like: Tensor, *names: str) -> None:
         """Moves buffers ``names`` to the dtype and device of ``like`` (the logits'), keeping their values."""
         for name in names:
-            buf = self._buffers[name]
+            buf = getattr(self, name)
             if buf.dtype != like.dtype or buf.device != like.device:
-                self._buffers[name] = buf.to(dtype=like.dtype, device=like.device)
+                setattr(self, name, buf.to(dtype=like.dtype, device=like.device))
 
     def _sized(self, n: int, like: Tensor, *names: str) -> None:
         """Gives buffers ``names`` (registered empty, ``(0, *rest)``) ``n`` units of zeros, ``(n, *rest)``,
         on first use; later, insists on the same ``n``."""
         for name in names:
-            buf = self._buffers[name]
+            buf = getattr(self, name)
             if buf.shape[0] == 0:
-                self._buffers[name] = torch.zeros(n, *buf.shape[1:], dtype=like.dtype, device=like.device)
+                setattr(self, name, torch.zeros(n, *buf.shape[1:], dtype=like.dtype, device=like.device))
             elif buf.shape[0] != n:
                 raise ValueError(f"{type(self).__name__} tracks {buf.shape[0]} units but got {n}: "
                                  "keep one estimator object per stochastic site")
@@ -107,10 +107,10 @@ class MovingAverage(Baseline):
 
     def _ready(self, losses) -> Tensor:
         """The buffer ``mean``, in the losses' dtype and device (``weight`` with it)."""
-        mean = self._buffers["mean"]
+        mean = self.mean
         if mean.dtype is not losses.dtype or mean.device != losses.device:
             self._follow(losses, "mean", "weight")
-            mean = self._buffers["mean"]
+            mean = self.mean
         return mean
 
     def forward(self, score, losses):
@@ -121,7 +121,7 @@ class MovingAverage(Baseline):
         if count == 0 and not is_distributed():  # (under torch.distributed an empty rank still joins the mean)
             return None
         losses = losses.detach() if losses.requires_grad else losses  # (cheaper than torch.no_grad())
-        mean, weight, keep = self._ready(losses), self._buffers["weight"], 1 - self.decay
+        mean, weight, keep = self._ready(losses), self.weight, 1 - self.decay
         m = mean_over_ranks(losses.mean(), count)
         if reads_at_once(m) and not torch.compiler.is_compiling():  # the CPU: refuse a bad call before writing
             if not math.isfinite(m.item()):
@@ -163,10 +163,10 @@ class OptimalBaseline(Baseline):
 
     def _ready(self, score, losses) -> tuple[Tensor, Tensor]:
         """The buffers ``(numerator, denominator)``, sized for ``score``'s units, in the losses' dtype and device."""
-        num, den = self._buffers["numerator"], self._buffers["denominator"]
+        num, den = self.numerator, self.denominator
         if num.shape[0] != score.shape[-1] or num.dtype is not losses.dtype or num.device != losses.device:
             self._sized(score.shape[-1], losses, "numerator", "denominator")
-            num, den = self._buffers["numerator"], self._buffers["denominator"]
+            num, den = self.numerator, self.denominator
         return num, den
 
     def forward(self, score, losses):

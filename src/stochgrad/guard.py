@@ -66,7 +66,7 @@ def check_logits(logits, name: str = "logits", verdict=None, masks: bool = False
 
     Structure (type, dtype, shape) is checked at once. Values: one reduction, summed in float64 (finite float32
     values cannot overflow it), read on the host where that is free (the CPU) and otherwise reported through
-    ``verdict`` as a device flag (the site's :class:`Verdict`, or the estimator that owns it, or ``None``: no check
+    ``verdict`` as a device flag (the site's :class:`Verdict`, or ``None``: no check
     off the host). Inside ``torch.compile`` no value is read (a read would break the graph): the guarded updates
     remain. It runs on every call of ``expect`` and of the layers.
     """
@@ -85,7 +85,7 @@ def check_logits(logits, name: str = "logits", verdict=None, masks: bool = False
         if not isfinite(total.item()):
             raise ValueError(logits_message(name, masks) + f" (a tensor of shape {tuple(shape)})")
     elif verdict is not None:
-        (verdict if isinstance(verdict, Verdict) else verdict.verdict).report(finite(total), LOGITS, name)
+        verdict.report(finite(total), LOGITS, name)
     return logits
 
 

@@ -72,8 +72,7 @@ class StochasticBinary(nn.Module):
     def forward(self, a: Tensor) -> Tensor:
         """``a``: ``(*batch, n)`` → ``(*batch, n)``. float16/bfloat16 inputs are sampled in float32 (a
         low-precision grid biases ``P(h = 1)``) and returned in their dtype."""
-        # the estimator itself, not its verdict: check_logits looks that up only off the host, where it is needed
-        check_logits(a, "StochasticBinary input", self._modules["estimator"])
+        check_logits(a, "StochasticBinary input", self.estimator.verdict)
         if not self.training:
             p = torch.sigmoid(a)
             return p if self.eval_output == "probability" else (p > self.threshold).to(a.dtype)
@@ -83,7 +82,7 @@ class StochasticBinary(nn.Module):
 
     def _train(self, a: Tensor) -> Tensor:
         graph = active_graph()
-        est = self._modules["estimator"]  # (not self.estimator: nn.Module's __getattr__ costs a µs a call)
+        est = self.estimator
         if est.pathwise:
             if graph is not None and graph.local:
                 raise ValueError(f"StochasticBinary(estimator={est.name!r}) learns by back-propagation, "
@@ -144,7 +143,7 @@ class StochasticCategorical(nn.Module):
                 raise ValueError(f"StochasticCategorical(categories={self.categories}) needs input (*batch, n·K) or "
                                  f"(*batch, n, K) with K = {self.categories}; got shape {tuple(shape)}")
             a = a.unflatten(-1, (-1, self.categories))
-        check_logits(a, "StochasticCategorical input", self._modules["estimator"], masks=True)  # (its verdict: off the host only)
+        check_logits(a, "StochasticCategorical input", self.estimator.verdict, masks=True)
         CATEGORICAL.check(a, "StochasticCategorical input")
         if not self.training:
             p = torch.softmax(a, -1)
@@ -156,7 +155,7 @@ class StochasticCategorical(nn.Module):
 
     def _train(self, a: Tensor) -> Tensor:
         graph = active_graph()
-        est = self._modules["estimator"]  # (not self.estimator: nn.Module's __getattr__ costs a µs a call)
+        est = self.estimator
         if est.pathwise:
             if graph is not None and graph.local:
                 raise ValueError(f"StochasticCategorical(estimator={est.name!r}) learns by back-propagation, "

@@ -223,9 +223,9 @@ class Auto(Estimator):
             self._build(int(budget), int(units), dist, state_dict[prefix + "second_moment"])
         for name in ("second_moment", "squared_norm", "weight", "timings"):
             incoming = state_dict.get(prefix + name)
-            if incoming is not None and (incoming.shape, incoming.dtype) != (self._buffers[name].shape,
-                                                                             self._buffers[name].dtype):
-                self._buffers[name] = torch.zeros_like(incoming, device=self._buffers[name].device)
+            buf = getattr(self, name)
+            if incoming is not None and (incoming.shape, incoming.dtype) != (buf.shape, buf.dtype):
+                setattr(self, name, torch.zeros_like(incoming, device=buf.device))
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
         self._budget, self._units = int(self.budget), int(self.units)

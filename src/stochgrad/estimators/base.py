@@ -66,17 +66,23 @@ class Estimator(nn.Module, abc.ABC):
     needs_dl_dh: bool = False
     distributions: tuple[str, ...] = ("bernoulli",)
     cost: str = "S"  # evaluations of f per example and estimate, in words (S = samples, n = units)
-    skip_nonfinite: bool = False  # True: a call whose losses are NaN/inf is skipped (state unchanged), not raised
     records: tuple[str, ...] = ()  # buffers that record measurements (NaN: not measured), not running statistics
 
+    def __init__(self):
+        super().__init__()
+        self.verdict = Verdict()  # where this site's value checks surface (stochgrad.guard): not state
+
     @property
-    def verdict(self) -> Verdict:
-        """Where this site's value checks surface (:mod:`stochgrad.guard`); a plain attribute, not state."""
-        v = self.__dict__.get("_verdict")
-        if v is None:
-            v = self.__dict__["_verdict"] = Verdict()
-        v.skip = self.skip_nonfinite
-        return v
+    def skip_nonfinite(self) -> bool:
+        """``True``: a call whose losses (or tuning step) are NaN/inf is skipped, its state unchanged, instead of
+        raising (:mod:`stochgrad.guard`); non-finite logits always raise."""
+        return self.verdict.skip
+
+    @skip_nonfinite.setter
+    def skip_nonfinite(self, value: bool) -> None:
+        if not isinstance(value, bool):
+            raise TypeError(f"skip_nonfinite must be True or False, got {value!r}")
+        self.verdict.skip = value
 
     @property
     def stateful(self) -> bool:
@@ -91,7 +97,7 @@ class Estimator(nn.Module, abc.ABC):
             dist = BERNOULLI
         else:
             logits, dist = as_distribution(logits, distribution)
-        check_logits(logits, "logits", self, dist.masks)  # (self: its verdict is looked up only off the host)
+        check_logits(logits, "logits", self.verdict, dist.masks)
         if samples.__class__ is not int or samples != 1 or self.min_samples > 1:
             check_samples(samples, self.min_samples, self.name)
         if generator is not None and not isinstance(generator, (torch.Generator, Sharded)):
@@ -192,7 +198,7 @@ class ScoreFunction(Estimator):
         if losses.requires_grad:
             losses = losses.detach()
         score = h - probs
-        baseline = self._modules["baseline"]  # (not self.baseline: nn.Module's __getattr__ costs a µs a call)
+        baseline = self.baseline
         # (no scale, no keyword: a user's Baseline.centred(score, losses) from before scale= still works)
         centred = baseline.centred(score, losses) if scale is None else baseline.centred(score, losses, scale)
         if update:
@@ -250,6 +256,7 @@ class Tuned(Estimator, ResizableBuffers):
         self.register_buffer("adam_v", torch.zeros(len(initial)))
         self.register_buffer("adam_steps", torch.zeros(()))
         self._calls = 0  # training calls so far: every tune_every-th one tunes (in the extra state)
+        self.dropped = False  # this call was skipped for NaN/inf losses, known on the host (check_losses)
 
     def prepare(self, n: int, like: Tensor, generator) -> None:
         """Sizes the tuned state for ``n`` units on first use (:meth:`grow`); nothing by default."""
@@ -267,11 +274,11 @@ class Tuned(Estimator, ResizableBuffers):
     def begin(self, like: Tensor, n: int, generator) -> bool:
         """At the start of a call that computes a gradient: the state in the dtype and device of ``like`` (the
         logits), sized by :meth:`prepare`; returns whether this call tunes."""
-        theta = self._buffers["theta"]
+        theta = self.theta
         if theta.dtype != like.dtype or theta.device != like.device:  # the four buffers always move together
             self._follow(like, "theta", "adam_m", "adam_v", "adam_steps")
         self.prepare(n, like, generator)
-        self.__dict__["_dropped"] = False
+        self.dropped = False
         return self.tune and self.training and self._calls % self.tune_every == 0
 
     def join(self, like: Tensor, n: int, generator) -> None:
@@ -288,7 +295,7 @@ class Tuned(Estimator, ResizableBuffers):
         with ``skip_nonfinite`` silence). Where the host reads them for free (the CPU), a skipped call is dropped
         whole: no tuning step and not counted; on a device its step is refused by the guard instead."""
         if self.training:
-            self.__dict__["_dropped"] = report_finite(self.verdict, losses.detach(), LOSSES) is False
+            self.dropped = report_finite(self.verdict, losses.detach(), LOSSES) is False
 
     def values(self, tuning: bool) -> Tensor:
         """``theta`` for the formula: a detached copy, differentiable on a tuning call."""
@@ -297,8 +304,8 @@ class Tuned(Estimator, ResizableBuffers):
     def end(self) -> None:
         """After the call's checks: counts a training call (a call that raised, or one dropped by
         :meth:`check_losses`, leaves even the count)."""
-        if self.training and not self.__dict__.get("_dropped"):
-            self.__dict__["_calls"] = self._calls + 1  # a plain attribute: past nn.Module.__setattr__'s checks
+        if self.training and not self.dropped:
+            self._calls += 1
 
     def draw(self, size: int, bound: float, like: Tensor, generator) -> Tensor:
         """``size`` values uniform in ``[−bound, bound)`` (``nn.Linear``'s default initialisation) from the
@@ -335,7 +342,7 @@ class Tuned(Estimator, ResizableBuffers):
         both moments come out finite (a NaN/inf gradient, a moment that overflows, a learning rate that sends ``theta``
         to inf); otherwise nothing changes, bitwise. One form on every device: the verdict is read on the host where
         that is free (the CPU), else reported by a later call (:class:`~stochgrad.guard.Verdict`)."""
-        if self.__dict__.get("_dropped"):   # (check_losses: a skipped call, known on the host)
+        if self.dropped:   # (check_losses: a skipped call, known on the host)
             return
         g = mean_over_ranks(g.to(self.theta.dtype), count)
         theta, m, v, steps = (x.clone() for x in (self.theta, self.adam_m, self.adam_v, self.adam_steps))

@@ -193,3 +193,35 @@ def test_the_overhead_benchmarks_references_compute_the_librarys_gradients():
         assert grads[0].abs().sum() > 0, name
         for g in grads[1:]:
             torch.testing.assert_close(g, grads[0], rtol=1e-12, atol=1e-12, msg=name)
+
+
+def test_expect_without_a_named_estimator_uses_the_documented_default():
+    """DisARM for Bernoulli units (unbiased, stateless, the least variance per f-evaluation of those), REINFORCE
+    for categorical ones (the one stateless unbiased estimator with a single sample)."""
+    from stochgrad.expect import DEFAULT_ESTIMATOR
+
+    assert DEFAULT_ESTIMATOR == {"bernoulli": "disarm", "categorical": "reinforce"}
+    f = lambda b: (b - 0.45).square().sum(-1)   # noqa: E731
+    f_cat = lambda h: (h - 0.45).square().sum((-2, -1))   # noqa: E731
+    for logits, dist, name, loss in ((torch.randn(4, 3), None, "disarm", f),
+                                     (torch.randn(4, 3, 5), "categorical", "reinforce", f_cat)):
+        grads = []
+        for est in (None, name):
+            a = logits.clone().requires_grad_(True)
+            sg.expect(loss, a, est, generator=torch.Generator().manual_seed(0), distribution=dist).sum().backward()
+            grads.append(a.grad)
+        assert torch.equal(*grads), name
+    seen = []
+    sg.expect(lambda b: seen.append(b.shape) or f(b), torch.zeros(4, 3, requires_grad=True))
+    assert seen[0][0] == 2            # DisARM: one antithetic pair per example
+
+
+def test_a_misspelt_name_gets_a_suggestion_and_layers_list_what_they_take():
+    with pytest.raises(ValueError, match=r"unknown estimator 'disarmm' \(did you mean 'disarm'\?\)"):
+        sg.get_estimator("disarmm")
+    with pytest.raises(ValueError, match=r"'DisARM' \(did you mean 'disarm'\?\)"):
+        sg.expect(lambda b: b.sum(-1), torch.zeros(2, 3, requires_grad=True), "DisARM")
+    with pytest.raises(ValueError) as err:
+        sg.StochasticCategorical("disarm", categories=4)
+    takes = str(err.value).split("takes ")[1]
+    assert "learned" not in takes and "reinforce_optimal" in takes and "gumbel_rao" in takes

@@ -2,6 +2,7 @@
 tutorial running (tiny configurations). The site itself is built with warnings as errors in CI
 (``.ci/run``: ``mkdocs build --strict``)."""
 import importlib
+import importlib.util
 import inspect
 import os
 import pkgutil
@@ -69,3 +70,39 @@ def test_tutorial_runs_tiny_and_its_page_shows_it(script):
     assert f'--8<-- "docs/tutorials/{script.name}"' in page                  # the page shows this very script
     output = DOCS / "tutorials" / "output" / f"{script.stem}.txt"
     assert f'--8<-- "docs/tutorials/output/{output.name}"' in page and output.stat().st_size > 100
+
+
+@pytest.mark.parametrize("script", TUTORIALS, ids=[p.stem for p in TUTORIALS])
+def test_tutorials_set_one_thread_and_say_why(script):
+    """Small models run 10-40x slower with torch's default threads on a busy machine: every tutorial sets one
+    thread where a reader copies from, with the reason beside it, and the tutorials' index explains it."""
+    line = next((line for line in script.read_text().splitlines() if "torch.set_num_threads(1)" in line), "")
+    assert line.startswith("torch.set_num_threads(1)") and "#" in line
+    assert "## Threads" in (DOCS / "tutorials" / "index.md").read_text()
+
+
+ROLE = re.compile(r":(func|class|mod|meth|data|attr|exc|obj):`")
+
+
+def test_no_docstring_uses_sphinx_roles():
+    """mkdocstrings renders Sphinx roles as raw text: cross-references are autorefs, ``[`name`][full.path]``."""
+    bad = [f"{path.relative_to(ROOT)}:{n}" for path in sorted((ROOT / "src").rglob("*.py"))
+           for n, line in enumerate(path.read_text().splitlines(), 1) if ROLE.search(line)]
+    assert not bad, f"write [`name`][stochgrad.module.name] (or `name`) instead of a Sphinx role: {bad}"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("mkdocs") is None, reason="the docs extra builds the site")
+def test_the_built_api_reference_renders_no_raw_roles_and_leads_with_expect(tmp_path):
+    site = tmp_path / "site"
+    done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)], cwd=ROOT,
+                          capture_output=True, text=True, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"}, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    pages = sorted((site / "api").rglob("*.html"))
+    assert len(pages) >= 7
+    for page in pages:
+        text = re.sub(r"<[^>]+>", "", page.read_text())   # what a reader sees
+        assert not re.search(r":(func|class|mod|meth|data|attr|exc):", text), page
+    functional = (site / "api" / "functional" / "index.html").read_text()
+    ids = re.findall(r'<h[1-6][^>]*id="(stochgrad[\w.]*)"', functional)
+    assert ids.index("stochgrad.expect.expect") < min(i for i, x in enumerate(ids) if x.startswith("stochgrad.guard"))
+    assert 'href="#stochgrad.expect.expect"' in functional   # the table at the top links to it

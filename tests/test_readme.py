@@ -5,6 +5,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 BLOCKS = re.findall(r"```(\w+)\n(.*?)```", README, re.S)
@@ -14,8 +15,13 @@ def test_python_snippets_run_as_written():
     python = [code for lang, code in BLOCKS if lang == "python"]
     assert len(python) >= 2
     namespace: dict = {}
-    for code in python:
-        exec(compile(code, "README.md", "exec"), namespace)      # noqa: S102 - the README's own code
+    threads = torch.get_num_threads()   # the snippets set one thread, as a reader's session should
+    try:
+        for code in python:
+            exec(compile(code, "README.md", "exec"), namespace)      # noqa: S102 - the README's own code
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("code", [c for lang, c in BLOCKS if lang == "bash"])

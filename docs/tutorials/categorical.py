@@ -25,6 +25,7 @@ estimates, steps, dataset = (500, 20, "digits") if args.tiny else (20000, 2000, 
 gen = torch.Generator().manual_seed(0)
 
 # 1. Which estimators are unbiased here? 3 units of 4 classes: 4^3 = 64 states, exact by enumeration.
+torch.set_num_threads(1)   # small tensors: one thread is fastest, and spares a shared machine (tutorials index: Threads)
 torch.manual_seed(0)
 n, K = 3, 4
 W = torch.randn(n * K, dtype=torch.float64)

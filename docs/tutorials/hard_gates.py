@@ -22,6 +22,7 @@ parser.add_argument("--tiny", action="store_true", help="digits, 20 steps (the t
 args = parser.parse_args()
 steps, dataset = (20, "digits") if args.tiny else (2000, "mnist")
 
+torch.set_num_threads(1)   # small tensors: one thread is fastest, and spares a shared machine (tutorials index: Threads)
 torch.manual_seed(0)
 train, test = load(dataset, "train"), load(dataset, "test")
 D, H = train.dim, 256

@@ -3,9 +3,9 @@
 A baseline maps ``(score, losses)`` of one estimate, ``score = h − σ(a)`` of shape ``(*lead, *batch, n)``
 and ``losses`` ``(*lead, *batch)`` (``lead`` empty for one sample, else ``(S,)``), to ``c`` broadcastable
 to ``score`` (``None`` for no baseline), used in ``(h − σ(a))·(L − c)``.
-Corollary 1 keeps the estimator unbiased only if ``c`` does not depend on the current sample, so :meth:`Baseline.forward` reads state built from past
-losses (or, for leave-one-out, from the *other* samples), and :meth:`Baseline.update` folds the
-current losses in afterwards, guarded (:func:`stochgrad.guard.fold_`): a call whose statistics are
+Corollary 1 keeps the estimator unbiased only if ``c`` does not depend on the current sample, so [`Baseline.forward`][stochgrad.baselines.Baseline.forward] reads state built from past
+losses (or, for leave-one-out, from the *other* samples), and [`Baseline.update`][stochgrad.baselines.Baseline.update] folds the
+current losses in afterwards, guarded ([`stochgrad.guard.fold_`][stochgrad.guard.fold_]): a call whose statistics are
 NaN/inf, or an empty batch, changes nothing; ``update`` returns the device flag for the caller's verdict.
 State lives in buffers: ``state_dict``, ``.to(device)`` and checkpoints work, and every statistic is
 averaged over ranks under ``torch.distributed``.
@@ -72,7 +72,7 @@ class Baseline(ResizableBuffers):
 
     def centred(self, score: Tensor, losses: Tensor, scale: float | None = None) -> Tensor:
         """``L − c``, ``(*lead, *batch, 1)`` or, for a per-unit ``c``, ``(*lead, *batch, n)``: what multiplies the
-        score in ``(h − σ(a))·(L − c)``. Reads the state only (Corollary 1: before :meth:`update`). With ``scale``:
+        score in ``(h − σ(a))·(L − c)``. Reads the state only (Corollary 1: before [`update`][stochgrad.baselines.Baseline.update]). With ``scale``:
         ``(L − c)·scale``, formed as ``L·scale − c·scale`` on the vectors (no pass over a ``(*batch, n)`` result)."""
         c = self.forward(score, losses)
         if scale is None:
@@ -94,7 +94,7 @@ class MovingAverage(Baseline):
     update is one in-place EMA step, ``mean ← lerp(mean, L̄, (1 − decay)/weight)`` (the same ``c`` as
     dividing the raw average by ``weight``). On the CPU the call's mean loss is read on the host, so a
     NaN/inf call is refused before any write (two in-place ops on the happy path); elsewhere the step is
-    guarded on the device (:mod:`stochgrad.guard`).
+    guarded on the device ([`stochgrad.guard`][stochgrad.guard]).
     """
 
     _version = 2  # version 1 stored the raw average (c = mean / weight): converted on load

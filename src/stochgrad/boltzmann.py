@@ -4,7 +4,7 @@ A Bernoulli–Bernoulli RBM: ``E(v, h) = −b·v − c·h − vᵀWh``, ``p(v, h
 gradient is ``⟨X⟩_data − ⟨X⟩_model`` for the sufficient statistics ``X = (v h, v, h)``. CD-k and PCD
 estimate it from samples; seed §4.2 reads the estimate as an unnormalised reward correlation: stack
 the data-clamped samples (reward ``R = +1``) and the free-running ones (``R = −1``) and average
-``X·R``: :func:`reward_correlation` is that estimator, :func:`positive_minus_negative` the usual
+``X·R``: [`reward_correlation`][stochgrad.boltzmann.reward_correlation] is that estimator, [`positive_minus_negative`][stochgrad.boltzmann.positive_minus_negative] the usual
 ``X⁺ − X⁻`` form; the tests show they agree sample for sample.
 
 Exact ``log Z`` by enumeration of the smaller layer (≤ 20 units), and an annealed-importance-sampling
@@ -97,7 +97,7 @@ def exact_gradient(rbm: RBM, v: Tensor) -> dict[str, Tensor]:
 class ContrastiveDivergence:
     """CD-k (chains restart at the data) or PCD (``persistent=True``: chains carry over between updates).
 
-    :meth:`gradient` returns the reward-correlation estimate of the log-likelihood gradient for a batch.
+    [`gradient`][stochgrad.boltzmann.ContrastiveDivergence.gradient] returns the reward-correlation estimate of the log-likelihood gradient for a batch.
     """
 
     def __init__(self, rbm: RBM, k: int = 1, persistent: bool = False, chains: int | None = None, generator=None):

@@ -22,7 +22,7 @@ class UnbiasedCheck:
     """Many estimates of ``∇ E[f]`` against the exact gradient, per coordinate (shapes of the logits).
 
     ``variance`` is that of a single estimate; ``z = bias / SE`` with ``SE = sqrt(variance / estimates)``,
-    floored at the rounding error of the comparison itself (:attr:`rounding`): an estimate with no noise
+    floored at the rounding error of the comparison itself ([`rounding`][stochgrad.checks.UnbiasedCheck.rounding]): an estimate with no noise
     (or only round-off, like ``exact``) is judged by whether it hits the exact value to rounding.
     ``variance_se`` is the standard error of ``variance.sum()`` (the spread of ``‖ĝ − mean‖²`` over the
     estimates, divided by ``sqrt(estimates)``).
@@ -63,7 +63,7 @@ class UnbiasedCheck:
 
     @property
     def critical(self) -> float:
-        """The ``|z|`` that counts as bias: :attr:`threshold` (a normal quantile) moved to Student's t with
+        """The ``|z|`` that counts as bias: [`threshold`][stochgrad.checks.UnbiasedCheck.threshold] (a normal quantile) moved to Student's t with
         ``estimates − 1`` degrees of freedom, since the standard error is itself estimated (Cornish–Fisher
         expansion, Abramowitz & Stegun 26.7.5; at 30 estimates and threshold 4: 4.67)."""
         z, nu = self.threshold, max(self.estimates - 1, 1)
@@ -82,7 +82,7 @@ class UnbiasedCheck:
 
     @property
     def bias_detected(self) -> bool:
-        """``max |z| ≥`` :attr:`critical`; a NaN z-score (a NaN estimate) counts as bias, never as a pass."""
+        """``max |z| ≥`` [`critical`][stochgrad.checks.UnbiasedCheck.critical]; a NaN z-score (a NaN estimate) counts as bias, never as a pass."""
         return not self.max_abs_z < self.critical
 
     @property
@@ -105,7 +105,7 @@ def sample_gradients(estimator: Estimator, f: LossFn, logits: Tensor, estimates:
     Each call estimates ``batch`` replicas of ``logits`` at once (stacked on a new leading dimension),
     so a stateful estimator updates its state ``estimates / batch`` times, using ``batch``-example
     means; ``batch=1`` is the sequential setting. ``warmup`` calls come first and are discarded.
-    ``distribution``: as in :func:`stochgrad.expect` (``"categorical"``: logits ``(*batch, n, K)``).
+    ``distribution``: as in [`stochgrad.expect`][stochgrad.expect] (``"categorical"``: logits ``(*batch, n, K)``).
     """
     POSITIVE.check(estimates, "estimates")
     batch = estimates if batch is None else POSITIVE.check(batch, "batch")
@@ -128,9 +128,9 @@ def check_unbiased(estimator: str | Estimator, f: LossFn, logits: Tensor, *, est
 
     Args:
         estimator: a registered name or an estimator object (its state carries over between calls).
-        f: the loss, as in :func:`stochgrad.expect`.
+        f: the loss, as in [`stochgrad.expect`][stochgrad.expect].
         logits: ``(*batch, n)`` with ``n <= 20``, or ``(*batch, n, K)`` with ``distribution="categorical"``
-            and ``K^n <= 2^20``, as in :func:`stochgrad.expect`.
+            and ``K^n <= 2^20``, as in [`stochgrad.expect`][stochgrad.expect].
         estimates: how many estimates in all (>= 2: the test needs their variance).
         batch: how many estimates per call (default: all in one call); a stateful estimator updates once
             per call.
@@ -139,10 +139,10 @@ def check_unbiased(estimator: str | Estimator, f: LossFn, logits: Tensor, *, est
         threshold: the largest ``|z|`` per coordinate allowed of an unbiased estimator (4 ≈ p < 6e-5 each);
             a finite number > 0.
         warmup: calls made and discarded first (baselines settle, tuned estimators tune).
-        distribution: ``None``/``"bernoulli"`` or ``"categorical"``, as in :func:`stochgrad.expect`.
+        distribution: ``None``/``"bernoulli"`` or ``"categorical"``, as in [`stochgrad.expect`][stochgrad.expect].
 
     Returns:
-        :class:`UnbiasedCheck`: per-coordinate mean, variance, bias, z-scores, and a verdict.
+        [`UnbiasedCheck`][stochgrad.checks.UnbiasedCheck]: per-coordinate mean, variance, bias, z-scores, and a verdict.
     """
     dist = get_distribution(distribution)
     check_logits(logits, masks=dist.masks)

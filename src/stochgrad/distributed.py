@@ -1,7 +1,7 @@
 """Running statistics that agree across ranks.
 
 Every moving statistic in stochgrad (baselines, firing rates, the learned predictor's moments) is a
-mean over the examples of one step. :func:`mean_over_ranks` turns the local mean into the mean over
+mean over the examples of one step. [`mean_over_ranks`][stochgrad.distributed.mean_over_ranks] turns the local mean into the mean over
 all ranks' examples, so two processes with half the batch each hold the state one process with the
 whole batch would hold. Without an initialised process group it does nothing.
 """

@@ -1,13 +1,13 @@
 """The distribution axis (docs: "Design", growing the design): Bernoulli units and one-hot categorical units.
 
 An estimator's formula is written once against this small interface; each distribution supplies its
-sampling (from uniform noise, :mod:`stochgrad.sampling`), its score ``∇_a log p(h)``, the enumeration
+sampling (from uniform noise, [`stochgrad.sampling`][stochgrad.sampling]), its score ``∇_a log p(h)``, the enumeration
 that ``exact`` needs, and the Gumbel relaxation.
 
 Shapes (``event`` = the trailing dimensions of one example):
 
-- :data:`BERNOULLI`: logits ``(*batch, n)``, samples ``h ∈ {0,1}`` of the same shape; ``P(h_i=1) = σ(a_i)``.
-- :data:`CATEGORICAL`: logits ``(*batch, n, K)``: ``n`` independent units of ``K ≥ 2`` classes each;
+- [`BERNOULLI`][stochgrad.distributions.BERNOULLI]: logits ``(*batch, n)``, samples ``h ∈ {0,1}`` of the same shape; ``P(h_i=1) = σ(a_i)``.
+- [`CATEGORICAL`][stochgrad.distributions.CATEGORICAL]: logits ``(*batch, n, K)``: ``n`` independent units of ``K ≥ 2`` classes each;
   samples are one-hot ``(*batch, n, K)``; ``P(h_i = e_k) = softmax(a_i)_k``.
 
 A loss ``f`` maps samples ``(*lead, *batch, *event)`` to ``(*lead, *batch)``.
@@ -75,7 +75,7 @@ def conditional_gumbel_noise(v: Tensor, h: Tensor, probs: Tensor) -> Tensor:
 
 def conditional_gumbel(v: Tensor, h: Tensor, logits: Tensor) -> Tensor:
     """``z̃ ~ p(z | argmax z = h)`` for ``z = a + Gumbel``, from ``v ~ U(0,1)^K``; differentiable in ``a``
-    (:func:`conditional_gumbel_noise` added to ``a``)."""
+    ([`conditional_gumbel_noise`][stochgrad.distributions.conditional_gumbel_noise] added to ``a``)."""
     return logits + conditional_gumbel_noise(v, h, torch.softmax(logits, -1))
 
 
@@ -87,7 +87,7 @@ class Distribution(abc.ABC):
     masks: bool = False  # whether a −inf logit masks a class (probability 0 exactly, zero gradient)
 
     def check(self, logits: Tensor, name: str = "logits") -> None:
-        """Shape check beyond :func:`stochgrad.guard.check_logits` (dtype, finiteness)."""
+        """Shape check beyond [`stochgrad.guard.check_logits`][stochgrad.guard.check_logits] (dtype, finiteness)."""
 
     @abc.abstractmethod
     def probs(self, logits: Tensor) -> Tensor:
@@ -95,11 +95,11 @@ class Distribution(abc.ABC):
 
     @abc.abstractmethod
     def sample(self, probs: Tensor, lead=(), generator=None) -> Tensor:
-        """Samples ``(*lead, *probs.shape)`` from one uniform per unit (:mod:`stochgrad.sampling`)."""
+        """Samples ``(*lead, *probs.shape)`` from one uniform per unit ([`stochgrad.sampling`][stochgrad.sampling])."""
 
     def uniform(self, shape, like: Tensor, generator=None) -> Tensor:
         """U[0,1) noise of ``shape`` = ``(..., *batch, *event)``, drawn with the event flattened so that a
-        :class:`~stochgrad.sampling.Sharded` generator splits along the batch (the dimension before the event)."""
+        [`Sharded`][stochgrad.sampling.Sharded] generator splits along the batch (the dimension before the event)."""
         if self.event_dims == 1:
             return uniform(shape, like, generator)
         shape = tuple(shape)
@@ -123,7 +123,7 @@ class Distribution(abc.ABC):
         """``z̃ ~ p(z | hard(z) = h)`` from uniforms ``v``, differentiable in ``logits``."""
 
     def conditional_noise(self, v: Tensor, h: Tensor, logits: Tensor) -> Tensor:
-        """``z̃ − a`` of :meth:`conditional` (Gumbel-Rao holds it fixed): finite where a class is masked."""
+        """``z̃ − a`` of [`conditional`][stochgrad.distributions.Distribution.conditional] (Gumbel-Rao holds it fixed): finite where a class is masked."""
         return self.conditional(v, h, logits) - logits
 
     @abc.abstractmethod
@@ -180,7 +180,7 @@ class Bernoulli(Distribution):
         return conditional_logistic(v, h, torch.sigmoid(logits))
 
     def conditional_and_slope(self, v: Tensor, z: Tensor, score: Tensor, one: Tensor) -> tuple[Tensor, Tensor]:
-        """``z̃`` of :meth:`conditional` and ``−∂z̃/∂a`` (unit by unit: ``z̃_i`` depends on ``a_i`` alone), from shared
+        """``z̃`` of [`conditional`][stochgrad.distributions.Bernoulli.conditional] and ``−∂z̃/∂a`` (unit by unit: ``z̃_i`` depends on ``a_i`` alone), from shared
         intermediates; ``z`` the perturbed logits that chose ``h = 1[z ≥ 0]``, ``score = h − σ(a)``, ``one`` a 0-dim 1.
 
         With ``q = |h − p|`` (the probability of the other value) and ``t = v/((1 − v)·q)``, Tucker et al.'s
@@ -234,7 +234,7 @@ class Categorical(Distribution):
         Exact in law as far as the arithmetic allows, for any ``K`` and for masked classes: ``C`` is the running sum
         of the probabilities in float64 and the point is scaled by its own total ``C_K`` (not compared with 1), so a
         class of probability 0 is an empty interval (``C_{k−1} = C_k``) that no ``u`` selects, and the classes after
-        the sum's rounding error keep their mass; ``u`` should be a float64 draw (:meth:`uniform_for`): its 2⁻⁵³ grid,
+        the sum's rounding error keep their mass; ``u`` should be a float64 draw ([`uniform_for`][stochgrad.distributions.Categorical.uniform_for]): its 2⁻⁵³ grid,
         not float32's 2⁻²⁴, sets how finely the probabilities are resolved. Ordered so that for ``K = 2`` the sample
         is class 1 iff ``u < p_1/(p_0 + p_1)``: the Bernoulli unit's ``1[u < σ(a_1 − a_0)]`` (seed Eq. 2).
         """
@@ -246,7 +246,7 @@ class Categorical(Distribution):
 
     @staticmethod
     def uniform_for(shape, probs: Tensor, generator=None) -> Tensor:
-        """The float64 U[0, 1) draw of :meth:`from_uniform` (float32 where the device has no float64)."""
+        """The float64 U[0, 1) draw of [`from_uniform`][stochgrad.distributions.Categorical.from_uniform] (float32 where the device has no float64)."""
         return uniform(shape, probs.new_empty((), dtype=WIDE if probs.device.type != "mps" else torch.float32),
                        generator)
 
@@ -300,7 +300,7 @@ DISTRIBUTIONS = {d.name: d for d in (BERNOULLI, CATEGORICAL)}
 
 
 def get_distribution(distribution) -> Distribution:
-    """``None`` or a name (``"bernoulli"``, ``"categorical"``) or a :class:`Distribution` to the distribution."""
+    """``None`` or a name (``"bernoulli"``, ``"categorical"``) or a [`Distribution`][stochgrad.distributions.Distribution] to the distribution."""
     if distribution is None:
         return BERNOULLI
     if isinstance(distribution, Distribution):

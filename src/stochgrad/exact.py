@@ -1,9 +1,9 @@
 """Ground truth by enumeration: exact ``E[f(h)]`` and its gradient over every state of the units.
 
 Bernoulli units: all ``2^n`` states (n ≤ 20); categorical units: all ``K^n`` (≤ 2^20). The states and
-their probabilities come from the distribution (:mod:`stochgrad.distributions`).
+their probabilities come from the distribution ([`stochgrad.distributions`][stochgrad.distributions]).
 
-Memory is bounded: ``f`` sees the states in chunks of at most :data:`CHUNK_ELEMENTS` sample entries
+Memory is bounded: ``f`` sees the states in chunks of at most [`CHUNK_ELEMENTS`][stochgrad.exact.CHUNK_ELEMENTS] sample entries
 (``states × batch × event``), and under autograd each chunk is recomputed in the backward pass
 (``torch.utils.checkpoint``), so n = 20 with a batch of 64 needs some hundred megabytes, not the
 ``2^n × batch × n`` (5 GiB in float32) of a single call.
@@ -54,7 +54,7 @@ def exact_expectation(f: Callable[[Tensor], Tensor], logits: Tensor, distributio
     """``E[f(h)] = Σ_h P(h) f(h)``, ``(*batch,)``, differentiable in ``logits`` and in f's parameters.
 
     ``f`` is called on the states, ``(N, *batch, *event)``, all at once when ``N × batch × event`` is at
-    most :data:`CHUNK_ELEMENTS`, else on consecutive chunks of them; ``distribution``:
+    most [`CHUNK_ELEMENTS`][stochgrad.exact.CHUNK_ELEMENTS], else on consecutive chunks of them; ``distribution``:
     ``None``/``"bernoulli"`` (logits ``(*batch, n)``) or ``"categorical"`` (logits ``(*batch, n, K)``).
     """
     dist = get_distribution(distribution)

@@ -1,11 +1,11 @@
 """Output files written whole or not at all: one writer for every file a command writes (JSON, reports, plots,
 checkpoints, metrics).
 
-:func:`write_atomic` writes to a new temporary file beside the target (``PATH.tmp.PID``, created exclusively, so a
+[`write_atomic`][stochgrad.files.write_atomic] writes to a new temporary file beside the target (``PATH.tmp.PID``, created exclusively, so a
 name planted in the folder is never opened), flushes it to disk and renames it over the target. A reader sees the old file or the
 new one, never half of one; a kill mid-write leaves the old file; a symbolic link planted at the target's name is
 *replaced* by the new file, never followed (the file it points to is left alone). A write that fails (disk full,
-read-only folder, a folder that is not there) removes its temporary file and raises :class:`OutputError`, whose
+read-only folder, a folder that is not there) removes its temporary file and raises [`OutputError`][stochgrad.files.OutputError], whose
 message says why in words.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ import errno
 import os
 import shutil
 
-#: errno values that mean "this folder cannot be written", said in words by :func:`reason`
+#: errno values that mean "this folder cannot be written", said in words by `reason`
 _WORDS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
           errno.EROFS: "the folder is on a read-only file system", errno.EACCES: "permission denied",
           errno.EPERM: "operation not permitted", errno.ENOENT: "the folder does not exist"}
@@ -37,7 +37,7 @@ def reason(err: OSError, folder: str | None = None, needed: int | None = None) -
 
 def temporary_name(path: str, pid: int | None = None) -> str:
     """The temporary file of ``path`` written by process ``pid`` (this one by default): ``PATH.tmp.PID``, so that
-    the temporary files of killed writers can be told from those of live ones (:func:`remove_stale`)."""
+    the temporary files of killed writers can be told from those of live ones ([`remove_stale`][stochgrad.files.remove_stale])."""
     return f"{path}.tmp.{os.getpid() if pid is None else pid}"
 
 
@@ -45,7 +45,7 @@ def temporary_name(path: str, pid: int | None = None) -> str:
 def atomic_file(path: str, mode: str = "wb"):
     """Opens a new temporary file beside ``path`` (``mode``: ``"wb"`` or ``"w"``); on a clean exit flushes it to
     disk and renames it to ``path``. On any failure removes it, leaves ``path`` as it was and raises
-    :class:`OutputError` (for an ``OSError``) or the original exception."""
+    [`OutputError`][stochgrad.files.OutputError] (for an ``OSError``) or the original exception."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     name = os.path.basename(path)
@@ -79,7 +79,7 @@ def atomic_file(path: str, mode: str = "wb"):
 
 
 def remove_stale(folder: str) -> None:
-    """Removes the temporary files (:func:`temporary_name`) that killed writers left in ``folder``; those of live
+    """Removes the temporary files ([`temporary_name`][stochgrad.files.temporary_name]) that killed writers left in ``folder``; those of live
     processes are left alone."""
     try:
         entries = os.listdir(folder)

@@ -1,6 +1,6 @@
 """The replace-gradient node: a value whose backward pass carries an estimator's gradient to the logits.
 
-Every score-function and control-variate estimator ends in :func:`attach_gradient` (the pathwise ones in autograd
+Every score-function and control-variate estimator ends in [`attach_gradient`][stochgrad.gradient.attach_gradient] (the pathwise ones in autograd
 through a relaxed or straight-through sample): the ground floor that the estimators, the layers and ``expect``
 share. The idiom of ``microsoft/ReinMax`` and ``nshepperd/gumbel-rao-pytorch``, ``value + (s − s.detach())`` with
 the surrogate ``s = Σ grad·logits``, written as one autograd node.

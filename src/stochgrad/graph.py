@@ -1,7 +1,7 @@
 """The network view's broadcast: ``with sg.broadcast() as graph: ...; graph.backward(per_example_loss)``.
 
 Stochastic layers whose estimator needs the loss (score-function estimators, ``learned``) record a
-:class:`Node` in the active graph during the forward pass; :meth:`Graph.backward` delivers each
+[`Node`][stochgrad.graph.Node] in the active graph during the forward pass; [`Graph.backward`][stochgrad.graph.Graph.backward] delivers each
 example's own loss to every node (seed §3.1: "only requires broadcasting L throughout the network")
 and runs one backward pass that fills every parameter's gradient as that of the *mean* loss:
 autograd for the pathwise parts, ``(h − σ(a))·(L − c)`` (or the learned prediction) at each node.
@@ -37,7 +37,7 @@ class Node:
     """One stochastic layer's decisions in one forward pass: ``h``, ``probs`` ``(*batch, n)``.
 
     The pre-activations ``a`` themselves are not kept, only where their gradient enters autograd (``edge``,
-    :func:`torch.autograd.graph.get_gradient_edge`): their memory is freed with the forward pass.
+    `torch.autograd.graph.get_gradient_edge`): their memory is freed with the forward pass.
     """
 
     estimator: object
@@ -53,11 +53,11 @@ class Node:
 
 
 class Graph:
-    """Records the stochastic nodes of one forward pass; :meth:`backward` delivers the loss to them.
+    """Records the stochastic nodes of one forward pass; [`backward`][stochgrad.graph.Graph.backward] delivers the loss to them.
 
     A graph dropped while it still holds decisions whose loss was never delivered (e.g. a plain
     ``loss.mean().backward()`` instead of ``graph.backward(loss)``: those layers get no gradient) warns
-    with a ``RuntimeWarning``; :meth:`discard` drops them on purpose.
+    with a ``RuntimeWarning``; [`discard`][stochgrad.graph.Graph.discard] drops them on purpose.
     """
 
     def __init__(self, local: bool = False):
@@ -129,7 +129,7 @@ class Graph:
 
 @contextmanager
 def broadcast(local: bool = False) -> Iterator[Graph]:
-    """Records the stochastic nodes of the forward passes inside it; see :class:`Graph`.
+    """Records the stochastic nodes of the forward passes inside it; see [`Graph`][stochgrad.graph.Graph].
 
     Args:
         local: learn from the broadcast loss alone (seed §3.1): every stochastic layer's output is
@@ -152,7 +152,7 @@ def broadcast(local: bool = False) -> Iterator[Graph]:
 
 
 def active_graph() -> Graph | None:
-    """The graph of the innermost active :func:`broadcast` in this context, or ``None``.
+    """The graph of the innermost active [`broadcast`][stochgrad.graph.broadcast] in this context, or ``None``.
 
     Outside every broadcast it reads no context variable (``torch.compile`` cannot trace one: a pathwise
     model compiles without a graph break)."""
@@ -170,7 +170,7 @@ class DelayedBroadcast:
     so a reward can never be credited to another step. Without the handle, the reward goes to the oldest
     pending step and exactly ``delay`` steps must have been recorded after it (record, then deliver).
     At most ``delay + 1`` steps are held: memory is bounded by the delay, not by the run's length; a
-    step that would exceed it is an error, since its reward was never delivered. :meth:`discard` drops
+    step that would exceed it is an error, since its reward was never delivered. [`discard`][stochgrad.graph.DelayedBroadcast.discard] drops
     the steps still pending (e.g. at the end of a run).
     """
 
@@ -195,7 +195,7 @@ class DelayedBroadcast:
         self.pending.append(graph)
 
     def deliver(self, loss: Tensor, step: Graph | None = None) -> None:
-        """The per-example loss ``(batch,)`` of ``step`` (the handle yielded by :meth:`step`), which must
+        """The per-example loss ``(batch,)`` of ``step`` (the handle yielded by [`step`][stochgrad.graph.DelayedBroadcast.step]), which must
         be the oldest pending step; without ``step``, of the oldest pending step recorded ``delay``
         steps ago. Raises before any gradient changes when the reward cannot belong to that step."""
         if not self.pending:

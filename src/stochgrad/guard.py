@@ -8,11 +8,11 @@ Checks come in two kinds:
   anything runs, at no synchronisation cost.
 - **Values** are checked on the tensor's device, never by a Python branch on a device tensor:
 
-  1. *Guarded updates* (:func:`fold_`): every running statistic is updated as
+  1. *Guarded updates* ([`fold_`][stochgrad.guard.fold_]): every running statistic is updated as
      ``buffer ← where(ok, new, buffer)`` with ``ok = finite(statistics folded in)``, a 0-dim device
      flag. A call whose losses (or logits) are NaN/inf leaves every buffer bitwise as it was, on any
      device, without a synchronisation; an empty batch (a shape, so known on the host) updates nothing.
-  2. *Verdicts* (:class:`Verdict`, one per site): the flag still has to become an error. Where reading a
+  2. *Verdicts* ([`Verdict`][stochgrad.guard.Verdict], one per site): the flag still has to become an error. Where reading a
      value costs nothing (``HOST_READS``: the CPU, whose tensors live in host memory) the failing call
      itself raises ``ValueError``. On an accelerator the flag is copied to pinned host memory without
      blocking and looked at by a later call of the same site once the copy has landed (a CUDA event's
@@ -66,7 +66,7 @@ def check_logits(logits, name: str = "logits", verdict=None, masks: bool = False
 
     Structure (type, dtype, shape) is checked at once. Values: one reduction, summed in float64 (finite float32
     values cannot overflow it), read on the host where that is free (the CPU) and otherwise reported through
-    ``verdict`` as a device flag (the site's :class:`Verdict`, or ``None``: no check
+    ``verdict`` as a device flag (the site's [`Verdict`][stochgrad.guard.Verdict], or ``None``: no check
     off the host). Inside ``torch.compile`` no value is read (a read would break the graph): the guarded updates
     remain. It runs on every call of ``expect`` and of the layers.
     """
@@ -109,7 +109,7 @@ def bad_logits(logits, name: str):
 
 def report_finite(verdict: "Verdict", x: Tensor, problem: int, name: str = "") -> bool | None:
     """Reports to ``verdict`` whether all of ``x`` (detached) is finite: read at once where that is free (the
-    CPU: one reduction and a read; returns the answer), else as a device flag (:meth:`Verdict.report`; returns None)."""
+    CPU: one reduction and a read; returns the answer), else as a device flag ([`Verdict.report`][stochgrad.guard.Verdict.report]; returns None)."""
     if reads_at_once(x) and not _compiling():
         ok = isfinite(x.sum(dtype=_ACCUMULATE.get(x.dtype)).item())
         verdict.report(ok, problem, name)
@@ -121,7 +121,7 @@ def report_finite(verdict: "Verdict", x: Tensor, problem: int, name: str = "") -
 class Verdict:
     """Turns a site's device-side check flags into errors without synchronising (see the module docstring).
 
-    ``report(ok, problem, name)``: ``ok`` a 0-dim bool tensor, ``problem`` :data:`LOGITS` or :data:`LOSSES`.
+    ``report(ok, problem, name)``: ``ok`` a 0-dim bool tensor, ``problem`` `LOGITS` or `LOSSES`.
     ``skip``: losses problems are dropped silently (the guarded state already ignored them).
     """
 

@@ -12,25 +12,32 @@ from torch import Tensor, nn
 from .baselines import ResizableBuffers, check_decay
 from .distributed import is_distributed, mean_over_ranks
 from .distributions import CATEGORICAL, one_hot
-from .estimators import Estimator, get_estimator
+from .estimators import REGISTRY, Estimator, get_estimator
 from .guard import LOW_PRECISION, check_logits, finite, fold_
 from .graph import Node, active_graph
 from .sampling import bernoulli, normal
 
 
+def layer_names(distribution: str = "bernoulli") -> list[str]:
+    """The registered estimators a stochastic layer of ``distribution`` units can use: pathwise ones that sample,
+    or those that take the broadcast loss, with one sample per example."""
+    return [n for n, cls in REGISTRY.items() if ((cls.pathwise and hasattr(cls, "sample")) or cls.broadcast)
+            and cls.min_samples == 1 and distribution in cls.distributions]
+
+
 def layer_estimator(estimator, distribution: str = "bernoulli"):
-    """The estimator object of a stochastic layer, refused with a clear error if a layer cannot use it."""
+    """The estimator object of a stochastic layer, refused with a clear error if a layer cannot use it; the
+    error lists the estimators that a layer of these units can use ([`layer_names`][stochgrad.neurons.layer_names])."""
     est = get_estimator(estimator) if isinstance(estimator, str) else estimator
+    usable = f"a {distribution} layer takes {', '.join(layer_names(distribution))}; or use sg.expect"
     if not (est.pathwise and hasattr(est, "sample")) and not est.broadcast:
         raise ValueError(f"estimator {est.name!r} evaluates the loss at several points per sample and "
-                         "cannot be a layer: use a pathwise estimator (straight_through, gumbel_st, ...), a "
-                         "broadcast one (reinforce*, learned), or sg.expect")
+                         f"cannot be a layer: {usable}")
     if est.min_samples > 1:
         raise ValueError(f"estimator {est.name!r} needs {est.min_samples} samples per example; "
-                         "a layer draws one: use reinforce_optimal or reinforce_ma, or sg.expect")
+                         f"a layer draws one: {usable}")
     if distribution not in getattr(est, "distributions", ("bernoulli",)):
-        raise ValueError(f"estimator {est.name!r} does not support {distribution} units; use straight_through, "
-                         "gumbel_st, gumbel_rao, reinmax, gumbel, or reinforce / reinforce_ma / reinforce_optimal")
+        raise ValueError(f"estimator {est.name!r} does not support {distribution} units; {usable}")
     return est
 
 
@@ -51,7 +58,7 @@ class StochasticBinary(nn.Module):
 
     Training: samples. Pathwise estimators (``straight_through``, ``straight_through_sigmoid``,
     ``gumbel``, ``gumbel_st``) learn by autograd alone; estimators that need the loss (``reinforce*``,
-    ``learned``) must run inside :func:`stochgrad.broadcast` and get the per-example loss from
+    ``learned``) must run inside [`stochgrad.broadcast`][stochgrad.graph.broadcast] and get the per-example loss from
     ``graph.backward(loss)``. Evaluation: deterministic, ``1[σ(a) > threshold]`` (``eval_output=
     "threshold"``) or ``σ(a)`` (``"probability"``).
 
@@ -111,7 +118,7 @@ class StochasticBinary(nn.Module):
 
 class StochasticCategorical(nn.Module):
     """``n`` units of ``K`` classes each: one-hot samples, unit ``i`` in class ``k`` with probability
-    ``softmax(a_i)_k``, the categorical counterpart of :class:`StochasticBinary`.
+    ``softmax(a_i)_k``, the categorical counterpart of [`StochasticBinary`][stochgrad.neurons.StochasticBinary].
 
     Input logits ``(*batch, n, K)``, or ``(*batch, n·K)`` when ``categories=K`` is given (a ``Linear``
     layer's output); with ``categories=K``, an input of three or more dimensions whose last is ``K`` is read as
@@ -119,7 +126,7 @@ class StochasticCategorical(nn.Module):
     unit per step). The output has the input's shape, one-hot along the classes. Training: pathwise
     estimators that support categorical units (``straight_through``, ``gumbel``, ``gumbel_st``,
     ``gumbel_rao``, ``reinmax``) learn by autograd; ``reinforce*`` record a node in
-    :func:`stochgrad.broadcast` (``local=True`` and :class:`DelayedBroadcast` too) and learn from
+    [`stochgrad.broadcast`][stochgrad.graph.broadcast] (``local=True`` and [`DelayedBroadcast`][stochgrad.graph.DelayedBroadcast] too) and learn from
     ``(onehot − softmax(a))·(L − c)``; their baselines see the ``n·K`` coordinates, in buffers averaged
     over ranks. Evaluation: the most probable class (``eval_output="argmax"``) or ``softmax(a)``
     (``"probability"``). float16/bfloat16 inputs are sampled in float32 (a low-precision grid biases the

@@ -54,7 +54,7 @@ class Kind:
         return None
 
     def check(self, value, name: str):
-        """``value`` if it is of this kind; else ``TypeError`` (wrong type) or :class:`OptionError` naming ``name``."""
+        """``value`` if it is of this kind; else ``TypeError`` (wrong type) or [`OptionError`][stochgrad.options.OptionError] naming ``name``."""
         problem = self.problem(value)
         if problem is None:
             return value
@@ -139,7 +139,7 @@ FOLDER = Kind("a folder (it may not exist yet), not a file", (str, os.PathLike),
 
 def suggestion(name, names) -> str:
     """``" (did you mean 'disarm'?)"`` when ``name`` is a near miss of one of ``names`` (a different case, a
-    letter too many or too few: :func:`difflib.get_close_matches`), else ``""``."""
+    letter too many or too few: `difflib.get_close_matches`), else ``""``."""
     if not isinstance(name, str):
         return ""
     names = list(names)
@@ -151,7 +151,7 @@ def suggestion(name, names) -> str:
 
 
 def choice(*values: str, words: str = "") -> Kind:
-    """One of ``values`` (strings); a near miss gets "did you mean" (:func:`suggestion`). ``words`` names the
+    """One of ``values`` (strings); a near miss gets "did you mean" ([`suggestion`][stochgrad.options.suggestion]). ``words`` names the
     values (``"one of the gaters"``; then a wrong value's message lists them)."""
     listed = ", ".join(values)
     said = words or f"one of {listed}"
@@ -192,7 +192,7 @@ class Options:
         self.validate()
 
     def validate(self) -> None:
-        """Checks every field of ``OPTIONS``, then :meth:`check` (settings that depend on each other)."""
+        """Checks every field of ``OPTIONS``, then [`check`][stochgrad.options.Options.check] (settings that depend on each other)."""
         for name, kind in self.OPTIONS.items():
             value = getattr(self, name)
             if value is None and name in self.DEFAULTED:
@@ -202,4 +202,4 @@ class Options:
         self.check()
 
     def check(self) -> None:
-        """Settings that depend on each other (raise :class:`OptionError`); none by default."""
+        """Settings that depend on each other (raise [`OptionError`][stochgrad.options.OptionError]); none by default."""

@@ -1,6 +1,6 @@
 """Small problems with exact gradients, shared by the checks, the study and the tests.
 
-Each :class:`Problem` holds ``logits`` ``(n,)`` and a loss ``f`` mapping ``(*lead, n)`` samples to
+Each [`Problem`][stochgrad.problems.Problem] holds ``logits`` ``(n,)`` and a loss ``f`` mapping ``(*lead, n)`` samples to
 ``(*lead,)`` losses, polynomial or smooth in ``b`` so that pathwise estimators can differentiate it.
 Categorical problems (``distribution == "categorical"``) hold ``logits`` ``(n, K)`` and ``f`` maps one-hot
 samples ``(*lead, n, K)`` to ``(*lead,)``.

@@ -22,7 +22,7 @@ DEFAULT_THREADS = 1
 
 
 def set_threads(threads: int) -> int:
-    """Sets torch's intra-op threads (:data:`stochgrad.options.THREADS`: 1 … 1024) and returns it."""
+    """Sets torch's intra-op threads ([`stochgrad.options.THREADS`][stochgrad.options.THREADS]: 1 … 1024) and returns it."""
     torch.set_num_threads(THREADS.check(threads, "threads"))
     return threads
 
@@ -47,7 +47,7 @@ def git_commit(path: str | None = None) -> tuple[str | None, bool | None]:
 
 
 def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo`` on Linux, else what :mod:`platform` knows), ``""`` if unknown."""
+    """The CPU's model name (``/proc/cpuinfo`` on Linux, else what `platform` knows), ``""`` if unknown."""
     try:
         with open("/proc/cpuinfo") as fh:
             for line in fh:
@@ -91,6 +91,6 @@ def environment(date: bool = True) -> dict:
 
 
 def write_json(path: str, obj: dict, date: bool = True, **dump_options) -> None:
-    """Writes ``obj`` with an ``"environment"`` entry (:func:`environment`, with the date and load unless
-    ``date=False``) added, to ``path``, atomically (:func:`stochgrad.files.write_atomic`)."""
+    """Writes ``obj`` with an ``"environment"`` entry ([`environment`][stochgrad.runinfo.environment], with the date and load unless
+    ``date=False``) added, to ``path``, atomically ([`stochgrad.files.write_atomic`][stochgrad.files.write_atomic])."""
     write_atomic(path, json.dumps({**obj, "environment": environment(date)}, indent=1, **dump_options))

@@ -1,6 +1,6 @@
 """Noise for stochastic neurons, drawn from a ``torch.Generator`` when one is given.
 
-Every random number in stochgrad comes through :func:`uniform`, so a run that passes a generator
+Every random number in stochgrad comes through [`uniform`][stochgrad.sampling.uniform], so a run that passes a generator
 repeats exactly, and estimators that must share noise (antithetic pairs, common random numbers)
 share it explicitly.
 """
@@ -61,7 +61,7 @@ def bernoulli_from_uniform(u: Tensor, probs: Tensor) -> Tensor:
 
 
 def bernoulli_from_uniform_(u: Tensor, probs: Tensor) -> Tensor:
-    """:func:`bernoulli_from_uniform` written over ``u`` (a buffer of the caller's own, in ``probs``' dtype, of the
+    """[`bernoulli_from_uniform`][stochgrad.sampling.bernoulli_from_uniform] written over ``u`` (a buffer of the caller's own, in ``probs``' dtype, of the
     result's shape): the same values in one pass, no boolean buffer and no conversion pass (a ``(128, 1024)``
     float32 threshold ~20 µs instead of ~190 µs on the CPU). Under a transform that refuses the in-place write
     (``torch.func.vmap``), the same values in a buffer of their own."""
@@ -73,7 +73,7 @@ def bernoulli_from_uniform_(u: Tensor, probs: Tensor) -> Tensor:
 
 def bernoulli(probs: Tensor, lead: tuple[int, ...] = (), generator: torch.Generator | None = None) -> Tensor:
     """Samples ``h ~ Bernoulli(probs)`` of shape ``(*lead, *probs.shape)``: ``1[u < probs]`` written over the fresh
-    noise ``u`` (:func:`bernoulli_from_uniform_`); a :class:`Sharded` draw's ``u`` is a view into every rank's draw,
+    noise ``u`` ([`bernoulli_from_uniform_`][stochgrad.sampling.bernoulli_from_uniform_]); a [`Sharded`][stochgrad.sampling.Sharded] draw's ``u`` is a view into every rank's draw,
     so its ``h`` gets a buffer of its own (the whole draw is not kept alive)."""
     u = uniform((*lead, *probs.shape), probs, generator)
     if isinstance(generator, Sharded):
@@ -105,5 +105,5 @@ def lead(samples: int) -> tuple[int, ...]:
 
 
 def over_samples(x: Tensor, samples: int) -> Tensor:
-    """Mean over the leading sample dimension that :func:`lead` gave ``x`` (none for one sample)."""
+    """Mean over the leading sample dimension that [`lead`][stochgrad.sampling.lead] gave ``x`` (none for one sample)."""
     return x if samples == 1 else x.mean(0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 
+from ..options import suggestion
 from .arm import ARM, DisARM
 from .arms import ARMS
 from .auto import Auto
@@ -50,7 +51,7 @@ class EstimatorInfo:
 
 
 def estimators() -> dict[str, EstimatorInfo]:
-    """Every registered estimator: name → :class:`EstimatorInfo` (one line when printed)."""
+    """Every registered estimator: name → [`EstimatorInfo`][stochgrad.estimators.EstimatorInfo] (one line when printed)."""
     return {name: EstimatorInfo(name, cls.description, cls.unbiased, cls.pathwise, cls.cost, cls.min_samples,
                                 cls.broadcast, tuple(cls.distributions))
             for name, cls in REGISTRY.items()}
@@ -61,7 +62,8 @@ def get_estimator(name: str, **options) -> Estimator:
     if not isinstance(name, str):
         raise TypeError(f"estimator name must be a str, got {type(name).__name__}")
     if name not in REGISTRY:
-        raise ValueError(f"unknown estimator {name!r}; known estimators: {', '.join(REGISTRY)}")
+        raise ValueError(f"unknown estimator {name!r}{suggestion(name, REGISTRY)}; known estimators: "
+                         f"{', '.join(REGISTRY)}")
     try:
         return REGISTRY[name](**options)
     except TypeError as err:

@@ -42,7 +42,7 @@ class ARM(_Antithetic):
 
 class DisARM(_Antithetic):
     """DisARM (Dong, Mnih & Tucker 2020, Eq. 7): ``½(f(b) − f(b̃))·(−1)^b̃·1[b ≠ b̃]·σ(|a|)`` for the
-    antithetic pair of :class:`ARM`. Unbiased, lower variance than ARM; 2 evaluations per sample.
+    antithetic pair of [`ARM`][stochgrad.estimators.arm.ARM]. Unbiased, lower variance than ARM; 2 evaluations per sample.
     """
 
     name = "disarm"

@@ -2,7 +2,7 @@
 
 Which estimator is best depends on ``f`` and on where the logits are, and both move in training. ``Auto``
 holds the candidate estimators (by default every registered unbiased one that supports the site's
-distribution and fits its budget, :func:`plan`) and, on *measuring calls*, runs them all on the same ``f``
+distribution and fits its budget, [`plan`][stochgrad.estimators.auto.plan]) and, on *measuring calls*, runs them all on the same ``f``
 and logits (each with its own noise). For each candidate ``c`` it tracks, as moving averages over measuring
 calls (``decay``), the second moment ``M_c = mean_examples ‖ĝ_c‖²`` and ``‖∇‖²`` (below), so its variance is
 ``V_c = M_c − ‖∇‖²``. It uses the candidate with the least **variance × cost**:
@@ -12,7 +12,7 @@ calls (``decay``), the second moment ``M_c = mean_examples ‖ĝ_c‖²`` and ``
   time between two calls of this site), each the median over the ``warmup`` calls, measured there and then
   frozen. ``V_c·s_c`` is the variance left after a fixed budget of seconds: what decides which estimator
   reaches the better objective in the time one has. The times are state (``state_dict``) and are in
-  :meth:`report`: a resumed run repeats its choices exactly; a second run on another machine measures its own.
+  [`report`][stochgrad.estimators.auto.Auto.report]: a resumed run repeats its choices exactly; a second run on another machine measures its own.
   Timing: the process's CPU time on the CPU (what other processes on a shared machine cannot inflate); on a
   GPU the wall clock after a synchronisation, on warm-up calls only.
 - ``cost="evaluations"``: f-evaluations per example, ``e_c`` (the variance after a fixed number of
@@ -33,7 +33,7 @@ calls (``decay``), the second moment ``M_c = mean_examples ‖ĝ_c‖²`` and ``
 - Cost of measuring, bounded: calls ``0 … warmup−1`` and every ``every``-th call after measure; a
   measuring call evaluates ``f`` ``Σ_c e_c`` times more than the chosen's ``e_chosen``, so beyond the
   warm-up the extra evaluations are ``Σ_c e_c / (every · e_chosen)`` of the run (16 % for the 8
-  candidates of budget 2 and ``every = 50``; with ``every = 200``, 4 %). :attr:`measuring_fraction`
+  candidates of budget 2 and ``every = 50``; with ``every = 200``, 4 %). [`measuring_fraction`][stochgrad.estimators.auto.Auto.measuring_fraction]
   reports the real figure.
 - No host-device synchronisation on ordinary calls: the counters, the choice and the frozen times are
   Python numbers beside the buffers (written into them when the state is saved, read back when it is
@@ -45,7 +45,7 @@ calls (``decay``), the second moment ``M_c = mean_examples ‖ĝ_c‖²`` and ``
   compared on the same broadcast ``(h, L)``: equal costs, so by their second moment (= variance + the
   same ``‖∇‖²`` for every unbiased candidate).
 
-:meth:`report` says what was chosen and why; ``extra_repr`` prints it.
+[`report`][stochgrad.estimators.auto.Auto.report] says what was chosen and why; ``extra_repr`` prints it.
 """
 from __future__ import annotations
 
@@ -123,7 +123,7 @@ def plan(budget: int, n: int, names=None, distribution=BERNOULLI) -> list[tuple[
 class Auto(Estimator):
     """``auto``: per site, the unbiased candidate with the least measured variance × cost (seconds per step by
     default, or f-evaluations) on the user's own ``f``, re-measured every ``every`` calls (module docstring).
-    Unbiased at every step; Bernoulli and categorical units; :meth:`report` says what was chosen and why.
+    Unbiased at every step; Bernoulli and categorical units; [`report`][stochgrad.estimators.auto.Auto.report] says what was chosen and why.
 
     Args:
         candidates: estimator names (default: every registered unbiased one that supports the units and fits the
@@ -262,7 +262,7 @@ class Auto(Estimator):
 
     def evaluations(self, n, samples=1):
         """f-evaluations per example of an ordinary call: the chosen candidate's. A measuring call adds those of
-        every candidate; :meth:`report` counts both (``evaluations_spent``), :attr:`measuring_fraction` says what share
+        every candidate; [`report`][stochgrad.estimators.auto.Auto.report] counts both (``evaluations_spent``), [`measuring_fraction`][stochgrad.estimators.auto.Auto.measuring_fraction] says what share
         measuring took."""
         if not self.sizes:
             est, s = plan(samples, n, self.names)[0]

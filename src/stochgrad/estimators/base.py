@@ -17,7 +17,7 @@ from ..guard import LOSSES, LOW_PRECISION, TUNING, CheckedLoss, LossFn, Verdict,
 from ..sampling import Sharded, lead, over_samples, uniform
 
 REGISTRY: dict[str, type["Estimator"]] = {}
-"""Registered names to classes: filled by :mod:`stochgrad.estimators` (the registry), read here for error messages."""
+"""Registered names to classes: filled by [`stochgrad.estimators`][stochgrad.estimators] (the registry), read here for error messages."""
 
 BETAS, EPS = (0.9, 0.999), 1e-8  # Adam (Kingma & Ba 2015) for the tuned state: torch.optim.Adam's defaults
 
@@ -48,12 +48,12 @@ class Estimator(nn.Module, abc.ABC):
     - ``pathwise``: gradient flows by autograd through a (relaxed or straight-through) sample, so in a
       network it needs no broadcast loss.
     - ``min_samples``: the fewest samples per estimate it accepts.
-    - ``broadcast``: as a layer, it takes the per-example loss from :func:`stochgrad.broadcast` through
-      :meth:`score_gradient`; ``needs_dl_dh``: it also needs ``∂L/∂h`` (a backward pass to its output).
-    - ``distributions``: the units it supports (:mod:`stochgrad.distributions`); for any but Bernoulli,
-      :meth:`estimate` is called with the keyword ``dist``.
+    - ``broadcast``: as a layer, it takes the per-example loss from [`stochgrad.broadcast`][stochgrad.graph.broadcast] through
+      [`score_gradient`][stochgrad.estimators.base.ScoreFunction.score_gradient]; ``needs_dl_dh``: it also needs ``∂L/∂h`` (a backward pass to its output).
+    - ``distributions``: the units it supports ([`stochgrad.distributions`][stochgrad.distributions]); for any but Bernoulli,
+      [`estimate`][stochgrad.estimators.base.Estimator.estimate] is called with the keyword ``dist``.
 
-    Subclasses implement :meth:`estimate`; call them through :func:`stochgrad.expect` or as
+    Subclasses implement [`estimate`][stochgrad.estimators.base.Estimator.estimate]; call them through [`stochgrad.expect`][stochgrad.expect] or as
     ``estimator(f, logits, samples, generator)``, which validates the input first.
     """
 
@@ -75,7 +75,7 @@ class Estimator(nn.Module, abc.ABC):
     @property
     def skip_nonfinite(self) -> bool:
         """``True``: a call whose losses (or tuning step) are NaN/inf is skipped, its state unchanged, instead of
-        raising (:mod:`stochgrad.guard`); non-finite logits always raise."""
+        raising ([`stochgrad.guard`][stochgrad.guard]); non-finite logits always raise."""
         return self.verdict.skip
 
     @skip_nonfinite.setter
@@ -91,8 +91,8 @@ class Estimator(nn.Module, abc.ABC):
 
     def forward(self, f: LossFn, logits: Tensor, samples: int = 1, generator: torch.Generator | None = None,
                 distribution: str | None = None) -> Tensor:
-        """The checked call behind :func:`stochgrad.expect` (see it for the arguments): structure is checked before
-        anything runs, then :meth:`estimate` gets the wrapped loss (:class:`~stochgrad.guard.CheckedLoss`)."""
+        """The checked call behind [`stochgrad.expect`][stochgrad.expect] (see it for the arguments): structure is checked before
+        anything runs, then [`estimate`][stochgrad.estimators.base.Estimator.estimate] gets the wrapped loss ([`CheckedLoss`][stochgrad.guard.CheckedLoss])."""
         if logits.__class__ is Tensor and distribution is None:
             dist = BERNOULLI
         else:
@@ -124,7 +124,7 @@ class Estimator(nn.Module, abc.ABC):
 
     def check_state(self, state_dict, prefix: str = "") -> None:
         """One rule for loading an estimator's state, applied before any of it (or of its submodules) changes: the state
-        must mean the same (:meth:`state_meaning`: REBAR's tuned values never load into ``double_cv``, RELAX's network of
+        must mean the same ([`state_meaning`][stochgrad.estimators.base.Estimator.state_meaning]: REBAR's tuned values never load into ``double_cv``, RELAX's network of
         10 hidden units never into one of 20, ``auto([a, b])``'s choice never into ``auto([b, a])``) and hold only finite
         numbers. A state saved without its meaning (an older checkpoint) is taken as this estimator's."""
         key = prefix + "_extra_state"
@@ -144,7 +144,7 @@ class Estimator(nn.Module, abc.ABC):
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
-        """:meth:`check_state` first (it raises before anything changes), then the usual load."""
+        """[`check_state`][stochgrad.estimators.base.Estimator.check_state] first (it raises before anything changes), then the usual load."""
         self.check_state(state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
@@ -169,8 +169,8 @@ def unsupported(est: Estimator, dist) -> str:
 class ScoreFunction(Estimator):
     """The score-function family: ``ĝ_i = mean_s (h_si − σ(a_i))·(L_s − c_si)`` (seed Theorem 1, Corollary 1).
 
-    The baseline ``c`` is a :class:`stochgrad.baselines.Baseline`; the formula lives in
-    :meth:`score_gradient`, which the network view calls with the broadcast loss. Categorical units:
+    The baseline ``c`` is a [`stochgrad.baselines.Baseline`][stochgrad.baselines.Baseline]; the formula lives in
+    [`score_gradient`][stochgrad.estimators.base.ScoreFunction.score_gradient], which the network view calls with the broadcast loss. Categorical units:
     the score is ``onehot − softmax(a)`` (Williams 1992), the same ``h − probs``; the baselines see it
     flattened to ``(S, *batch, n·K)``, so the optimal baseline of Eq. 7 is kept per unit and class.
     """
@@ -188,10 +188,10 @@ class ScoreFunction(Estimator):
         """``h``: ``(*lead, *batch, n)``, ``probs``: ``(*batch, n)``, ``losses``: ``(*lead, *batch)`` → ``(*batch, n)``,
         ``lead`` empty (one sample) or ``(S,)`` (averaged over). ``scale``: a number the result is multiplied by
         (the network view's ``1/B``: the gradient of the mean loss), applied to the vectors that make ``L − c``
-        (:meth:`~stochgrad.baselines.Baseline.centred`), not to the result: no pass of its own.
+        ([`centred`][stochgrad.baselines.Baseline.centred]), not to the result: no pass of its own.
 
         Reads the baseline first, then (if ``update``) folds in the current losses: Corollary 1. A call
-        whose losses are NaN/inf leaves the baseline as it was (:mod:`stochgrad.guard`). Returns a fresh
+        whose losses are NaN/inf leaves the baseline as it was ([`stochgrad.guard`][stochgrad.guard]). Returns a fresh
         tensor (the caller may write into it): the score's own buffer, multiplied in place once the baseline
         has read the score.
         """
@@ -234,14 +234,14 @@ class Tuned(Estimator, ResizableBuffers):
       step (``lr``; Kingma & Ba 2015) on ``mean ‖ĝ‖²`` over the examples, *after* the estimate was made
       (each estimate uses values fixed by past calls).
     - **Ranks.** The step's gradient is averaged over ranks under ``torch.distributed``; values drawn at
-      random (RELAX's and RODEO's networks, :meth:`draw`) come from the call's generator on first use
+      random (RELAX's and RODEO's networks, [`draw`][stochgrad.estimators.base.Tuned.draw]) come from the call's generator on first use
       (rank 0's draw without one), so every rank holds the same values and runs with the same seed repeat.
-    - **Guarded** (:mod:`stochgrad.guard`): a call whose losses (hence the step) are NaN/inf changes
+    - **Guarded** ([`stochgrad.guard`][stochgrad.guard]): a call whose losses (hence the step) are NaN/inf changes
       nothing, bitwise, and is reported; ``theta`` never takes a non-finite value.
 
-    Subclasses pass the initial values to ``__init__``, may append random ones in :meth:`prepare`, compute
-    their estimate from ``theta = self.values(tuning)`` and, on tuning calls, hand it to :meth:`tune_on` (or, having
-    written the step's gradient out by hand, pass that to :meth:`_step`: ``rebar``/``relax`` on Bernoulli units).
+    Subclasses pass the initial values to ``__init__``, may append random ones in [`prepare`][stochgrad.estimators.base.Tuned.prepare], compute
+    their estimate from ``theta = self.values(tuning)`` and, on tuning calls, hand it to [`tune_on`][stochgrad.estimators.base.Tuned.tune_on] (or, having
+    written the step's gradient out by hand, pass that to `_step`: ``rebar``/``relax`` on Bernoulli units).
     """
 
     unbiased = True
@@ -259,10 +259,10 @@ class Tuned(Estimator, ResizableBuffers):
         self.dropped = False  # this call was skipped for NaN/inf losses, known on the host (check_losses)
 
     def prepare(self, n: int, like: Tensor, generator) -> None:
-        """Sizes the tuned state for ``n`` units on first use (:meth:`grow`); nothing by default."""
+        """Sizes the tuned state for ``n`` units on first use ([`grow`][stochgrad.estimators.base.Tuned.grow]); nothing by default."""
 
     def forward(self, *args, **kwargs) -> Tensor:
-        """:meth:`Estimator.forward`, undone if the call raises: a first call that sized the state (or moved it to
+        """[`Estimator.forward`][stochgrad.estimators.base.Estimator.forward], undone if the call raises: a first call that sized the state (or moved it to
         the logits' device) and then failed (bad losses, a shape error in ``f``) leaves the buffers as they were."""
         before = (self.theta, self.adam_m, self.adam_v, self.adam_steps)   # a resize or a move replaces them
         try:
@@ -273,7 +273,7 @@ class Tuned(Estimator, ResizableBuffers):
 
     def begin(self, like: Tensor, n: int, generator) -> bool:
         """At the start of a call that computes a gradient: the state in the dtype and device of ``like`` (the
-        logits), sized by :meth:`prepare`; returns whether this call tunes."""
+        logits), sized by [`prepare`][stochgrad.estimators.base.Tuned.prepare]; returns whether this call tunes."""
         theta = self.theta
         if theta.dtype != like.dtype or theta.device != like.device:  # the four buffers always move together
             self._follow(like, "theta", "adam_m", "adam_v", "adam_steps")
@@ -291,7 +291,7 @@ class Tuned(Estimator, ResizableBuffers):
             self.end()
 
     def check_losses(self, losses: Tensor) -> None:
-        """On a training call, before its tuning step: reports NaN/inf losses (:mod:`stochgrad.guard`: an error, or
+        """On a training call, before its tuning step: reports NaN/inf losses ([`stochgrad.guard`][stochgrad.guard]: an error, or
         with ``skip_nonfinite`` silence). Where the host reads them for free (the CPU), a skipped call is dropped
         whole: no tuning step and not counted; on a device its step is refused by the guard instead."""
         if self.training:
@@ -303,7 +303,7 @@ class Tuned(Estimator, ResizableBuffers):
 
     def end(self) -> None:
         """After the call's checks: counts a training call (a call that raised, or one dropped by
-        :meth:`check_losses`, leaves even the count)."""
+        [`check_losses`][stochgrad.estimators.base.Tuned.check_losses], leaves even the count)."""
         if self.training and not self.dropped:
             self._calls += 1
 
@@ -324,7 +324,7 @@ class Tuned(Estimator, ResizableBuffers):
 
     def tune_on(self, grad: Tensor, theta, event_dims: int = 1) -> None:
         """One guarded Adam step on ``mean ‖ĝ‖²``; ``grad``: the estimate ``(*batch, *event)``, differentiable
-        in ``theta`` (from :meth:`values`), or in the consecutive pieces of it that a tuple ``theta`` holds (leaves
+        in ``theta`` (from [`values`][stochgrad.estimators.base.Tuned.values]), or in the consecutive pieces of it that a tuple ``theta`` holds (leaves
         of their own: no gradient is scattered back into a full-size ``theta`` per piece; a piece that does not require
         grad takes a zero gradient this step)."""
         per_example = grad.square().flatten(grad.dim() - event_dims).sum(-1)
@@ -341,7 +341,7 @@ class Tuned(Estimator, ResizableBuffers):
         over ranks, guarded: the step is taken on copies of the state and kept only where the gradient, ``theta`` and
         both moments come out finite (a NaN/inf gradient, a moment that overflows, a learning rate that sends ``theta``
         to inf); otherwise nothing changes, bitwise. One form on every device: the verdict is read on the host where
-        that is free (the CPU), else reported by a later call (:class:`~stochgrad.guard.Verdict`)."""
+        that is free (the CPU), else reported by a later call ([`Verdict`][stochgrad.guard.Verdict])."""
         if self.dropped:   # (check_losses: a skipped call, known on the host)
             return
         g = mean_over_ranks(g.to(self.theta.dtype), count)
@@ -353,7 +353,7 @@ class Tuned(Estimator, ResizableBuffers):
         self.verdict.report(ok, TUNING)
 
     def get_extra_state(self):
-        """The state's meaning (:meth:`state_meaning`) and the call counter (which calls tune) travel with
+        """The state's meaning ([`state_meaning`][stochgrad.estimators.base.Estimator.state_meaning]) and the call counter (which calls tune) travel with
         ``state_dict``."""
         return {**self.state_meaning(), "calls": self._calls}
 

@@ -5,7 +5,7 @@ Dimitriev & Zhou, NeurIPS 2021 (arXiv 2110.14002), official code alekdimi/carms 
 
 **Coupling** (paper §3, "CARMS-I"). Per unit, the ``S`` samples share one uniform from the Dirichlet
 copula each (``d ~ Dir(1, …, 1)``, ``u_s = (1 − d_s)^{S−1}``: each ``u_s ~ U[0, 1)``, the set mutually
-antithetic; the same copula as :mod:`.arms`) and one ordering ``π`` of the ``K`` classes, drawn
+antithetic; the same copula as [`arms`][stochgrad.estimators.arms]) and one ordering ``π`` of the ``K`` classes, drawn
 uniformly from the ``K(K−1)/2`` orderings that put one pair of classes at the two ends (the less
 probable first, as ARMS puts the rarer value where the copula spreads the samples; the others between
 in index order); class ``c`` is sample ``s`` iff ``u_s``
@@ -27,7 +27,7 @@ every pair of distinct classes because some ordering puts them at the two ends, 
 reaches them (and same-class pairs have mean zero: ``f(z_i) − f(z_j)`` then has mean zero). A constant
 added to ``f`` cancels in ``f(z_i) − f(z_j)``. With independent samples ``w = 1`` and this is
 ``reinforce_loo``. K = 2 (one ordering): the weight of a pair of different classes is ARMS's factor
-``p(1 − p)/(q − C(q, q))`` (:mod:`.arms`, test); same-class pairs get ``p_c²/q(c, c)`` where ARMS keeps
+``p(1 − p)/(q − C(q, q))`` ([`arms`][stochgrad.estimators.arms], test); same-class pairs get ``p_c²/q(c, c)`` where ARMS keeps
 that factor (both unbiased), so the two differ there.
 
 **Differences from the official code** (each would bias it): no clipping of ``w`` to [0.01, 10] and
@@ -70,7 +70,7 @@ def lower_edges(p: Tensor, c: Tensor, a: Tensor, b: Tensor) -> Tensor:
     """``L_c(π)``: the probability stacked below class ``c`` in ordering ``π = (a, b)``.
 
     ``p`` ``(*batch, n, K)``; ``c`` class indices ``(..., *batch, n, 1)``; ``a``, ``b`` ``(P,)`` →
-    ``(..., *batch, n, P)``. :func:`ends` are first and last, the others between in index order.
+    ``(..., *batch, n, P)``. [`ends`][stochgrad.estimators.carms.ends] are first and last, the others between in index order.
     """
     first, last = ends(p, a, b)
     pa, pb = p[..., a], p[..., b]                                         # (*batch, n, P)

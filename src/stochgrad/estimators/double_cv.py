@@ -12,7 +12,7 @@ expectation is added back in closed form (``E[(b − p)(b − p)ᵀ] = diag p(1 
 official code, thjashin/double-cv). Every term added has mean zero: ``c_j``'s factor ``b_j − p`` is
 independent of the other samples, and ``c_k``'s mean is ``α·E[ḡ] ⊙ p(1 − p)``. So the estimate is
 unbiased for every ``α``; ``α`` starts at 0 (plain ``reinforce_loo``) and is tuned online to minimise
-the variance (:class:`~stochgrad.estimators.base.Tuned`). Costs ``K`` evaluations of ``f`` and one
+the variance ([`Tuned`][stochgrad.estimators.base.Tuned]). Costs ``K`` evaluations of ``f`` and one
 backward pass through ``f`` to the samples (for the slopes; an ``f`` not differentiable in ``b``
 gives zero slopes, and the estimator is then ``reinforce_loo``).
 """
@@ -51,9 +51,9 @@ def double_cv_gradient(b: Tensor, probs: Tensor, losses: Tensor, slopes: Tensor,
 
 class SlopeControlVariate(Tuned):
     """Shared by ``double_cv`` and ``rodeo``: ``K`` Bernoulli samples, their losses and slopes
-    (:func:`loss_and_slope`), a control-variate gradient built on leave-one-out (:meth:`gradient`, the only
+    ([`loss_and_slope`][stochgrad.estimators.double_cv.loss_and_slope]), a control-variate gradient built on leave-one-out ([`gradient`][stochgrad.estimators.double_cv.SlopeControlVariate.gradient], the only
     part that differs) from the tuned values ``theta``, and the tuning step on its variance
-    (:class:`~stochgrad.estimators.base.Tuned`)."""
+    ([`Tuned`][stochgrad.estimators.base.Tuned])."""
 
     min_samples = 2
     cost = "S + backward"

@@ -2,7 +2,7 @@
 
 The straight-through Gumbel gradient ``∂f/∂h · ∂ soften(a + G)/∂a`` (noise ``G`` held fixed) is averaged
 over ``draws`` samples of the noise *conditioned on the sampled* ``h`` (Paulus et al. 2021, Eq. 9 and
-Alg. 2; the conditional Gumbel/logistic of :mod:`stochgrad.distributions`). Its mean is that of
+Alg. 2; the conditional Gumbel/logistic of [`stochgrad.distributions`][stochgrad.distributions]). Its mean is that of
 ``gumbel_st`` exactly (``E[∇_GST | h]`` has the same mean by the tower rule) and its variance is no
 larger (Rao-Blackwell). Biased like ``gumbel_st``; one evaluation of ``f`` per sample.
 """

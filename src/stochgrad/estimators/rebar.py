@@ -15,8 +15,8 @@ sample, its output layer starting at zero so that it starts as REBAR). Because `
 step on ``mean ‖ĝ‖²`` (Grathwohl et al. Alg. 2 tune every step). Three evaluations of ``f`` per sample: at ``b``, and
 at ``σ_λ(z)``, ``σ_λ(z̃)`` stacked into one call.
 
-:meth:`REBAR.estimate` is this formula, for both distributions, by autograd. For Bernoulli units a faster form of the
-same computation lives beside it (:mod:`stochgrad.estimators.rebar_hand`: ``∂z̃/∂a`` in closed form and the chain
+[`REBAR.estimate`][stochgrad.estimators.rebar.REBAR.estimate] is this formula, for both distributions, by autograd. For Bernoulli units a faster form of the
+same computation lives beside it ([`stochgrad.estimators.rebar_hand`][stochgrad.estimators.rebar_hand]: ``∂z̃/∂a`` in closed form and the chain
 rule written out, one backward pass through ``f`` instead of autograd through the conditional sample's graph); it is
 tested equal to this one (same estimate, same tuning step) and taken when ``hand=True`` (the default).
 
@@ -26,7 +26,7 @@ moments carry ``log λ`` on). The defaults tune as far per call as one step per 
 call at ``8e-2``, RELAX every 4th at ``4e-2`` with the temperature every 2nd step (tests/test_modern.py compares the
 variance after tuning with every-call tuning).
 
-The tuned values are estimator state (:class:`~stochgrad.estimators.base.Tuned`): one buffer ``theta`` =
+The tuned values are estimator state ([`Tuned`][stochgrad.estimators.base.Tuned]): one buffer ``theta`` =
 ``[η, log λ, ρ]`` with Adam's moments, out of a user's ``model.parameters()``, resumed exactly by ``state_dict``,
 averaged over ranks, guarded against NaN/inf.
 """
@@ -59,7 +59,7 @@ class REBAR(Tuned):
         lr: Adam's learning rate.
         tune_every: training calls per tuning step.
         temperature_every: the temperature's (second-order) gradient on every that-many-th tuning step.
-        hand: Bernoulli units by the hand-chained form (:mod:`~stochgrad.estimators.rebar_hand`), the same numbers.
+        hand: Bernoulli units by the hand-chained form ([`rebar_hand`][stochgrad.estimators.rebar_hand]), the same numbers.
     """
 
     name = "rebar"
@@ -95,7 +95,7 @@ class REBAR(Tuned):
         return [1, 1]
 
     def pieces(self, tuning: bool, temperature: bool = True) -> tuple[Tensor, ...]:
-        """``theta`` split by :meth:`sizes` (detached); on a tuning call, leaves that require grad (``log λ`` only if
+        """``theta`` split by [`sizes`][stochgrad.estimators.rebar.REBAR.sizes] (detached); on a tuning call, leaves that require grad (``log λ`` only if
         ``temperature``: a step that leaves its gradient 0)."""
         parts = self.theta.detach().split(self.sizes())
         if not tuning:
@@ -168,7 +168,7 @@ class RELAX(REBAR):
     all tuned online. Unbiased; 3 evaluations per sample.
 
     Args:
-        hidden: the network's width (``units → hidden → 1``, tanh); the rest as :class:`REBAR`.
+        hidden: the network's width (``units → hidden → 1``, tanh); the rest as [`REBAR`][stochgrad.estimators.rebar.REBAR].
     """
 
     name = "relax"

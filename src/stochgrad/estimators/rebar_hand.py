@@ -1,13 +1,13 @@
-"""REBAR and RELAX on Bernoulli units, chained by hand: the same numbers as :meth:`REBAR.formula
-<stochgrad.estimators.rebar.REBAR.formula>` (Grathwohl et al. 2018, Eq. 6; tests/test_modern.py compares the estimate
+"""REBAR and RELAX on Bernoulli units, chained by hand: the same numbers as
+[`REBAR.formula`][stochgrad.estimators.rebar.REBAR.formula] (Grathwohl et al. 2018, Eq. 6; tests/test_modern.py compares the estimate
 and the tuning step), about twice as fast at a thousand units.
 
 Where the formula lets autograd differentiate through the conditional sample's graph, this form runs one backward
 pass through ``f`` alone, to the relaxed points ``σ([z, z̃]/λ)``, and chains the rest by hand: ``∂z/∂a = 1``,
-``∂z̃/∂a`` in closed form (:meth:`~stochgrad.distributions.Bernoulli.conditional_and_slope`),
+``∂z̃/∂a`` in closed form ([`conditional_and_slope`][stochgrad.distributions.Bernoulli.conditional_and_slope]),
 ``∂σ(x/λ)/∂x = σ(1 − σ)/λ``, and RELAX's network ``r = w2·tanh(W1 σ + b1) + b2`` differentiated by hand
-(:func:`network_backward`). On a tuning call the step's gradient ``∂ mean‖ĝ‖²/∂(η, log λ, ρ)`` is written out too
-(:func:`tuning_gradient`): ``η`` and ``ρ`` need no second-order pass through ``f``, ``log λ`` one Hessian-vector
+([`network_backward`][stochgrad.estimators.rebar_hand.network_backward]). On a tuning call the step's gradient ``∂ mean‖ĝ‖²/∂(η, log λ, ρ)`` is written out too
+([`tuning_gradient`][stochgrad.estimators.rebar_hand.tuning_gradient]): ``η`` and ``ρ`` need no second-order pass through ``f``, ``log λ`` one Hessian-vector
 product. Intermediates of our own are overwritten in place where nothing reads them again.
 """
 from __future__ import annotations
@@ -43,14 +43,14 @@ def _dot(x: Tensor, y: Tensor) -> Tensor:
 
 def constants(est, parts: tuple) -> tuple:
     """What the chain reads of ``theta``'s pieces: ``(η, 1/λ, η/λ, 1)`` (0-dim tensors in ``theta``'s dtype and device:
-    no Python number enters an op), then, for RELAX, its network's (:func:`relax_constants`)."""
+    no Python number enters an op), then, for RELAX, its network's ([`relax_constants`][stochgrad.estimators.rebar_hand.relax_constants])."""
     eta, inv_lam = parts[0].view(()), parts[1].view(()).neg().exp()
     k = (eta, inv_lam, eta * inv_lam, eta.new_ones(()))
     return relax_constants(est, parts, k) if len(parts) > 2 else k
 
 
 def relax_constants(est, parts, k):
-    """REBAR's, then the network's in the form :func:`network` reads: ``tanh(x) = 2σ(2x) − 1`` (σ is several times
+    """REBAR's, then the network's in the form [`network`][stochgrad.estimators.rebar_hand.network] reads: ``tanh(x) = 2σ(2x) − 1`` (σ is several times
     faster than tanh on a CPU), so ``2W1`` (and its transpose), ``2b1`` (column, row), ``2w2``, ``b2 − Σw2``, ``4w2``
     (column, row), ``W1/λ`` (and its transpose)."""
     w1, b1, w2, b2 = parts[2:]
@@ -64,9 +64,9 @@ def relax_constants(est, parts, k):
 def estimate(est, f, a0: Tensor, u: Tensor, v: Tensor, samples: int, tuning: bool, temperature: bool = True):
     """Bernoulli units: ``∂_a c`` by one backward pass through ``f`` alone, to the relaxed points
     ``σ([z, z̃]/λ)``, chained by hand: ``∂z/∂a = 1``, ``∂z̃/∂a`` in closed form
-    (:meth:`~stochgrad.distributions.Bernoulli.conditional_and_slope`), ``∂σ(x/λ)/∂x = σ(1 − σ)/λ``, and RELAX's
-    network differentiated by hand (:func:`network`). Returns ``(ĝ, f(b), ∂ mean‖ĝ‖²/∂theta on a tuning call
-    (:func:`tuning_gradient`; without the temperature's gradient unless ``temperature``: no graph of ``∂f``, no
+    ([`conditional_and_slope`][stochgrad.distributions.Bernoulli.conditional_and_slope]), ``∂σ(x/λ)/∂x = σ(1 − σ)/λ``, and RELAX's
+    network differentiated by hand ([`network`][stochgrad.estimators.rebar_hand.network]). Returns ``(ĝ, f(b), ∂ mean‖ĝ‖²/∂theta on a tuning call
+    ([`tuning_gradient`][stochgrad.estimators.rebar_hand.tuning_gradient]; without the temperature's gradient unless ``temperature``: no graph of ``∂f``, no
     Hessian-vector product) else None)``. Intermediates of our own are overwritten in place where nothing reads
     them again (fewer full-size temporaries); ``u`` and ``v`` are the caller's fresh noise."""
     p = torch.sigmoid(a0)
@@ -101,11 +101,11 @@ def estimate(est, f, a0: Tensor, u: Tensor, v: Tensor, samples: int, tuning: boo
     return grad, f_b, tuning_gradient(est, grad, score, neg_slope, x, soft, d_f, d_x, c, k, saved, samples)
 
 def tuning_gradient(est, grad, score, neg_slope, x, soft, d_f, d_x, c, k, saved, samples) -> Tensor:
-    """``∂ mean‖ĝ‖²/∂(η, log λ, ρ)`` for :func:`estimate`'s ĝ, by hand (the reverse pass that autograd's double
+    """``∂ mean‖ĝ‖²/∂(η, log λ, ρ)`` for [`estimate`][stochgrad.estimators.rebar_hand.estimate]'s ĝ, by hand (the reverse pass that autograd's double
     backward through the whole formula took, Grathwohl et al. Alg. 2): ``η`` enters linearly given ``f`` and
-    ``∂f``, ``ρ`` only through the network (:func:`network_backward`); only ``log λ`` moves the relaxed points
+    ``∂f``, ``ρ`` only through the network ([`network_backward`][stochgrad.estimators.rebar_hand.network_backward]); only ``log λ`` moves the relaxed points
     ``σ(x/λ)``, so only it needs ``∂f``'s derivative: one Hessian-vector product through ``f``. ``x`` ``None``: a
-    step without the temperature (:meth:`~stochgrad.estimators.rebar.REBAR.tunes_temperature`), whose gradient is then 0 and none of its terms is
+    step without the temperature ([`tunes_temperature`][stochgrad.estimators.rebar.REBAR.tunes_temperature]), whose gradient is then 0 and none of its terms is
     computed.
 
     With ``W = ∂L/∂(∂c/∂x)`` (``[G, G·(−∂z̃/∂a)]``, ``G = ∂L/∂ĝ``), ``A = W·σ'``, ``γ = ∂L/∂c(z̃) = −⟨G, b − σ(a)⟩``,
@@ -150,7 +150,7 @@ def tuning_gradient(est, grad, score, neg_slope, x, soft, d_f, d_x, c, k, saved,
 def network(est, soft, k, slope):
     """RELAX's ``r`` and its slope (REBAR: ``(None, None, None)``). ``r(σ) = w2·tanh(W1 σ + b1) + b2`` and, if ``slope``, ``∂r/∂σ / λ = (W1/λ)ᵀ (w2 ⊙ (1 − tanh²))``, by hand, with
     ``tanh(x) = 2g − 1``, ``g = σ(2x)``, ``1 − tanh² = 4g(1 − g)``. Many rows (``m > n``): the hidden layer is
-    computed ``(hidden, m)`` (:func:`_rows`)."""
+    computed ``(hidden, m)`` (`_rows`)."""
     if len(k) == 4:
         return None, None, None
     w1_2, w1_2t, b1_2c, b1_2r, w2_2, b2_eff, w2_4c, w2_4r, w1_lam, w1_lam_t = k[4:]
@@ -170,7 +170,7 @@ def network(est, soft, k, slope):
     return r, (y @ w1_lam).view(soft.shape), (flat, g, y, False)
 
 def network_backward(est, saved, k, up_slope, up_value, soft_grad=True):
-    """RELAX (REBAR: ``(None, [])``). The reverse pass of :func:`network` by hand (``h = tanh(W1 σ + b1)``, ``y = w2 ⊙ (1 − h²)``,
+    """RELAX (REBAR: ``(None, [])``). The reverse pass of [`network`][stochgrad.estimators.rebar_hand.network] by hand (``h = tanh(W1 σ + b1)``, ``y = w2 ⊙ (1 − h²)``,
     ``r = w2·h + b2``, ``∂r/∂σ / λ = y W1/λ``): with ``P = (W1/λ) A`` for the upstream ``A`` of the slope and ``γ``
     of ``r`` (second half of the rows), ``∂pre = y ⊙ (γ − 2 h P)``, ``∂W1 = ∂preᵀσ + yᵀA/λ``, ``∂b1 = Σ ∂pre``,
     ``∂w2 = Σ P ⊙ (1 − h²) + hᵀγ``, ``∂b2 = Σ γ``, ``∂σ = ∂pre W1``. ``up_value`` is ``−γ``; in ``g = (1 + h)/2``."""

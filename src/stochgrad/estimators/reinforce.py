@@ -1,6 +1,6 @@
 """The seed's unbiased estimator and its centred forms: ``(h − σ(a))·(L − c)``, Theorem 1 and Corollary 1.
 
-One formula (:meth:`ScoreFunction.score_gradient`), four baselines from :mod:`stochgrad.baselines`.
+One formula ([`ScoreFunction.score_gradient`][stochgrad.estimators.base.ScoreFunction.score_gradient]), four baselines from [`stochgrad.baselines`][stochgrad.baselines].
 """
 from __future__ import annotations
 

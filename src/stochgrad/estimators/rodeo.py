@@ -16,7 +16,7 @@ The first control variate sits in the leave-one-out baseline, the second is the 
 applied to ``h¹(y)·∇_a log q(y) = h¹(y)(y − p)``. Each has mean zero given the other samples, since
 the surrogate of sample ``j`` does not depend on ``b_j``: the estimate is unbiased for every
 ``(α, β, network)``, starts as ``reinforce_loo`` (``α = β = 0``) and is tuned online to minimise its
-variance (:class:`~stochgrad.estimators.base.Tuned`), as the paper does (checked against the official
+variance ([`Tuned`][stochgrad.estimators.base.Tuned]), as the paper does (checked against the official
 code, thjashin/rodeo, its ``discrete_stein_avg`` estimator; the network is the paper's: two affine
 maps of the inputs summed, LeakyReLU(0.3), affine to 2 outputs). Costs ``K`` evaluations of ``f``, one
 backward pass through ``f`` for the slopes, and ``K(n + 1)`` evaluations of the small network.
@@ -39,7 +39,7 @@ def surrogate_size(hidden: int) -> int:
 
 def stein_surrogate(weights: Tensor, t: Tensor, level: Tensor) -> Tensor:
     """``(t, f̄) ↦ (h⁰, h¹)``: ``t``, ``f̄`` of any shape ``s`` (broadcastable) to ``(*s, 2)``; ``weights``: the
-    network's :func:`surrogate_size` values, ``[w_t, b_t, w_f, b_f]`` (``hidden`` each), ``W_out`` (``2·hidden``),
+    network's [`surrogate_size`][stochgrad.estimators.rodeo.surrogate_size] values, ``[w_t, b_t, w_f, b_f]`` (``hidden`` each), ``W_out`` (``2·hidden``),
     ``b_out`` (2) — the paper's: two affine maps of the inputs summed, LeakyReLU(0.3), affine to 2 outputs."""
     h = (weights.numel() - 2) // 6
     w_t, b_t, w_f, b_f = weights[:4 * h].view(4, h)
@@ -73,8 +73,8 @@ class RODEO(SlopeControlVariate):
     learned surrogate of ``f`` built from the other samples (module docstring). Unbiased;
     ``samples >= 2`` and a backward pass to ``b``.
 
-    Tuned values (:class:`~stochgrad.estimators.base.Tuned`): ``theta = [α, β, network]``, ``α = β = 0`` at
-    first (``reinforce_loo``); the network (:func:`stein_surrogate`) is initialised like PyTorch's
+    Tuned values ([`Tuned`][stochgrad.estimators.base.Tuned]): ``theta = [α, β, network]``, ``α = β = 0`` at
+    first (``reinforce_loo``); the network ([`stein_surrogate`][stochgrad.estimators.rodeo.stein_surrogate]) is initialised like PyTorch's
     ``nn.Linear`` from the first call's generator.
 
     Args:

@@ -46,7 +46,7 @@ class StraightThrough(Estimator):
 
 
 class StraightThroughSigmoid(StraightThrough):
-    """``straight_through_sigmoid``: as :class:`StraightThrough`, the backward pass scaled by ``σ′(a)``.
+    """``straight_through_sigmoid``: as [`StraightThrough`][stochgrad.estimators.straight_through.StraightThrough], the backward pass scaled by ``σ′(a)``.
     Biased: its mean is ``E[∂f/∂b]·σ′(a)``.
     """
 

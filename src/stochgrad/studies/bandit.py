@@ -1,6 +1,6 @@
 """``stochgrad train bandit``: the 6-bit multiplexer as a contextual bandit, learned by a network of
 stochastic binary neurons from a broadcast reward alone (``local=True``: no back-propagation), with the
-reward delivered ``k`` steps after the decisions (:class:`stochgrad.DelayedBroadcast`).
+reward delivered ``k`` steps after the decisions ([`stochgrad.DelayedBroadcast`][stochgrad.graph.DelayedBroadcast]).
 
 Context: 2 address bits and 4 data bits; action: one stochastic binary output; reward 1 when the
 action equals the addressed data bit, else 0 (the optimal policy earns 1). Network
@@ -38,8 +38,8 @@ def multiplexer(batch: int, generator) -> tuple[torch.Tensor, torch.Tensor]:
 
 @dataclass
 class BanditConfig(RunConfig):
-    """The bandit study's settings (and those of every trainer: :class:`~stochgrad.studies.training.RunConfig`),
-    checked when built and when training starts (:mod:`stochgrad.options`)."""
+    """The bandit study's settings (and those of every trainer: [`RunConfig`][stochgrad.studies.training.RunConfig]),
+    checked when built and when training starts ([`stochgrad.options`][stochgrad.options])."""
 
     OPTIONS = {"estimator": choice(*ESTIMATORS, words="one of the estimators that learn from the reward alone"),
                "delay": NON_NEGATIVE, "hidden": POSITIVE}

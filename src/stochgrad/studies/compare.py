@@ -4,18 +4,18 @@ number of independent noise sources (the question the paper's §5 leaves open), 
 Parts, all against exact gradients, each for the Bernoulli units and for the categorical ones (the estimators
 that support them):
 
-1. **Problems** (:func:`stochgrad.problems.suite`, :func:`~stochgrad.problems.categorical_suite`): bias with
+1. **Problems** ([`stochgrad.problems.suite`][stochgrad.problems.suite], [`categorical_suite`][stochgrad.problems.categorical_suite]): bias with
    its standard error, variance, MSE, f-evaluations, wall time per estimate, efficiency
    ``1 / (variance × time)``.
 2. **Scaling**: relative variance ``Σ_i Var(ĝ_i) / ‖∇‖²`` against the number of units (Bernoulli: ``D`` = 1 …
    1024; categorical: ``n`` units of ``K = 10`` classes, and ``K`` classes of ``n = 8`` units) on two losses whose
-   expectation has a closed form (:func:`scaling_losses`), a fitted exponent per estimator and loss.
+   expectation has a closed form ([`scaling_losses`][stochgrad.studies.compare.scaling_losses]), a fitted exponent per estimator and loss.
 3. **Race** (Bernoulli): Adam on the logits from the same start, the exact expected loss against steps and time.
 
 **Cost-aware sizes.** The estimators' costs per estimate differ by three orders of magnitude
-(:data:`RELATIVE_COST`), so each measurement gets at most :attr:`Config.budget` units of work (estimates ×
+([`RELATIVE_COST`][stochgrad.studies.compare.RELATIVE_COST]), so each measurement gets at most [`Config.budget`][stochgrad.studies.compare.Config.budget] units of work (estimates ×
 units × relative cost): the cheap estimators get every estimate asked for, an expensive one fewer, and a
-scaling point that would leave it fewer than :attr:`Config.min_estimates` is not measured (with the default
+scaling point that would leave it fewer than [`Config.min_estimates`][stochgrad.studies.compare.Config.min_estimates] is not measured (with the default
 budget ``rodeo`` and ``auto`` stop at D = 256). ``report.md`` lists every such limit. The full study takes
 about 4 minutes on one core of a 2-core machine (``--quick``: under a minute).
 
@@ -35,7 +35,7 @@ Outputs ``report.md``, ``results.json``, ``results_categorical.json``, ``timings
 - ``timings.json``: what the clock and the moment decide, shaped like the results it belongs to: time per
   estimate (median, range, all repeats), efficiency ``1 / (variance × time)`` with its range, the race's
   clock, the efficiency findings, the wall time and the full environment with its date and the machine's
-  load (:data:`CLOCK_KEYS`; ``"categorical"`` holds the categorical part's timings).
+  load ([`CLOCK_KEYS`][stochgrad.studies.compare.CLOCK_KEYS]; ``"categorical"`` holds the categorical part's timings).
 """
 from __future__ import annotations
 
@@ -62,24 +62,24 @@ from .compare_report import (fit_exponent, growth, growth_class, quick_vs_full, 
 
 #: Time of one estimate per unit (per class, for categorical units), relative to ``reinforce``'s, measured in this
 #: study on a 2-core machine with one thread (state warmed up; ``auto`` with its measuring calls); 1 for the
-#: estimators not named. It sizes the expensive estimators' measurements (:attr:`Config.budget`) and weighs the
+#: estimators not named. It sizes the expensive estimators' measurements (`Config.budget`) and weighs the
 #: progress bar's ETA. ``finite_difference`` evaluates f twice per unit, so its cost grows with the units too
-#: (:func:`relative_cost`).
+#: (`relative_cost`).
 RELATIVE_COST = {"learned": 3, "rebar": 4, "relax": 4, "spsa": 1.5, "node_perturbation": 2, "gumbel_rao": 50,
                  "reinmax": 8, "carms": 40, "arms": 2, "double_cv": 3, "rodeo": 150, "auto": 40}
 
 
 def relative_cost(name: str, units: int) -> float:
-    """:data:`RELATIVE_COST` of ``name`` at ``units`` units (``finite_difference``: ``2·units``)."""
+    """[`RELATIVE_COST`][stochgrad.studies.compare.RELATIVE_COST] of ``name`` at ``units`` units (``finite_difference``: ``2·units``)."""
     return 2.0 * units if name == "finite_difference" else float(RELATIVE_COST.get(name, 1))
 
 
 @dataclass
 class Config(Options):
-    """The study's sizes (:meth:`make` fills in the quick or the full run's), checked when built and when
-    :func:`run` starts (:mod:`stochgrad.options`).
+    """The study's sizes ([`make`][stochgrad.studies.compare.Config.make] fills in the quick or the full run's), checked when built and when
+    [`run`][stochgrad.studies.compare.run] starts ([`stochgrad.options`][stochgrad.options]).
 
-    ``budget``: the most work one measurement may take, in estimates × units × :func:`relative_cost`;
+    ``budget``: the most work one measurement may take, in estimates × units × [`relative_cost`][stochgrad.studies.compare.relative_cost];
     ``min_estimates``: a scaling point that the budget leaves fewer estimates than this is not measured.
     ``call_elements``: estimates × units × relative cost per call (the memory of one call).
     """
@@ -160,7 +160,7 @@ def names_for(cfg: Config, distribution: str) -> list[str]:
 # ---- sizes ------------------------------------------------------------------------------------------
 def sizes(cfg: Config, name: str, elements: int, wanted: int, minimum: int = 2) -> tuple[int, int] | None:
     """``(estimates, per call)`` for one measurement of ``name`` on ``elements`` units (× classes): at most
-    ``wanted`` estimates and :attr:`Config.budget` units of work; ``None`` when that leaves fewer than ``minimum``."""
+    ``wanted`` estimates and [`Config.budget`][stochgrad.studies.compare.Config.budget] units of work; ``None`` when that leaves fewer than ``minimum``."""
     cost = relative_cost(name, elements) * elements
     n = min(wanted, int(cfg.budget // cost))
     if n < minimum:
@@ -175,7 +175,7 @@ def _dist(p):
 
 
 def suite(cfg: Config, distribution: str):
-    """The problems of ``distribution`` with exact gradients (:mod:`stochgrad.problems`)."""
+    """The problems of ``distribution`` with exact gradients ([`stochgrad.problems`][stochgrad.problems])."""
     return P.suite(device=cfg.device) if distribution == "bernoulli" else P.categorical_suite(device=cfg.device)
 
 
@@ -321,7 +321,7 @@ WARMUP_BATCH = 100           # replicas per warm-up call (at most)
 
 def scaling_point(cfg: Config, name: str, distribution: str, axis: str, loss: str, x: int, salt: int) -> dict | None:
     """Relative variance of ``name`` at one point of a scaling axis: ``{"relative_variance", "estimates",
-    "evaluations"}``, or ``None`` when its cost leaves too few estimates (:func:`sizes`) or ``exact`` cannot
+    "evaluations"}``, or ``None`` when its cost leaves too few estimates ([`sizes`][stochgrad.studies.compare.sizes]) or ``exact`` cannot
     enumerate it."""
     letter, _, make_logits, classes, _ = AXES[distribution][axis]
     a = make_logits(x, torch.float64, cfg.device)
@@ -410,7 +410,7 @@ def _call_cost(name: str, elements: int, estimates: int, batch: int, calls_extra
 
 
 def plan(cfg: Config) -> list[Task]:
-    """Every task of the study, in the order they run (:data:`PARTS`)."""
+    """Every task of the study, in the order they run ([`PARTS`][stochgrad.studies.compare.PARTS])."""
     tasks: list[Task] = []
     for distribution, part in (("bernoulli", "problems"), ("categorical", "categorical")):
         names = names_for(cfg, distribution)
@@ -491,7 +491,7 @@ def _problems(cfg, done, distribution) -> dict:
 
 def assemble(cfg: Config, done: dict, env: dict) -> tuple[dict, dict]:
     """``(results, categorical)`` from the finished tasks ``done`` (any subset), in the shape of ``results.json``
-    and ``results_categorical.json`` (with their timings: :func:`split_clock` separates them)."""
+    and ``results_categorical.json`` (with their timings: [`split_clock`][stochgrad.studies.compare.split_clock] separates them)."""
     names = names_for(cfg, "bernoulli")
     problems = _problems(cfg, done, "bernoulli")
     estimators = {}
@@ -633,7 +633,7 @@ def run(cfg: Config, out_dir: str, progress: bool = True, resume: bool = False, 
     """Runs the study (or with ``resume`` what an interrupted run left) and writes ``report.md``, the JSON files
     and the plots to ``out_dir``, after each part; returns the results with their timings and categorical part
     (``results["categorical"]``), as ``report.md`` shows them. ``force``: replace an earlier run's outputs.
-    Raises :class:`RunError` when the folder holds an earlier run (without ``resume`` or ``force``) or a
+    Raises [`RunError`][stochgrad.studies.compare.RunError] when the folder holds an earlier run (without ``resume`` or ``force``) or a
     checkpoint of other settings."""
     from tqdm import tqdm
 

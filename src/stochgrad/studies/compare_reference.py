@@ -31,7 +31,7 @@ FULL_RUN_EXPONENTS: dict[str, dict[str, float]] = {
 
 
 def from_results(results: dict) -> dict[str, dict[str, float]]:
-    """The exponents of a full run's ``results.json``, in the shape of :data:`FULL_RUN_EXPONENTS`."""
+    """The exponents of a full run's ``results.json``, in the shape of [`FULL_RUN_EXPONENTS`][stochgrad.studies.compare_reference.FULL_RUN_EXPONENTS]."""
     if results["config"]["quick"]:
         raise ValueError("results: a reference must come from a full run, not --quick")
     return {n: {loss: round(s["exponent"], 3) for loss, s in e["scaling"].items()}

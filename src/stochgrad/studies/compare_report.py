@@ -3,8 +3,8 @@
 Every verdict compares estimators at **equal f-evaluations** (variance × f-evaluations per estimate: the
 variance of the mean of as many estimates as the same number of evaluations of ``f`` buys; ``auto``'s
 measuring calls count) or states the budget in the sentence; the per-second verdicts
-(:func:`timing_findings`) name the estimators within the noise of the winner. Works on results as
-:func:`stochgrad.studies.compare.assemble` builds them, finished or not: a part not yet measured is left out and
+([`timing_findings`][stochgrad.studies.compare_report.timing_findings]) name the estimators within the noise of the winner. Works on results as
+[`stochgrad.studies.compare.assemble`][stochgrad.studies.compare.assemble] builds them, finished or not: a part not yet measured is left out and
 listed.
 """
 from __future__ import annotations
@@ -78,7 +78,7 @@ def scaling_sentences(results) -> dict[str, list[str]]:
 
 
 def quick_vs_full(results) -> list[str]:
-    """Where a quick run's growth with D differs from the full run's (:mod:`.compare_reference`): another
+    """Where a quick run's growth with D differs from the full run's ([`compare_reference`][stochgrad.studies.compare_reference]): another
     class (flat, linear, quadratic, falling, other power) or exponents more than 0.35 apart."""
     lines, missing = [], []
     for n, e in results["estimators"].items():
@@ -154,7 +154,7 @@ def findings(results) -> list[str]:
     """The report's findings that the seed decides (kept in ``results.json``), per problem: the unbiased
     estimator of least variance at equal f-evaluations (and who is within 2 standard errors of it), ``auto``'s
     choice with its budget, the lowest MSE of one estimate with its budget, and whether every unbiased estimator
-    passed. The per-second ones: :func:`timing_findings`."""
+    passed. The per-second ones: [`timing_findings`][stochgrad.studies.compare_report.timing_findings]."""
     est = results["estimators"]
     lines = []
     for p in _problem_names(est):

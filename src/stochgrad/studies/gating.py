@@ -21,7 +21,7 @@ Sparsity as the paper does it: ``sparsity_weight · Σ_units KL(target ‖ ρ_j)
 mean probability of being open over the minibatch, for the sigmoid family; for rectifiers
 ``λ · mean_batch Σ_units h_j`` with ``λ`` adapted every step (multiplied by ``exp(0.01·(open − target) /
 target)``, starting at ``sparsity_weight · 1e-2``) until the fraction of non-zero gates sits at the target.
-Seed §2's firing-rate control (:class:`stochgrad.FiringRateControl`, a per-unit offset) is available with
+Seed §2's firing-rate control ([`stochgrad.FiringRateControl`][stochgrad.neurons.FiringRateControl], a per-unit offset) is available with
 ``rate_control=True`` but is off by default: its offset fights the gater and, measured on MNIST,
 turned straight-through's gates into input-independent 10% dropout.
 
@@ -32,7 +32,7 @@ are the validation split. After every epoch the test-time threshold is chosen on
 measured with deterministic gates; the best epoch's parameters are kept (early stopping, ``patience``
 epochs). The test set is used once, at the end, with the validation threshold. Beside the test error the
 summary reports what shows conditional computation: the fraction of gates open at test time, how
-input-dependent they are (:func:`input_dependence`), and the test error when each example is classified
+input-dependent they are ([`input_dependence`][stochgrad.studies.gating.input_dependence]), and the test error when each example is classified
 through the gates of another example (input-independent gates leave it unchanged).
 
 Sources and what is ours. The architecture, optimiser, batch, max-norm, the 100× smaller learning rate of
@@ -254,8 +254,8 @@ def kl_sparsity(rho: Tensor, target: float) -> Tensor:
 
 @dataclass
 class GatingConfig(DataRunConfig):
-    """The gating study's settings (and those of every trainer: :class:`~stochgrad.studies.training.RunConfig`),
-    checked when built and when training starts (:mod:`stochgrad.options`).
+    """The gating study's settings (and those of every trainer: [`RunConfig`][stochgrad.studies.training.RunConfig]),
+    checked when built and when training starts ([`stochgrad.options`][stochgrad.options]).
 
     The run ends at ``epochs`` epochs, at ``steps`` SGD steps (if given; the last epoch is then cut short and
     validated where it stops), after ``patience`` epochs without a better validation error, or after the epoch

@@ -83,8 +83,8 @@ def baseline_codes(train_x: Tensor, x: Tensor, bits: int, kind: str, generator=N
 
 @dataclass
 class HashingConfig(DataRunConfig):
-    """The hashing study's settings (and those of every trainer: :class:`~stochgrad.studies.training.RunConfig`),
-    checked when built and when training starts (:mod:`stochgrad.options`); whether the estimator works as a
+    """The hashing study's settings (and those of every trainer: [`RunConfig`][stochgrad.studies.training.RunConfig]),
+    checked when built and when training starts ([`stochgrad.options`][stochgrad.options]); whether the estimator works as a
     layer is the layer's to say."""
 
     OPTIONS = {"estimator": choice(*REGISTRY, words="a registered estimator"), "bits": POSITIVE, "queries": POSITIVE, "database": POSITIVE}

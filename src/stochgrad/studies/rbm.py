@@ -1,5 +1,5 @@
 """``stochgrad train rbm``: a Bernoulli–Bernoulli RBM on binarised images by CD-k or PCD, its update the
-reward correlation of seed §4.2 (:mod:`stochgrad.boltzmann`). At the end: the test log-likelihood
+reward correlation of seed §4.2 ([`stochgrad.boltzmann`][stochgrad.boltzmann]). At the end: the test log-likelihood
 (exact when a layer has ≤ 20 units, else AIS) and a grid of model samples."""
 from __future__ import annotations
 
@@ -25,8 +25,8 @@ IDENTITY = ("dataset", "hidden", "method", "k", "batch_size", "lr", "seed")
 
 @dataclass
 class RBMConfig(DataRunConfig):
-    """The RBM study's settings (and those of every trainer: :class:`~stochgrad.studies.training.RunConfig`),
-    checked when built and when training starts (:mod:`stochgrad.options`)."""
+    """The RBM study's settings (and those of every trainer: [`RunConfig`][stochgrad.studies.training.RunConfig]),
+    checked when built and when training starts ([`stochgrad.options`][stochgrad.options])."""
 
     OPTIONS = {"hidden": POSITIVE, "k": POSITIVE, "method": choice("cd", "pcd"), "ais_betas": integer(2),
                "ais_runs": integer(2)}

@@ -1,4 +1,4 @@
-"""What every ``stochgrad train ...`` command shares: one run configuration (:class:`RunConfig`: the settings and
+"""What every ``stochgrad train ...`` command shares: one run configuration ([`RunConfig`][stochgrad.studies.training.RunConfig]: the settings and
 flags every trainer takes), safe checkpoints (atomic, checksummed, loaded without unpickling code, tied to the
 run's configuration, their contents checked before use), a metrics CSV, distributed set-up under ``torchrun``,
 and the plot of the curves.
@@ -32,17 +32,18 @@ import torch
 import torch.distributed as dist
 
 from ..files import OutputError, atomic_file, remove_stale, save_figure_atomic, write_atomic
-from ..options import FOLDER, NON_NEGATIVE, NON_NEGATIVE_FLOAT, POSITIVE, POSITIVE_FLOAT, SEED, Options
+from ..data import DATASETS
+from ..options import FOLDER, NON_NEGATIVE, NON_NEGATIVE_FLOAT, POSITIVE, POSITIVE_FLOAT, SEED, Options, choice
 
 
 @dataclass
 class RunConfig(Options):
     """The settings every ``stochgrad train`` command takes (its flags of the same names), checked by the same
-    kinds (:mod:`stochgrad.options`). A trainer's configuration derives from it, adds its own fields and kinds
+    kinds ([`stochgrad.options`][stochgrad.options]). A trainer's configuration derives from it, adds its own fields and kinds
     (``OPTIONS`` merge along the classes) and may give these fields other defaults.
 
-    ``steps``: ``None`` is the trainer's :attr:`STEPS` on a fresh run, and on ``resume`` the checkpoint's own
-    target (:func:`open_run`): a resumed run finishes what it started unless told otherwise.
+    ``steps``: ``None`` is the trainer's [`STEPS`][stochgrad.studies.training.RunConfig.STEPS] on a fresh run, and on ``resume`` the checkpoint's own
+    target ([`open_run`][stochgrad.studies.training.open_run]): a resumed run finishes what it started unless told otherwise.
     """
 
     OPTIONS = {"seed": SEED, "out": FOLDER, "steps": POSITIVE, "batch_size": POSITIVE, "lr": POSITIVE_FLOAT,
@@ -66,8 +67,9 @@ class RunConfig(Options):
 
 @dataclass
 class DataRunConfig(RunConfig):
-    """A :class:`RunConfig` that trains on a dataset (:mod:`stochgrad.data`: mnist, fashion-mnist, digits)."""
+    """A [`RunConfig`][stochgrad.studies.training.RunConfig] that trains on a dataset ([`stochgrad.data`][stochgrad.data]: mnist, fashion-mnist, digits)."""
 
+    OPTIONS = {"dataset": choice(*DATASETS, words="one of the datasets")}
     dataset: str = "mnist"
 
 
@@ -152,9 +154,9 @@ def diverged(module: torch.nn.Module) -> str | None:
 
 
 def save_atomic(obj, path: str) -> None:
-    """``torch.save`` to memory, then to ``path`` by the one atomic writer (:mod:`stochgrad.files`): a kill
+    """``torch.save`` to memory, then to ``path`` by the one atomic writer ([`stochgrad.files`][stochgrad.files]): a kill
     mid-write leaves the previous file intact, never a truncated one. A failed write removes its temporary file
-    and raises :class:`CheckpointError` saying why in words ("no space left")."""
+    and raises [`CheckpointError`][stochgrad.studies.training.CheckpointError] saying why in words ("no space left")."""
     buf = io.BytesIO()
     torch.save(obj, buf)
     try:
@@ -166,7 +168,7 @@ def save_atomic(obj, path: str) -> None:
 
 def save_checkpoint(state: dict, path: str) -> None:
     """Writes a checkpoint (a dict with ``"step"``) atomically, with the SHA-256 of its contents beside
-    them (key ``"sha256"``). Raises :class:`NonFiniteError` naming the entry, and writes nothing, when
+    them (key ``"sha256"``). Raises [`NonFiniteError`][stochgrad.studies.training.NonFiniteError] naming the entry, and writes nothing, when
     any value is NaN or inf: a non-finite parameter is never checkpointed."""
     bad = first_non_finite(state)
     if bad is not None:
@@ -176,10 +178,10 @@ def save_checkpoint(state: dict, path: str) -> None:
 
 def load_checkpoint(path: str, config: dict | None = None, identity: tuple = (), force: bool = False,
                     defaults: dict | None = None) -> dict:
-    """Loads a checkpoint written by :func:`save_checkpoint`, with ``weights_only=True`` (no code is ever
+    """Loads a checkpoint written by [`save_checkpoint`][stochgrad.studies.training.save_checkpoint], with ``weights_only=True`` (no code is ever
     unpickled), and verifies its checksum. With ``config``, the entries named in ``identity`` must equal
     the stored configuration's, unless ``force``; a setting the stored configuration lacks (one added to
-    stochgrad after the checkpoint was written) counts as its value in ``defaults``. Every failure is a :class:`CheckpointError` naming the
+    stochgrad after the checkpoint was written) counts as its value in ``defaults``. Every failure is a [`CheckpointError`][stochgrad.studies.training.CheckpointError] naming the
     file; the file is left as it is."""
     if not os.path.exists(path):
         raise CheckpointError(f"no checkpoint to resume from at {path}")
@@ -223,7 +225,7 @@ RUN_FILES = ("checkpoint.pt", "metrics.csv", "summary.json", "curves.png", "samp
 def prepare_out(out: str, resume: bool, main: bool = True, name: str = "checkpoint.pt", force: bool = False) -> str:
     """Creates the output folder and returns the checkpoint's path in it. The main process also removes
     temporary files left by killed writers. A fresh run (``resume`` false) refuses a folder holding an earlier
-    run's outputs (:data:`RUN_FILES`) unless ``force``; forced, it moves the earlier checkpoint to
+    run's outputs ([`RUN_FILES`][stochgrad.studies.training.RUN_FILES]) unless ``force``; forced, it moves the earlier checkpoint to
     ``<name>.previous`` (an older ``.previous`` is kept as ``.previous.2``, ``.3``, …), so that a later
     ``--resume`` can never adopt it and no checkpoint is lost."""
     if os.path.exists(out) and not os.path.isdir(out):
@@ -253,18 +255,18 @@ def prepare_out(out: str, resume: bool, main: bool = True, name: str = "checkpoi
 
 
 def reason_words(err: OSError) -> str:
-    """Words for an ``OSError`` (:func:`stochgrad.files.reason`)."""
+    """Words for an ``OSError`` ([`stochgrad.files.reason`][stochgrad.files.reason])."""
     from ..files import reason
 
     return reason(err)
 
 
 def open_run(cfg: RunConfig, identity: tuple, main: bool = True) -> tuple[str, dict | None]:
-    """How every trainer starts: the output folder ``cfg.out`` (:func:`prepare_out`, ``cfg.force``) and its
+    """How every trainer starts: the output folder ``cfg.out`` ([`prepare_out`][stochgrad.studies.training.prepare_out], ``cfg.force``) and its
     checkpoint's path, and with ``cfg.resume`` the verified checkpoint, whose configuration must match ``cfg`` on
-    the ``identity`` fields unless ``cfg.force_resume`` (:func:`load_checkpoint`; a clear exit otherwise); ``None``
+    the ``identity`` fields unless ``cfg.force_resume`` ([`load_checkpoint`][stochgrad.studies.training.load_checkpoint]; a clear exit otherwise); ``None``
     on a fresh run. ``cfg.steps`` left ``None`` becomes the checkpoint's own target on a resumed run and the
-    trainer's :attr:`~RunConfig.STEPS` on a fresh one."""
+    trainer's [`STEPS`][stochgrad.studies.training.RunConfig.STEPS] on a fresh one."""
     path = prepare_out(cfg.out, cfg.resume, main, force=getattr(cfg, "force", False))
     state = None
     if cfg.resume:
@@ -318,17 +320,17 @@ def restoring(path: str):
 
 
 def counter(state: dict, key: str) -> int:
-    """``state[key]`` checked to be an integer >= 0 (a step, an epoch): inside :func:`restoring`."""
+    """``state[key]`` checked to be an integer >= 0 (a step, an epoch): inside [`restoring`][stochgrad.studies.training.restoring]."""
     return NON_NEGATIVE.check(state[key], key)
 
 
 def clock(state: dict, key: str = "seconds") -> float:
-    """``state[key]`` checked to be a finite number >= 0 (training time): inside :func:`restoring`."""
+    """``state[key]`` checked to be a finite number >= 0 (training time): inside [`restoring`][stochgrad.studies.training.restoring]."""
     return float(NON_NEGATIVE_FLOAT.check(state[key], key))
 
 
 def stop_if_diverged(model: torch.nn.Module, step: int, saved: int | None, bar=None) -> None:
-    """Stops the run, with the words every trainer uses, when a parameter of ``model`` diverged (:func:`diverged`)."""
+    """Stops the run, with the words every trainer uses, when a parameter of ``model`` diverged ([`diverged`][stochgrad.studies.training.diverged])."""
     bad = diverged(model)
     if bad is not None:
         stop_training(f"training diverged by step {step}: parameter {bad} (lower --lr)", saved, bar)
@@ -452,7 +454,7 @@ def datasets_or_fail(name: str):
 
 
 def save_figure(fig, axes, path: str, legend: bool = False, dpi: int = 110) -> None:
-    """Legend beside the last panel (if asked), tight layout, save atomically (:mod:`stochgrad.files`), close."""
+    """Legend beside the last panel (if asked), tight layout, save atomically ([`stochgrad.files`][stochgrad.files]), close."""
     import matplotlib.pyplot as plt
 
     if legend:

@@ -1,6 +1,6 @@
 """``stochgrad train vae``: the VAE benchmark, one model whose latent is a distribution.
 
-The latent layer is any :class:`~stochgrad.distributions.Distribution`: ``latent`` Bernoulli units (the
+The latent layer is any [`Distribution`][stochgrad.distributions.Distribution]: ``latent`` Bernoulli units (the
 binary VAE of the DisARM and RODEO papers) or ``latent`` categorical variables of ``categories`` classes
 (``--categories K``: the Gumbel-softmax and ReinMax papers' categorical VAE). The encoder emits the
 logits of ``q(h | x)`` in the distribution's event shape (``(latent,)`` or ``(latent, K)``), the decoder
@@ -34,7 +34,7 @@ encoder-gradient variance and ~1 nat lower ELBO at equal steps).
   ReLU and PyTorch's default initialisation; the MNIST intensities in [0, 1] as Bernoulli targets (not
   binarised: ``transforms.ToTensor()``), all 60,000 training images shuffled every epoch, batch 100, 160
   epochs (96,000 steps); the prior fixed uniform and ``KL(q ‖ uniform)`` exact (``signal="analytic_kl"``);
-  the optimiser, learning rate and temperature of the configuration's script (:data:`REINMAX_SCRIPTS`:
+  the optimiser, learning rate and temperature of the configuration's script ([`REINMAX_SCRIPTS`][stochgrad.studies.vae.REINMAX_SCRIPTS]:
   10 × 30 is RAdam, 5e-4, τ = 1.3; 8 × 16 is RAdam, 7e-4, τ = 1.5). The temperature goes to every
   estimator that takes one (``reinmax``, ``gumbel_st``, ``gumbel_rao``); ``straight_through`` back-propagates
   through ``softmax(a)`` (τ = 1). Reported as the code prints it: the training −ELBO averaged over the last
@@ -114,13 +114,13 @@ class VAE(nn.Module):
     Args:
         x_dim: pixels ``D``.
         latent: latent units (Bernoulli) or variables (categorical).
-        model: a key of :data:`MODELS` (``linear``, ``nonlinear``, ``relu_512_256``).
+        model: a key of [`MODELS`][stochgrad.studies.vae.MODELS] (``linear``, ``nonlinear``, ``relu_512_256``).
         hidden: the ``nonlinear`` model's width.
         pixel_mean: the data's pixel means (``demean``, ``bias_init``); 0.5 when not given.
         demean: the encoder sees ``x − pixel_mean`` (DisARM's ``--demean_input``).
         signed_latents: the decoder sees ``2h − 1`` instead of ``h`` (the same flag's effect on the decoder).
         bias_init: the decoder's output bias starts at ``logit(pixel_mean)`` (``--initialize_with_bias``).
-        distribution: ``"bernoulli"``, ``"categorical"`` or a :class:`~stochgrad.distributions.Distribution`.
+        distribution: ``"bernoulli"``, ``"categorical"`` or a [`Distribution`][stochgrad.distributions.Distribution].
         categories: classes ``K >= 2`` per categorical variable.
         init: ``"keras"`` (Xavier-uniform weights, zero biases, as the DisARM and RODEO code) or ``"torch"``
             (``nn.Linear``'s own, as the ReinMax code).
@@ -218,9 +218,9 @@ def takes_temperature(estimator: str) -> bool:
 
 @dataclass
 class VAEConfig(DataRunConfig):
-    """``None`` fields take the protocol's value (:data:`PROTOCOLS`); ``steps``, on a resumed run, the
-    checkpoint's own target. The settings every trainer shares: :class:`~stochgrad.studies.training.RunConfig`.
-    Checked when built and when training starts (:mod:`stochgrad.options`: ``OPTIONS``; ``samples`` at least the
+    """``None`` fields take the protocol's value ([`PROTOCOLS`][stochgrad.studies.vae.PROTOCOLS]); ``steps``, on a resumed run, the
+    checkpoint's own target. The settings every trainer shares: [`RunConfig`][stochgrad.studies.training.RunConfig].
+    Checked when built and when training starts ([`stochgrad.options`][stochgrad.options]: ``OPTIONS``; ``samples`` at least the
     estimator's minimum)."""
 
     OPTIONS = {"protocol": choice(*PROTOCOLS), "model": choice(*MODELS),
@@ -279,7 +279,7 @@ class VAEConfig(DataRunConfig):
                                                 f"{categories} x {latent}")
 
     def resolved(self) -> "VAEConfig":
-        """A copy with the protocol's values in the ``None`` fields; checks ``self`` first (:meth:`validate`:
+        """A copy with the protocol's values in the ``None`` fields; checks ``self`` first ([`validate`][stochgrad.options.Options.validate]:
         ``OptionError``, a ``ValueError``, on bad values)."""
         self.validate()
         p = PROTOCOLS[self.protocol]

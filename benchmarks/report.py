@@ -37,6 +37,11 @@ WHAT = {  # benchmark -> what it measures and which script does it
                      "(`benchmarks/compile_speed.py`).",
     "sync_check": "No host-device synchronisation on the happy path, checked under "
                   "`torch.cuda.set_sync_debug_mode('error')` (`benchmarks/device/sync_check.py`).",
+    "large_k": "Categorical units at vocabulary scale, logits `(rows, K)`: time and peak memory per gradient estimate "
+               "(forward + backward, a linear loss) of stochgrad's categorical estimators against "
+               "`F.gumbel_softmax(hard=True)` and the same estimators hand-written in plain torch, eager and "
+               "`torch.compile(fullgraph=True)`, and the full-size `(rows, K)` tensors each allocates "
+               "(`benchmarks/large_k.py`).",
     "vae_equal_steps": "The linear binary VAE under the DisARM protocol, stochgrad against a hand-written plain-torch "
                        "loop at equal steps (`benchmarks/vae_equal_steps.py`): gap = stochgrad − plain, nats.",
     "vae_plain_speed": "Time per VAE training step, stochgrad ÷ the plain-torch loop, in one process on the same "
@@ -158,6 +163,48 @@ def compile_speed(result):
         ["case", "compiled / eager", "eager ms per step", "compile s", "graphs", "graph breaks"], rows)
 
 
+def mib(nbytes) -> str:
+    if nbytes is None:
+        return "–"
+    m = nbytes / 2 ** 20
+    return f"{m:.1f}" if m < 10 else f"{m:.0f}"
+
+
+def large_k(result):
+    lines = []
+    for run in result["runs"].values():
+        settings = ", ".join(f"{k} {v}" for k, v in run["settings"].items())
+        lines += [f"{run['device']}, {run['dtype']}, {run['rounds']} rounds; {settings}. ms per estimate (median over "
+                  "rounds); peak MiB above the logits (CPU: the resident set, every block of 256 KiB or more mapped "
+                  "afresh; CUDA: the allocator's); allocated MiB: the peak of the bytes held by tensors the estimate "
+                  "allocated (eager, op by op); full-size: `(rows, K)` tensors allocated, in-place results not "
+                  "counted."]
+        failures = {}
+        for size, cell in run["cells"].items():
+            rows = []
+            for name, entry in cell.items():
+                if "skipped" in entry:
+                    rows.append([name, f"skipped: {entry['skipped']}", "", "", "", "", "", ""])
+                    continue
+                e, c = entry["eager"], entry["compiled"]
+                for mode, x in (("eager", e), ("compiled", c)):
+                    if "error" in x:
+                        failures.setdefault((name, mode), x["error"])
+                ms = lambda x: "fails" if "error" in x else ("–" if "median_s" not in x else f"{x['median_s'] * 1e3:.2f}")  # noqa: E731
+                ratio = e.get("ratio_to_gumbel_softmax")
+                rows.append([name, ms(e), ms(c) if run["compiled"] else "–", num(ratio), mib(e.get("peak_bytes")),
+                             mib(c.get("peak_bytes")) if run["compiled"] else "–", mib(e.get("tensor_peak_bytes")),
+                             e.get("full_size", "–")])
+            rows_k = size.split("x")
+            lines += ["", f"*{int(rows_k[0]):,} × {int(rows_k[1]):,}*", ""]
+            lines += table(["method", "eager ms", "compiled ms", "eager ÷ gumbel_softmax eager", "peak MiB eager",
+                            "peak MiB compiled", "allocated MiB eager", "full-size tensors"], rows)
+        if failures:
+            lines += ["", "Failures (the first size each appears at):", ""]
+            lines += [f"- {name}, {mode}: `{error}`" for (name, mode), error in failures.items()]
+    return lines
+
+
 def sync_check(result):
     run = next(iter(result["runs"].values()))
     return [f"{run['device']}, torch {run['torch']}.", ""] + table(
@@ -263,6 +310,7 @@ def gating_snr(result):
 
 FORMAT = {"overhead_bernoulli": overhead, "overhead_categorical": overhead, "check_cost": check_cost,
           "local_vs_backprop": local_vs_backprop, "compile_speed": compile_speed, "sync_check": sync_check,
+          "large_k": large_k,
           "vae_equal_steps": vae_equal_steps, "vae_plain_speed": vae_plain_speed,
           "vae_bernoulli_estimators": vae_estimators, "vae_categorical_estimators": vae_estimators,
           "gating": gating, "gating_expert_relu": gating_expert_relu, "gating_snr": gating_snr}

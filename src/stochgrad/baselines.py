@@ -12,13 +12,12 @@ averaged over ranks under ``torch.distributed``.
 """
 from __future__ import annotations
 
-import math
 
 import torch
 from torch import Tensor, nn
 
 from .distributed import is_distributed, mean_over_ranks
-from .guard import finite, fold_, reads_at_once
+from .guard import finite, fold_, total
 
 
 def check_decay(decay, name: str = "decay") -> float:
@@ -80,9 +79,9 @@ class Baseline(ResizableBuffers):
         scaled = losses.unsqueeze(-1) * scale
         return scaled if c is None else torch.sub(scaled, c, alpha=scale)   # L·s − s·c, one broadcast pass
 
-    def update(self, score: Tensor, losses: Tensor) -> Tensor | bool | None:
-        """Folds the current losses in; returns the 0-dim ``ok`` flag of the guard (or the verdict already read
-        on the host, a ``bool``), ``None`` if nothing was folded."""
+    def update(self, score: Tensor, losses: Tensor) -> Tensor | None:
+        """Folds the current losses in, guarded; returns what the site's [`Verdict`][stochgrad.guard.Verdict] takes (a
+        0-dim tensor, finite iff the call was folded in), ``None`` if nothing was folded."""
         return None
 
 
@@ -92,9 +91,8 @@ class MovingAverage(Baseline):
     Bias-corrected like Adam's moments, so the first steps are not pulled toward zero, and stored that way:
     the buffer ``mean`` *is* ``c`` (zero before the first update) and ``weight`` = ``1 − decay^t``. One
     update is one in-place EMA step, ``mean ← lerp(mean, L̄, (1 − decay)/weight)`` (the same ``c`` as
-    dividing the raw average by ``weight``). On the CPU the call's mean loss is read on the host, so a
-    NaN/inf call is refused before any write (two in-place ops on the happy path); elsewhere the step is
-    guarded on the device ([`stochgrad.guard`][stochgrad.guard]).
+    dividing the raw average by ``weight``). Guarded on every device in one form: a NaN/inf mean loss makes the
+    step 0, and both buffers stay bitwise as they were ([`stochgrad.guard`][stochgrad.guard]).
     """
 
     _version = 2  # version 1 stored the raw average (c = mean / weight): converted on load
@@ -104,12 +102,15 @@ class MovingAverage(Baseline):
         self.decay = check_decay(decay)
         self.register_buffer("mean", torch.zeros(()))    # c, bias-corrected
         self.register_buffer("weight", torch.zeros(()))  # 1 − decay^steps: the bias correction
+        # (constants as 0-dim tensors: no Python number enters a tensor op as an op of its own)
+        self.register_buffer("one", torch.ones(()), persistent=False)            # what weight moves toward
+        self.register_buffer("keep", torch.tensor(1 - self.decay), persistent=False)   # 1 − decay
 
     def _ready(self, losses) -> Tensor:
         """The buffer ``mean``, in the losses' dtype and device (``weight`` with it)."""
         mean = self.mean
-        if mean.dtype is not losses.dtype or mean.device != losses.device:
-            self._follow(losses, "mean", "weight")
+        if mean.dtype is not losses.dtype or self.keep.dtype is not losses.dtype or mean.device != losses.device:
+            self._follow(losses, "mean", "weight", "one", "keep")
             mean = self.mean
         return mean
 
@@ -120,21 +121,12 @@ class MovingAverage(Baseline):
         count = losses.numel()
         if count == 0 and not is_distributed():  # (under torch.distributed an empty rank still joins the mean)
             return None
-        losses = losses.detach() if losses.requires_grad else losses  # (cheaper than torch.no_grad())
-        mean, weight, keep = self._ready(losses), self.weight, 1 - self.decay
+        losses = losses.detach()
+        mean, weight = self._ready(losses), self.weight
         m = mean_over_ranks(losses.mean(), count)
-        if reads_at_once(m) and not torch.compiler.is_compiling():  # the CPU: refuse a bad call before writing
-            if not math.isfinite(m.item()):
-                return False
-            w = 1 - self.decay * (1 - weight.item())
-            weight.fill_(w)
-            mean.lerp_(m, keep / w)
-            return True
-        ok = finite(m)
-        step = ok.to(m.dtype) * keep   # 0 for a rejected call: both buffers stay bitwise as they were
-        weight.add_(step * (1 - weight))
-        mean.lerp_(torch.where(ok, m, 0.0), step / weight.clamp_min(torch.finfo(weight.dtype).tiny))
-        return ok
+        w = weight.lerp(self.one, self.keep)          # 1 − decay^t (≥ 1 − decay > 0: no division by zero)
+        fold_(finite(m), (mean, mean.lerp(m, self.keep / w)), (weight, w))   # a NaN/inf m: both stay bitwise
+        return m
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, *args, **kwargs):
         if (local_metadata.get("version") or 1) < 2 and prefix + "mean" in state_dict:  # raw average → c
@@ -182,10 +174,10 @@ class OptimalBaseline(Baseline):
         if count == 1 and not is_distributed():  # one example: its own statistics, no reduction
             den = per_unit[0]
             return den * losses.reshape(()), den
-        flat = losses.reshape(-1)
-        weights = torch.stack([flat, torch.ones_like(flat)]) / count       # (2, count)
-        both = mean_over_ranks(weights @ per_unit, count)   # one pass over the scores: both means at once
-        return both[0], both[1]
+        num, den = (per_unit * losses.reshape(-1, 1)).mean(0), per_unit.mean(0)
+        if is_distributed():   # one all_reduce for both
+            num, den = mean_over_ranks(torch.stack([num, den]), count).unbind(0)
+        return num, den
 
     def fold(self, stats, ok) -> None:
         """Folds ``stats`` into the moving numerator and denominator where the 0-dim ``ok`` (device-side guard)."""
@@ -199,19 +191,12 @@ class OptimalBaseline(Baseline):
         stats = self.statistics(score, losses)
         if stats is None:
             return None
-        num, den = self._ready(score, losses)
-        if reads_at_once(stats[0]) and not torch.compiler.is_compiling():  # the CPU: refuse before writing
-            # NaN/inf in the losses or the scores reaches the numerator (x·NaN, 0·inf are NaN); the
-            # denominator is a mean of (h − σ)² ∈ [0, 1]
-            if not math.isfinite(stats[0].sum().item()):
-                return False
-            keep = 1 - self.decay
-            num.lerp_(stats[0], keep)
-            den.lerp_(stats[1], keep)
-            return True
-        ok = finite(stats[0] + stats[1])
-        self.fold(stats, ok)
-        return ok
+        self._ready(score, losses)
+        # NaN/inf in the losses reaches the numerator (x·NaN, 0·inf are NaN); the denominator is a mean of
+        # (h − σ)² ∈ [0, 1]
+        value = total(stats[0])
+        self.fold(stats, finite(value))
+        return value
 
     def extra_repr(self) -> str:
         return f"decay={self.decay}, units={self.numerator.numel()}"

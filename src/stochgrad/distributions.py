@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .sampling import bernoulli, gumbel_from_uniform, logistic_from_uniform, uniform
+from .sampling import bernoulli, logistic_from_uniform, uniform
 
 MAX_STATES = 2 ** 20
 MAX_STATE_ENTRIES = 2 ** 27  # entries of the enumerated states (states × event): 512 MiB in float32 (2^20 states of 5 × 16 fit)
@@ -42,8 +42,10 @@ def log_prob(b: Tensor, logits: Tensor) -> Tensor:
 
 
 def one_hot(index: Tensor, K: int, like: Tensor) -> Tensor:
-    """``(*shape)`` class indices to one-hot ``(*shape, K)`` in the dtype of ``like``."""
-    return (index.unsqueeze(-1) == torch.arange(K, device=index.device)).to(like.dtype)
+    """``(*shape)`` class indices to one-hot ``(*shape, K)`` in the dtype of ``like`` (on the device of ``index``;
+    written into zeros: no host read of the indices, as ``F.one_hot`` makes to find ``K``)."""
+    out = torch.zeros((*index.shape, K), dtype=like.dtype, device=index.device)
+    return out.scatter_(-1, index.unsqueeze(-1), 1.0)
 
 
 def conditional_logistic(v: Tensor, b: Tensor, probs: Tensor) -> Tensor:
@@ -69,7 +71,7 @@ def conditional_gumbel_noise(v: Tensor, h: Tensor, probs: Tensor) -> Tensor:
     """
     e = -torch.log(v.clamp_min(torch.finfo(v.dtype).tiny))                    # E ~ Exp(1)
     e_top = (h * e).sum(-1, keepdim=True)
-    top = -torch.log(e_top) - torch.log((h * probs).sum(-1, keepdim=True))
+    top = -torch.log(e_top * (h * probs).sum(-1, keepdim=True))
     return torch.where(h > 0, top, -torch.log(e + e_top * probs))
 
 
@@ -122,14 +124,15 @@ class Distribution(abc.ABC):
     def conditional(self, v: Tensor, h: Tensor, logits: Tensor) -> Tensor:
         """``z̃ ~ p(z | hard(z) = h)`` from uniforms ``v``, differentiable in ``logits``."""
 
-    def conditional_noise(self, v: Tensor, h: Tensor, logits: Tensor) -> Tensor:
-        """``z̃ − a`` of [`conditional`][stochgrad.distributions.Distribution.conditional] (Gumbel-Rao holds it fixed): finite where a class is masked."""
+    def conditional_noise(self, v: Tensor, h: Tensor, logits: Tensor, probs: Tensor | None = None) -> Tensor:
+        """``z̃ − a`` of [`conditional`][stochgrad.distributions.Distribution.conditional] (Gumbel-Rao holds it fixed): finite where a class is masked. ``probs``:
+        [`probs`][stochgrad.distributions.Distribution.probs] of the logits, where the caller has them already."""
         return self.conditional(v, h, logits) - logits
 
     @abc.abstractmethod
-    def jacobian(self, p: Tensor, logits: Tensor) -> Tensor:
-        """A surrogate whose gradient in ``logits`` is the Jacobian of ``σ`` / ``softmax`` taken at the
-        (detached) probabilities ``p``: ``p(1−p)·a`` or ``p⊙a − p (p·a)``; its value carries no meaning."""
+    def jacobian(self, p: Tensor, g: Tensor) -> Tensor:
+        """The Jacobian of ``σ`` / ``softmax`` taken at the probabilities ``p`` (symmetric), applied to ``g`` of their
+        shape: ``p(1−p)·g`` or ``p⊙g − p (p·g)``."""
 
     @abc.abstractmethod
     def log_prob(self, h: Tensor, logits: Tensor) -> Tensor:
@@ -195,8 +198,8 @@ class Bernoulli(Distribution):
         torch.div(v, w, out=w).div_(q).log1p_()              # w = log(1 + v/((1 − v)·q)): the same ops, one buffer
         return w.copysign(z), w.neg_().expm1_().mul_(torch.sub(one, q, out=q))   # expm1(−w)·(1 − q), in place
 
-    def jacobian(self, p, logits):
-        return p * (1 - p) * logits
+    def jacobian(self, p, g):
+        return p * (1 - p) * g
 
     def log_prob(self, h, logits):
         return log_prob(h, logits)
@@ -236,26 +239,26 @@ class Categorical(Distribution):
         class of probability 0 is an empty interval (``C_{k−1} = C_k``) that no ``u`` selects, and the classes after
         the sum's rounding error keep their mass; ``u`` should be a float64 draw ([`uniform_for`][stochgrad.distributions.Categorical.uniform_for]): its 2⁻⁵³ grid,
         not float32's 2⁻²⁴, sets how finely the probabilities are resolved. Ordered so that for ``K = 2`` the sample
-        is class 1 iff ``u < p_1/(p_0 + p_1)``: the Bernoulli unit's ``1[u < σ(a_1 − a_0)]`` (seed Eq. 2).
+        is class 1 iff ``u < p_1/(p_0 + p_1)``: the Bernoulli unit's ``1[u < σ(a_1 − a_0)]`` (seed Eq. 2), noise for noise.
         """
-        c = probs.detach().to(WIDE).cumsum(-1)                                   # (*batch, n, K)
+        c = probs.detach().cumsum(-1, dtype=u.dtype)                             # (*batch, n, K)
         lead = u.shape[:u.dim() - (probs.dim() - 1)]
-        w = (1 - u.to(WIDE)).reshape(-1, *probs.shape[:-1]).movedim(0, -1)      # (*batch, n, S)
-        index = torch.searchsorted(c[..., :-1].contiguous(), (w * c[..., -1:]).contiguous())  # #{j < K−1: C_j < w·C_K}
-        return index.movedim(-1, 0).reshape(*lead, *probs.shape[:-1])
+        w = u.unsqueeze(-1) if not lead else u.reshape(-1, *probs.shape[:-1]).movedim(0, -1).contiguous()
+        # #{j: C_j < (1 − u)·C_K}
+        index = torch.searchsorted(c, (1 - w) * c[..., -1:])   # ≤ K − 1: C_{K−1} = C_K ≥ (1 − u)·C_K
+        return index.squeeze(-1) if not lead else index.movedim(-1, 0).reshape(*lead, *probs.shape[:-1])
 
     @staticmethod
     def uniform_for(shape, probs: Tensor, generator=None) -> Tensor:
         """The float64 U[0, 1) draw of [`from_uniform`][stochgrad.distributions.Categorical.from_uniform] (float32 where the device has no float64)."""
-        return uniform(shape, probs.new_empty((), dtype=WIDE if probs.device.type != "mps" else torch.float32),
-                       generator)
+        return uniform(shape, probs, generator, WIDE if probs.device.type != "mps" else torch.float32)
 
     def sample(self, probs, lead=(), generator=None):
         u = self.uniform_for((*lead, *probs.shape[:-1]), probs, generator)
         return one_hot(self.from_uniform(u, probs), probs.shape[-1], probs)
 
     def perturb(self, logits, u):
-        return logits + gumbel_from_uniform(u)
+        return logits - torch.log(-torch.log(u))   # a + Gumbel (gumbel_from_uniform), one op less
 
     def hard(self, z):
         return one_hot(z.argmax(-1), z.shape[-1], z)
@@ -266,12 +269,12 @@ class Categorical(Distribution):
     def conditional(self, v, h, logits):
         return conditional_gumbel(v, h, logits)
 
-    def conditional_noise(self, v, h, logits):
-        return conditional_gumbel_noise(v, h, torch.softmax(logits, -1))
+    def conditional_noise(self, v, h, logits, probs=None):
+        return conditional_gumbel_noise(v, h, torch.softmax(logits, -1) if probs is None else probs)
 
-    def jacobian(self, p, logits):
-        a = torch.where(p > 0, logits, 0.0)  # a masked class (p = 0, a = −inf): no 0·inf; its gradient is 0 anyway
-        return p * a - p * (p * a).sum(-1, keepdim=True)
+    def jacobian(self, p, g):
+        pg = p * g
+        return pg - p * pg.sum(-1, keepdim=True)
 
     def log_prob(self, h, logits):
         # log p clamped to the lowest finite number: a masked class's −inf times h = 0 would be NaN

@@ -42,3 +42,27 @@ def attach_gradient(value: Tensor, logits: Tensor, grad: Tensor) -> Tensor:
     if not logits.requires_grad:
         return value
     return ReplaceGradient.apply(value, logits, grad.detach())
+
+
+class PassThrough(torch.autograd.Function):
+    """``h`` forward; backward: ``h``'s gradient goes on, unchanged, to ``surrogate`` (summed over the leading
+    dimensions that ``h`` has beyond it) and to ``h``. The straight-through idiom ``h + (s − s.detach())`` as one node,
+    with no op of its own: same value (``s − s`` is 0), same gradients."""
+
+    @staticmethod
+    def forward(h: Tensor, surrogate: Tensor) -> Tensor:
+        return h.detach()
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.shape = inputs[1].shape
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        return g, g if g.shape == ctx.shape else g.sum_to_size(ctx.shape)
+
+
+def straight_through(h: Tensor, surrogate: Tensor) -> Tensor:
+    """``h`` forward, the gradient of ``surrogate`` backward (seed §3.2.1; the ``replace_gradient`` idiom of
+    ``microsoft/ReinMax`` and ``nshepperd/gumbel-rao-pytorch``): ``h`` ``(*lead, *shape)``, ``surrogate`` ``shape``."""
+    return PassThrough.apply(h, surrogate) if surrogate.requires_grad else h

@@ -6,18 +6,18 @@ Checks come in two kinds:
 
 - **Structure** (types, dtypes, shapes, options) is metadata: checked in Python on every call, before
   anything runs, at no synchronisation cost.
-- **Values** are checked on the tensor's device, never by a Python branch on a device tensor:
+- **Values** are checked on the tensor's device, in one form for every device:
 
   1. *Guarded updates* ([`fold_`][stochgrad.guard.fold_]): every running statistic is updated as
-     ``buffer ← where(ok, new, buffer)`` with ``ok = finite(statistics folded in)``, a 0-dim device
-     flag. A call whose losses (or logits) are NaN/inf leaves every buffer bitwise as it was, on any
+     ``buffer ← where(ok, new, buffer)`` (or a step scaled by ``ok``), ``ok = isfinite(total)`` of the statistics
+     folded in, a 0-dim device flag. A call whose losses are NaN/inf leaves every buffer bitwise as it was, on any
      device, without a synchronisation; an empty batch (a shape, so known on the host) updates nothing.
-  2. *Verdicts* ([`Verdict`][stochgrad.guard.Verdict], one per site): the flag still has to become an error. Where reading a
-     value costs nothing (``HOST_READS``: the CPU, whose tensors live in host memory) the failing call
-     itself raises ``ValueError``. On an accelerator the flag is copied to pinned host memory without
-     blocking and looked at by a later call of the same site once the copy has landed (a CUDA event's
-     non-blocking ``query``): the error is raised one or a few calls late, the state having been guarded
-     meanwhile, and the GPU pipeline never stalls.
+  2. *Verdicts* ([`Verdict`][stochgrad.guard.Verdict], one per site): the raw value that was checked (a sum: finite iff all was) still
+     has to become an error. Where reading a value costs nothing (``HOST_READS``: the CPU, whose tensors live in
+     host memory) the failing call itself raises ``ValueError``. On an accelerator the value is copied to pinned
+     host memory without blocking and looked at by a later call of the same site once the copy has landed (a CUDA
+     event's non-blocking ``query``): the error is raised one or a few calls late, the state having been guarded
+     meanwhile, and the GPU pipeline never stalls. The logits' check is two ops a call: the sum and its copy.
 
 A user who would rather drop bad calls than stop sets ``estimator.skip_nonfinite = True``: non-finite
 losses are then skipped (the state is unchanged) instead of raised; non-finite logits always raise.
@@ -33,24 +33,31 @@ from torch.compiler import is_compiling as _compiling  # (bound once: no attribu
 
 HOST_READS = frozenset({"cpu"})  # device types whose values the host reads without synchronising
 
-_ACCUMULATE = {torch.float16: torch.float32, torch.bfloat16: torch.float32}  # no overflow of the check's sum
 LOGITS, LOSSES, TUNING = 1, 2, 4  # the problems a verdict can carry (bits)
 MESSAGES = {LOGITS: "must be finite; got NaN or inf", LOSSES: "f returned NaN or inf losses",
             TUNING: "a tuning step came out NaN or inf (its gradient, Adam's moments or the tuned values: losses too large "
                     "for the dtype, or too large a learning rate), so it was not taken"}
 
 
+def total(x: Tensor) -> Tensor:
+    """The sum of ``x`` (detached), 0-dim, accumulated in float64 (float32 where the device has none): finite iff
+    every element is (finite float32 values cannot overflow it). The raw value a [`Verdict`][stochgrad.guard.Verdict] takes."""
+    if x.dim() == 0 and x.dtype == torch.float64:
+        return x
+    return x.sum(dtype=torch.float64 if x.device.type != "mps" else torch.float32)
+
+
 def finite(x: Tensor) -> Tensor:
-    """0-dim bool on ``x``'s device (detached): all of ``x`` is finite (one reduction; an overflowing sum
-    counts as not)."""
-    s = x if x.dim() == 0 else x.sum(dtype=_ACCUMULATE.get(x.dtype))
-    return (s - s) == 0  # inf − inf and NaN − NaN are NaN; no graph: called on detached statistics
+    """0-dim bool on ``x``'s device (detached): all of ``x`` is finite (one reduction; then ``s − s == 0``, two ops
+    where ``isfinite`` takes three)."""
+    s = x if x.dim() == 0 else total(x)
+    return (s - s) == 0
 
 
 def fold_(ok: Tensor, *pairs: tuple[Tensor, Tensor]) -> None:
     """``buffer ← new`` for each ``(buffer, new)`` where ``ok``, else unchanged (bitwise). No synchronisation."""
     for buffer, new in pairs:
-        buffer.copy_(torch.where(ok, new, buffer))
+        torch.where(ok, new, buffer, out=buffer)
 
 
 def reads_at_once(x: Tensor) -> bool:
@@ -80,12 +87,12 @@ def check_logits(logits, name: str = "logits", verdict=None, masks: bool = False
     x = logits.detach()
     if masks:  # per unit: NaN, +inf or every class −inf make its maximum non-finite; −inf classes alone do not
         x = x.amax(-1)
-    total = x.sum(dtype=torch.float64 if x.device.type != "mps" else torch.float32)
-    if reads_at_once(total):
-        if not isfinite(total.item()):
+    value = total(x)
+    if reads_at_once(value):
+        if not isfinite(value.item()):
             raise ValueError(logits_message(name, masks) + f" (a tensor of shape {tuple(shape)})")
     elif verdict is not None:
-        verdict.report(finite(total), LOGITS, name)
+        verdict.report(value, LOGITS, name)
     return logits
 
 
@@ -109,66 +116,80 @@ def bad_logits(logits, name: str):
 
 def report_finite(verdict: "Verdict", x: Tensor, problem: int, name: str = "") -> bool | None:
     """Reports to ``verdict`` whether all of ``x`` (detached) is finite: read at once where that is free (the
-    CPU: one reduction and a read; returns the answer), else as a device flag ([`Verdict.report`][stochgrad.guard.Verdict.report]; returns None)."""
-    if reads_at_once(x) and not _compiling():
-        ok = isfinite(x.sum(dtype=_ACCUMULATE.get(x.dtype)).item())
+    CPU: one reduction and a read; returns the answer), else the raw sum as the device's report (returns None)."""
+    value = total(x.detach())
+    if reads_at_once(value) and not _compiling():
+        ok = isfinite(value.item())
         verdict.report(ok, problem, name)
         return ok
-    verdict.report(finite(x), problem, name)
+    verdict.report(value, problem, name)
     return None
 
 
-class Verdict:
-    """Turns a site's device-side check flags into errors without synchronising (see the module docstring).
+SLOTS = {LOGITS: 0, LOSSES: 1, TUNING: 2}  # where each problem's value lands in the host copy
 
-    ``report(ok, problem, name)``: ``ok`` a 0-dim bool tensor, ``problem`` `LOGITS` or `LOSSES`.
-    ``skip``: losses problems are dropped silently (the guarded state already ignored them).
+
+class Verdict:
+    """Turns a site's device-side reports into errors without synchronising (see the module docstring).
+
+    ``report(value, problem, name)``: ``value`` a ``bool`` the caller read on the host, or a 0-dim tensor that is
+    finite iff all was well (the raw sum of what was checked, [`total`][stochgrad.guard.total]: no flag is computed for it);
+    ``problem``: ``LOGITS``, ``LOSSES`` or ``TUNING``. Off the host the values of calls not yet sent are
+    summed (a NaN or inf stays one), copied without blocking to pinned host memory (one copy per problem) and read
+    by a later call once the copy has landed. ``skip``: losses and tuning problems are dropped silently (the guarded
+    state already ignored them).
     """
 
     __slots__ = ("pending", "host", "event", "in_flight", "names", "skip")
 
     def __init__(self, skip: bool = False):
-        self.pending: Tensor | None = None  # problem bits of calls not yet sent to the host, on the device
-        self.host: Tensor | None = None     # their host copy (pinned memory on CUDA)
-        self.event = None                   # recorded after the copy: query() says it has landed
+        self.pending: dict[int, Tensor] = {}  # problem → the summed values not yet sent to the host, on the device
+        self.host: Tensor | None = None       # their host copy, one float64 per problem (pinned memory on CUDA)
+        self.event = None                     # recorded after the copy: query() says it has landed
         self.in_flight = False
         self.names: dict[int, str] = {}
         self.skip = skip
 
-    def report(self, ok: "Tensor | bool", problem: int, name: str = "") -> None:
-        """``ok``: the 0-dim device flag, or a ``bool`` the caller already read on the host (the CPU)."""
+    def report(self, value: "Tensor | bool", problem: int, name: str = "") -> None:
         if problem != LOGITS and self.skip or _compiling():
             return
-        if ok.__class__ is bool or reads_at_once(ok):
-            if not bool(ok):
+        if value.__class__ is bool or reads_at_once(value):
+            ok = value if value.__class__ is bool else bool(value) if value.dtype == torch.bool else isfinite(value.item())
+            if not ok:
                 raise ValueError(self._message(problem, name))
             return
+        if value.dtype == torch.bool:   # a flag: true when all was well
+            value = torch.where(value, 0.0, float("nan"))
         self.names[problem] = name
-        bad = torch.where(ok, 0, problem)
-        self.pending = bad if self.pending is None else self.pending | bad
+        before = self.pending.get(problem)
+        self.pending[problem] = value if before is None else before + value
         self.poll()
 
     def poll(self) -> None:
-        """Raises what an earlier call found, if its copy has reached the host; sends pending flags on."""
+        """Raises what an earlier call found, if its copy has reached the host; sends pending values on."""
         if self.in_flight:
             if not self.event.query():
                 return
             self.in_flight = False
-            found = int(self.host.item())  # host memory: no synchronisation
+            values = self.host.tolist()  # host memory: no synchronisation
+            found = [p for p, slot in SLOTS.items() if not isfinite(values[slot])]
             if found:
-                self.pending = None
-                raise ValueError(" and ".join(self._message(p, self.names.get(p, "")) for p in MESSAGES if found & p)
+                self.pending.clear()
+                self.host.zero_()
+                raise ValueError(" and ".join(self._message(p, self.names.get(p, "")) for p in found)
                                  + " (reported by a later call: on an accelerator the check does not wait for "
                                  "the device; the state ignored the bad call)")
-        if self.pending is not None:
-            cuda = self.pending.device.type == "cuda"
+        if self.pending:
+            some = next(iter(self.pending.values()))
+            cuda = some.device.type == "cuda"
             if self.host is None:
-                self.host = torch.zeros((), dtype=self.pending.dtype, pin_memory=cuda)
+                self.host = torch.zeros(len(SLOTS), dtype=torch.float64, pin_memory=cuda)
                 self.host.stochgrad_host_copy = True  # (tests tell these reads from device reads)
                 self.event = torch.cuda.Event() if cuda else _Landed()
-            self.host.copy_(self.pending, non_blocking=cuda)
+            for problem, value in self.pending.items():
+                self.host[SLOTS[problem]].copy_(value, non_blocking=cuda)
             self.event.record()
-            self.in_flight, self.pending = True, None
+            self.in_flight, self.pending = True, {}
 
     @staticmethod
     def _message(problem: int, name: str) -> str:

@@ -25,22 +25,24 @@ class Sharded:
     rank: int
     world: int
 
-    def draw(self, fn, shape, like: Tensor) -> Tensor:
-        shape = tuple(shape)
+    def draw(self, fn, shape, like: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+        shape, dtype = tuple(shape), dtype or like.dtype
         if len(shape) < 2:
-            return fn(shape, generator=self.generator, dtype=like.dtype, device=like.device)
-        full = fn((*shape[:-2], shape[-2] * self.world, shape[-1]), generator=self.generator, dtype=like.dtype,
+            return fn(shape, generator=self.generator, dtype=dtype, device=like.device)
+        full = fn((*shape[:-2], shape[-2] * self.world, shape[-1]), generator=self.generator, dtype=dtype,
                   device=like.device)
         return full.narrow(-2, self.rank * shape[-2], shape[-2])
 
 
-def uniform(shape, like: Tensor, generator: "torch.Generator | Sharded | None" = None) -> Tensor:
-    """U[0, 1) noise of ``shape`` with the dtype and device of ``like``."""
+def uniform(shape, like: Tensor, generator: "torch.Generator | Sharded | None" = None,
+            dtype: torch.dtype | None = None) -> Tensor:
+    """U[0, 1) noise of ``shape`` on the device of ``like``, in its dtype or ``dtype``."""
+    dtype = dtype or like.dtype
     if generator is None:  # no generator=None keyword: torch.compile's dynamic shapes reject it
-        return torch.rand(shape, dtype=like.dtype, device=like.device)
+        return torch.rand(shape, dtype=dtype, device=like.device)
     if isinstance(generator, Sharded):
-        return generator.draw(torch.rand, shape, like)
-    return torch.rand(shape, generator=generator, dtype=like.dtype, device=like.device)
+        return generator.draw(torch.rand, shape, like, dtype)
+    return torch.rand(shape, generator=generator, dtype=dtype, device=like.device)
 
 
 def normal(shape, like: Tensor, generator: "torch.Generator | Sharded | None" = None) -> Tensor:
@@ -87,8 +89,9 @@ def logistic_from_uniform(u: Tensor) -> Tensor:
 
 
 def gumbel_from_uniform(u: Tensor) -> Tensor:
-    """Gumbel noise ``−log(−log u)``; ``argmax(a + Gumbel)`` is class ``k`` with probability softmax(a)_k."""
-    return -torch.log(-torch.log(u.clamp_min(torch.finfo(u.dtype).tiny)))
+    """Gumbel noise ``−log(−log u)``; ``argmax(a + Gumbel)`` is class ``k`` with probability softmax(a)_k. ``u = 0``
+    (probability 2⁻²⁴ per draw in float32) gives ``−inf``: that class is not chosen, the limit of the law."""
+    return -torch.log(-torch.log(u))
 
 
 # The leading sample dimension of an estimator's draw: none for one sample (the fast path), ``(S,)`` for ``S``.

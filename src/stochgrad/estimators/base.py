@@ -12,8 +12,8 @@ from ..distributed import is_distributed, mean_over_ranks
 from ..distributions import BERNOULLI
 from ..distributions import resolve as as_distribution
 from ..gradient import attach_gradient
-from ..guard import LOSSES, LOW_PRECISION, TUNING, CheckedLoss, LossFn, Verdict, check_logits, check_samples, finite, fold_, \
-    report_finite
+from ..guard import LOSSES, LOW_PRECISION, TUNING, CheckedLoss, LossFn, Verdict, check_logits, check_samples, finite, \
+    fold_, report_finite, total
 from ..sampling import Sharded, lead, over_samples, uniform
 
 REGISTRY: dict[str, type["Estimator"]] = {}
@@ -203,7 +203,7 @@ class ScoreFunction(Estimator):
         centred = baseline.centred(score, losses) if scale is None else baseline.centred(score, losses, scale)
         if update:
             ok = baseline.update(score, losses)
-            if ok is not True and ok is not None:  # True: checked on the host already (the CPU)
+            if ok is not None:
                 self.verdict.report(ok, LOSSES)
         # in place when the dtypes agree: the same product as score * centred, without a second buffer
         grad = score.mul_(centred) if centred.dtype == score.dtype else score * centred
@@ -348,9 +348,9 @@ class Tuned(Estimator, ResizableBuffers):
         theta, m, v, steps = (x.clone() for x in (self.theta, self.adam_m, self.adam_v, self.adam_steps))
         adam([theta], [g], [m], [v], [], [steps], fused=True, amsgrad=False, beta1=BETAS[0], beta2=BETAS[1],
              lr=self.lr, weight_decay=0.0, eps=EPS, maximize=False)
-        ok = finite(torch.cat([g, theta, m, v]))
-        fold_(ok, (self.theta, theta), (self.adam_m, m), (self.adam_v, v), (self.adam_steps, steps))
-        self.verdict.report(ok, TUNING)
+        value = total(torch.cat([g, theta, m, v]))
+        fold_(finite(value), (self.theta, theta), (self.adam_m, m), (self.adam_v, v), (self.adam_steps, steps))
+        self.verdict.report(value, TUNING)
 
     def get_extra_state(self):
         """The state's meaning ([`state_meaning`][stochgrad.estimators.base.Estimator.state_meaning]) and the call counter (which calls tune) travel with

@@ -35,9 +35,10 @@ class GumbelRao(GumbelST):
     def sample(self, logits, lead=(), generator=None, dist=BERNOULLI):
         """The hard sample ``h ~ p``, back-propagating as ``mean_m soften(a + G_m)``, ``G_m ~ p(G | h)``."""
         a = logits.detach()
-        h = dist.sample(dist.probs(a), lead, generator)
+        p = dist.probs(a)
+        h = dist.sample(p, lead, generator)
         v = dist.uniform((self.draws, *lead, *a.shape), a, generator)
-        noise = dist.conditional_noise(v, h, a)        # a + noise ~ p(z | hard(z) = h), held fixed
+        noise = dist.conditional_noise(v, h, a, p)     # a + noise ~ p(z | hard(z) = h), held fixed
         return straight_through(h, dist.soften(logits + noise, self.temperature).mean(0))
 
     def extra_repr(self) -> str:

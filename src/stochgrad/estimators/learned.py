@@ -21,7 +21,7 @@ from torch import Tensor
 from ..baselines import OptimalBaseline, ResizableBuffers, check_decay
 from ..distributed import mean_over_ranks
 from ..gradient import attach_gradient
-from ..guard import LOSSES, finite, fold_
+from ..guard import LOSSES, finite, fold_, total
 from ..sampling import bernoulli, lead, over_samples
 from .base import Estimator
 
@@ -89,11 +89,12 @@ class Learned(Estimator, ResizableBuffers):
             if base is not None:
                 xx = mean_over_ranks(torch.einsum("bni,bnj->nij", flat_x, flat_x) / count, count)
                 xy = mean_over_ranks(torch.einsum("bni,bn->ni", flat_x, flat_y) / count, count)
-                ok = finite(xx.sum() + xy.sum() + base[0].sum() + base[1].sum())
+                value = total(xx) + total(xy) + total(base[0])   # (base[1]: a mean of (h − σ)², finite)
+                ok = finite(value)
                 self.baseline.fold(base, ok)
                 d = self.decay
                 fold_(ok, (self.xx, self.xx * d + (1 - d) * xx), (self.xy, self.xy * d + (1 - d) * xy))
-                self.verdict.report(ok, LOSSES)
+                self.verdict.report(value, LOSSES)
         return grad
 
     def estimate(self, f, logits, samples, generator):

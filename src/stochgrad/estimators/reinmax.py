@@ -7,14 +7,39 @@ method. With ``π0 = softmax(a)``, ``h ~ π0`` and ``π1 = (h + softmax(a/τ))/2
 
 i.e. the paper's ``π2 = 2·softmax(sg(ln π1 − a) + a) − ½ π0``. For Bernoulli units the same with
 ``σ`` and ``J(p) = p(1 − p)`` (the K = 2 case). Biased (exact for f quadratic in h at τ = 1, where
-straight-through is not); pathwise, one evaluation of ``f`` per sample.
+straight-through is not); pathwise, one evaluation of ``f`` per sample. Written as the authors write it
+(``microsoft/ReinMax``, ``reinmax.py``): one ``autograd.Function`` whose backward applies the two Jacobians to the
+upstream gradient, with no surrogate graph.
 """
 from __future__ import annotations
 
+import torch
+from torch import Tensor
+
 from ..distributions import BERNOULLI
-from ..sampling import sample_mean
-from .base import Estimator
-from .straight_through import straight_through
+from ..sampling import lead, over_samples
+from .base import Estimator, check_positive
+
+
+class Heun(torch.autograd.Function):
+    """``h`` forward; backward ``∂/∂a = 2·J(π1) g − ½·J(π0) g`` summed over the leading (sample) dimensions of ``h``
+    beyond ``a``'s, with ``J`` the distribution's ([`jacobian`][stochgrad.distributions.Distribution.jacobian])."""
+
+    @staticmethod
+    def forward(h: Tensor, logits: Tensor, p0: Tensor, p1: Tensor, dist) -> Tensor:
+        return h.detach()
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        h, logits, p0, p1, dist = inputs
+        ctx.save_for_backward(p0, p1)
+        ctx.dist, ctx.shape = dist, logits.shape
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        p0, p1 = ctx.saved_tensors
+        grad = 2 * ctx.dist.jacobian(p1, g) - 0.5 * ctx.dist.jacobian(p0, g)
+        return None, grad if grad.shape == ctx.shape else grad.sum_to_size(ctx.shape), None, None, None
 
 
 class ReinMax(Estimator):
@@ -32,20 +57,18 @@ class ReinMax(Estimator):
 
     def __init__(self, temperature: float = 1.0):
         super().__init__()
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        self.temperature = temperature
+        self.temperature = check_positive(temperature, "temperature")
 
     def sample(self, logits, lead=(), generator=None, dist=BERNOULLI):
         """Hard samples ``(*lead, *logits.shape)`` whose backward pass is ReinMax's."""
         a = logits.detach()
         p0 = dist.probs(a)
         h = dist.sample(p0, lead, generator)
-        p1 = 0.5 * (h + dist.probs(a / self.temperature))
-        return straight_through(h, 2 * dist.jacobian(p1, logits) - 0.5 * dist.jacobian(p0, logits))
+        p1 = 0.5 * (h + (p0 if self.temperature == 1 else dist.probs(a / self.temperature)))
+        return Heun.apply(h, logits, p0, p1, dist) if logits.requires_grad else h
 
     def estimate(self, f, logits, samples, generator, dist=BERNOULLI):
-        return sample_mean(f(self.sample(logits, (samples,), generator, dist)))
+        return over_samples(f(self.sample(logits, lead(samples), generator, dist)), samples)
 
     def extra_repr(self) -> str:
         return f"temperature={self.temperature}"

@@ -9,14 +9,9 @@ from __future__ import annotations
 import torch
 
 from ..distributions import BERNOULLI
+from ..gradient import straight_through
 from ..sampling import lead, over_samples
 from .base import Estimator
-
-
-def straight_through(h, surrogate, detached=None):
-    """``h`` forward, gradient of ``surrogate`` backward: ``h + (s − s.detach())``; ``detached``: ``s.detach()``, if
-    the caller has it already."""
-    return h + (surrogate - (surrogate.detach() if detached is None else detached))
 
 
 class StraightThrough(Estimator):
@@ -39,7 +34,7 @@ class StraightThrough(Estimator):
         r = self.relax(logits, dist)
         fixed = r.detach()
         probs = dist.probs(fixed) if r is logits else fixed   # relaxed to the probabilities, or through the logits
-        return straight_through(dist.sample(probs, lead, generator), r, fixed)
+        return straight_through(dist.sample(probs, lead, generator), r)
 
     def estimate(self, f, logits, samples, generator, dist=BERNOULLI):
         return over_samples(f(self.sample(logits, lead(samples), generator, dist)), samples)

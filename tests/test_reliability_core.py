@@ -183,3 +183,28 @@ def test_a_rejected_call_leaves_a_tuned_estimator_as_it_was():
     calls, theta = rebar.get_extra_state()["calls"], rebar.theta.clone()
     rebar(lambda b: p.f(b) * float("nan"), a, 1, torch.Generator().manual_seed(2)).sum().backward()
     assert rebar.get_extra_state()["calls"] == calls and torch.equal(rebar.theta, theta)
+
+
+@pytest.mark.parametrize("make, error, words", [
+    (lambda: sg.get_estimator("relax", hidden=10 ** 9), ValueError, "hidden must be at most"),
+    (lambda: sg.get_estimator("rodeo", hidden=10 ** 9), ValueError, "hidden must be at most"),
+    (lambda: sg.get_estimator("relax", hidden=0), ValueError, "hidden"),
+    (lambda: sg.get_estimator("gumbel_rao", draws=10 ** 9), ValueError, "draws must be at most"),
+    (lambda: sg.get_estimator("learned", ridge=1e300), ValueError, "ridge"),
+    (lambda: sg.get_estimator("reinmax", temperature=True), TypeError, "temperature"),
+    (lambda: sg.get_estimator("reinmax", temperature=float("inf")), ValueError, "temperature"),
+    (lambda: sg.get_estimator("auto", decay=False), TypeError, "decay"),
+    (lambda: sg.get_estimator("auto", candidates=["disarmm"]), ValueError, "did you mean 'disarm'"),
+    (lambda: sg.get_estimator("auto", candidates=["straight_through"]), ValueError, "biased"),
+    (lambda: sg.get_estimator("rebar", tune="yes"), TypeError, "tune"),
+    (lambda: sg.StochasticBinary(123), TypeError, "estimator must be"),
+    (lambda: sg.FiringRateControl(neuron=3), TypeError, "neuron"),
+    (lambda: sg.DelayedBroadcast(2, local="yes"), TypeError, "local"),
+    (lambda: sg.broadcast(local="yes").__enter__(), TypeError, "local"),
+])
+def test_every_option_is_checked_by_its_kind_where_it_is_given(make, error, words):
+    """One mechanism (stochgrad.options' kinds) for every option of every estimator and layer: sizes that would
+    allocate until killed, numbers that are inf in float32, booleans where numbers go and the reverse, unknown
+    candidates (with a suggestion) are refused when the object is built, not at its first call."""
+    with pytest.raises(error, match=words):
+        make()

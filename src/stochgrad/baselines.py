@@ -17,14 +17,8 @@ import torch
 from torch import Tensor, nn
 
 from .distributed import is_distributed, mean_over_ranks
+from .options import DECAY
 from .guard import finite, fold_, total
-
-
-def check_decay(decay, name: str = "decay") -> float:
-    """A moving average's decay: a float in ``[0, 1)`` (1 would never learn; NaN never compares)."""
-    if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0.0 <= decay < 1.0:
-        raise ValueError(f"{name} must be a number in [0, 1), got {decay!r}")
-    return float(decay)
 
 
 class ResizableBuffers(nn.Module):
@@ -99,7 +93,7 @@ class MovingAverage(Baseline):
 
     def __init__(self, decay: float = 0.9):
         super().__init__()
-        self.decay = check_decay(decay)
+        self.decay = float(DECAY.check(decay, "decay"))
         self.register_buffer("mean", torch.zeros(()))    # c, bias-corrected
         self.register_buffer("weight", torch.zeros(()))  # 1 − decay^steps: the bias correction
         # (constants as 0-dim tensors: no Python number enters a tensor op as an op of its own)
@@ -149,7 +143,7 @@ class OptimalBaseline(Baseline):
 
     def __init__(self, decay: float = 0.9):
         super().__init__()
-        self.decay = check_decay(decay)
+        self.decay = float(DECAY.check(decay, "decay"))
         self.register_buffer("numerator", torch.zeros(0))
         self.register_buffer("denominator", torch.zeros(0))
 

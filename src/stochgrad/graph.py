@@ -25,6 +25,7 @@ from torch.autograd.graph import GradientEdge, get_gradient_edge
 
 from .estimators.base import ScoreFunction
 from .guard import reads_at_once
+from .options import FLAG, NON_NEGATIVE
 
 _FORMULA = ScoreFunction.score_gradient  # the library's own (h − σ)·(L − c): it takes the 1/B as a scale
 
@@ -138,7 +139,7 @@ def broadcast(local: bool = False) -> Iterator[Graph]:
             stochastic one from their own local gradient. Pathwise layers (which learn only by
             back-propagation) are an error here.
     """
-    graph = Graph(local)
+    graph = Graph(FLAG.check(local, "local"))
     token = _ACTIVE.set(graph)
     _OPEN[0] += 1
     try:
@@ -175,11 +176,7 @@ class DelayedBroadcast:
     """
 
     def __init__(self, delay: int, local: bool = True):
-        if isinstance(delay, bool) or not isinstance(delay, int):
-            raise TypeError(f"delay must be an int >= 0, got {delay!r}")
-        if delay < 0:
-            raise ValueError(f"delay must be >= 0, got {delay}")
-        self.delay, self.local = delay, local
+        self.delay, self.local = NON_NEGATIVE.check(delay, "delay"), FLAG.check(local, "local")
         self.pending: deque[Graph] = deque()
         self.recorded = 0   # steps recorded so far; a step's handle carries its index
 

@@ -9,10 +9,11 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .baselines import ResizableBuffers, check_decay
+from .baselines import ResizableBuffers
 from .distributed import is_distributed, mean_over_ranks
 from .distributions import CATEGORICAL, one_hot
 from .estimators import REGISTRY, Estimator, get_estimator
+from .options import DECAY, FRACTION, UNIT_INTERVAL, Kind, choice, integer
 from .guard import LOW_PRECISION, check_logits, finite, fold_
 from .graph import Node, active_graph
 from .sampling import bernoulli, normal
@@ -28,6 +29,8 @@ def layer_names(distribution: str = "bernoulli") -> list[str]:
 def layer_estimator(estimator, distribution: str = "bernoulli"):
     """The estimator object of a stochastic layer, refused with a clear error if a layer cannot use it; the
     error lists the estimators that a layer of these units can use ([`layer_names`][stochgrad.neurons.layer_names])."""
+    if not isinstance(estimator, (str, Estimator)):
+        raise TypeError(f"estimator must be a registered name or a stochgrad Estimator, got {type(estimator).__name__}")
     est = get_estimator(estimator) if isinstance(estimator, str) else estimator
     usable = f"a {distribution} layer takes {', '.join(layer_names(distribution))}; or use sg.expect"
     if not (est.pathwise and hasattr(est, "sample")) and not est.broadcast:
@@ -41,16 +44,9 @@ def layer_estimator(estimator, distribution: str = "bernoulli"):
     return est
 
 
-def check_number(value, name: str, low: float, high: float = math.inf, low_open: bool = False,
-                 high_open: bool = False) -> float:
-    """A real number (not bool, not NaN) in ``[low, high]`` (ends open as asked); returns it as a float."""
-    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and not math.isnan(value)
-    if ok:
-        ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
-    if not ok:
-        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
-        raise ValueError(f"{name} must be a number in {interval}, got {value!r}")
-    return float(value)
+SIGMA = Kind("a finite number >= 0", (int, float), float, lambda v: math.isfinite(v) and v >= 0)
+GAIN = Kind("a finite number > 0", (int, float), float, lambda v: math.isfinite(v) and v > 0)
+LAYER = Kind("a stochastic layer (an nn.Module)", (nn.Module,), None, lambda v: True)
 
 
 class StochasticBinary(nn.Module):
@@ -72,9 +68,8 @@ class StochasticBinary(nn.Module):
                  generator: torch.Generator | None = None):
         super().__init__()
         self.estimator = layer_estimator(estimator)
-        if eval_output not in ("threshold", "probability"):
-            raise ValueError(f"eval_output must be 'threshold' or 'probability', got {eval_output!r}")
-        self.eval_output, self.threshold, self.generator = eval_output, check_number(threshold, "threshold", 0, 1), generator
+        self.eval_output = choice("threshold", "probability").check(eval_output, "eval_output")
+        self.threshold, self.generator = float(UNIT_INTERVAL.check(threshold, "threshold")), generator
 
     def forward(self, a: Tensor) -> Tensor:
         """``a``: ``(*batch, n)`` → ``(*batch, n)``. float16/bfloat16 inputs are sampled in float32 (a
@@ -136,10 +131,9 @@ class StochasticCategorical(nn.Module):
     def __init__(self, estimator="straight_through", categories: int | None = None, eval_output: str = "argmax",
                  generator: torch.Generator | None = None):
         super().__init__()
-        if eval_output not in ("argmax", "probability"):
-            raise ValueError(f"eval_output must be 'argmax' or 'probability', got {eval_output!r}")
-        if categories is not None and (isinstance(categories, bool) or not isinstance(categories, int) or categories < 2):
-            raise ValueError(f"categories must be an int >= 2 (or None for (*batch, n, K) input), got {categories!r}")
+        choice("argmax", "probability").check(eval_output, "eval_output")
+        if categories is not None:
+            integer(2).check(categories, "categories")
         self.estimator = layer_estimator(estimator, "categorical")
         self.categories, self.eval_output, self.generator = categories, eval_output, generator
 
@@ -190,7 +184,7 @@ class NoisyRectifier(nn.Module):
 
     def __init__(self, sigma: float = 1.0, generator: torch.Generator | None = None):
         super().__init__()
-        self.sigma, self.generator = check_number(sigma, "sigma", 0, math.inf, high_open=True), generator
+        self.sigma, self.generator = float(SIGMA.check(sigma, "sigma")), generator
 
     def forward(self, a: Tensor) -> Tensor:
         if self.training and self.sigma > 0:
@@ -211,7 +205,7 @@ class StochasticTimesSmooth(nn.Module):
 
     def __init__(self, threshold: float = 0.5, generator: torch.Generator | None = None):
         super().__init__()
-        self.threshold, self.generator = check_number(threshold, "threshold", 0, 1), generator
+        self.threshold, self.generator = float(UNIT_INTERVAL.check(threshold, "threshold")), generator
 
     def forward(self, a: Tensor) -> Tensor:
         smooth = torch.sigmoid(a).sqrt()
@@ -233,9 +227,9 @@ class FiringRateControl(ResizableBuffers):
 
     def __init__(self, neuron: nn.Module, target: float = 0.1, gain: float = 0.5, decay: float = 0.9):
         super().__init__()
-        target = check_number(target, "target", 0, 1, low_open=True, high_open=True)
-        gain = check_number(gain, "gain", 0, math.inf, low_open=True, high_open=True)
-        self.neuron, self.target, self.gain, self.decay = neuron, target, gain, check_decay(decay)
+        LAYER.check(neuron, "neuron")
+        target, gain = float(FRACTION.check(target, "target")), float(GAIN.check(gain, "gain"))
+        self.neuron, self.target, self.gain, self.decay = neuron, target, gain, float(DECAY.check(decay, "decay"))
         self.register_buffer("offset", torch.zeros(0))
         self.register_buffer("rate", torch.zeros(0))
         self.register_buffer("weight", torch.zeros(()))  # 1 − decay^steps: bias correction of rate

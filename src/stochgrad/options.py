@@ -36,6 +36,11 @@ class OptionError(ValueError):
         self.name, self.problem = name, problem
 
 
+class OptionTypeError(OptionError, TypeError):
+    """A setting of the wrong type (``True`` for a count, a string for a number): a ``TypeError``, and an
+    [`OptionError`][stochgrad.options.OptionError] like every other bad setting."""
+
+
 class Kind:
     """A kind of setting: ``words`` (``"an integer >= 1"``), the Python ``types`` it takes, ``parse`` (text →
     value, raising ``ValueError``), ``accept`` (value → bool) and optionally ``explain`` (a value not accepted →
@@ -45,22 +50,25 @@ class Kind:
         self.words, self.types, self.parse, self.accept, self.explain = words, types, parse, accept, explain
         self.__doc__ = f"A setting that must be {words}."
 
+    def wrong_type(self, value) -> bool:
+        """Whether ``value`` is not of this kind's types (``True``/``False`` count as numbers only for a flag)."""
+        return (isinstance(value, bool) and bool not in self.types) or not isinstance(value, self.types)
+
     def problem(self, value) -> str | None:
         """``"must be …, got …"`` if ``value`` is not of this kind, else ``None``."""
-        if isinstance(value, bool) or not isinstance(value, self.types):
+        if self.wrong_type(value):
             return f"must be {self.words}, got {value!r}"
         if not self.accept(value):
             return (self.explain(value) if self.explain else None) or f"must be {self.words}, got {value!r}"
         return None
 
     def check(self, value, name: str):
-        """``value`` if it is of this kind; else ``TypeError`` (wrong type) or [`OptionError`][stochgrad.options.OptionError] naming ``name``."""
+        """``value`` if it is of this kind; else [`OptionTypeError`][stochgrad.options.OptionTypeError] (wrong type:
+        a ``TypeError``) or [`OptionError`][stochgrad.options.OptionError] (a ``ValueError``) naming ``name``."""
         problem = self.problem(value)
         if problem is None:
             return value
-        if isinstance(value, bool) or not isinstance(value, self.types):
-            raise TypeError(f"{name} {problem}")
-        raise OptionError(name, problem)
+        raise (OptionTypeError if self.wrong_type(value) else OptionError)(name, problem)
 
     def __call__(self, text: str):
         """``argparse``'s ``type=``: parses the flag's text and checks it (``ArgumentTypeError`` otherwise)."""
@@ -129,9 +137,29 @@ def _device_problem(text) -> str | None:
 POSITIVE, NON_NEGATIVE = integer(1), integer(0)
 SEED = integer(0, 2 ** 32 - 1)
 THREADS = integer(1, 1024)
-POSITIVE_FLOAT = Kind("a finite number > 0", (int, float), float, lambda v: math.isfinite(v) and v > 0)
-NON_NEGATIVE_FLOAT = Kind("a finite number >= 0", (int, float), float, lambda v: math.isfinite(v) and v >= 0)
+#: The largest magnitude a number setting may take: float32's largest finite value. Settings enter state and
+#: arithmetic in the logits' dtype, so a value beyond it would be inf there (``ridge=1e300``, ``lr=1e300``).
+MAX_NUMBER = 3.4028234663852886e38
+
+
+def _finite(v) -> bool:
+    return math.isfinite(v) and abs(v) <= MAX_NUMBER
+
+
+POSITIVE_FLOAT = Kind("a finite number > 0", (int, float), float, lambda v: _finite(v) and v > 0)
+NON_NEGATIVE_FLOAT = Kind("a finite number >= 0", (int, float), float, lambda v: _finite(v) and v >= 0)
+FINITE = Kind("a finite number", (int, float), float, _finite)
 FRACTION = Kind("a number in (0, 1)", (int, float), float, lambda v: 0 < v < 1)
+DECAY = Kind("a number in [0, 1)", (int, float), float, lambda v: 0 <= v < 1)   # a moving average's decay
+UNIT_INTERVAL = Kind("a number in [0, 1]", (int, float), float, lambda v: 0 <= v <= 1)
+def _flag(text: str) -> bool:
+    if text.lower() not in ("true", "false"):
+        raise ValueError(text)
+    return text.lower() == "true"
+
+
+FLAG = Kind("True or False", (bool,), _flag, lambda v: True)
+WIDTH = integer(1, 2 ** 16)   # a network's hidden units: more would allocate until the process is killed
 DEVICE = Kind("cpu, or cuda / cuda:N of a GPU this machine has", (str,), str, _device_ok, _device_problem)
 FOLDER = Kind("a folder (it may not exist yet), not a file", (str, os.PathLike), str,
               lambda v: not (os.path.exists(v) and not os.path.isdir(v)))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 
-from ..options import suggestion
+from ..options import OptionError, suggestion
 from .arm import ARM, DisARM
 from .arms import ARMS
 from .auto import Auto
@@ -66,6 +66,8 @@ def get_estimator(name: str, **options) -> Estimator:
                          f"{', '.join(REGISTRY)}")
     try:
         return REGISTRY[name](**options)
+    except OptionError:   # a bad value for a known option: its own message (a TypeError for a wrong type)
+        raise
     except TypeError as err:
         raise TypeError(f"bad options for estimator {name!r}: {err}") from None
 

@@ -58,6 +58,7 @@ from torch import Tensor, nn
 
 from ..distributed import mean_over_ranks
 from ..distributions import BERNOULLI, get_distribution
+from ..options import DECAY, NON_NEGATIVE, POSITIVE, choice, suggestion
 from ..sampling import Sharded
 from .base import REGISTRY, Estimator
 
@@ -91,6 +92,16 @@ def _common_numbers(generator, like: Tensor):
     return fresh
 
 
+def check_candidates(names) -> None:
+    """Each name registered, unbiased and not ``auto``: checked when ``auto`` is built, not at its first call."""
+    for name in names:
+        if not isinstance(name, str) or name not in REGISTRY or name == "auto":
+            raise ValueError(f"auto: unknown or unusable candidate {name!r}{suggestion(name, REGISTRY)}; known: "
+                             f"{', '.join(k for k in REGISTRY if k != 'auto')}")
+        if not REGISTRY[name].unbiased:
+            raise ValueError(f"auto: candidate {name!r} is biased; auto chooses among unbiased estimators")
+
+
 def plan(budget: int, n: int, names=None, distribution=BERNOULLI) -> list[tuple[Estimator, int]]:
     """Fresh candidates for a budget of ``budget`` f-evaluations per example: ``(estimator, samples)`` each.
 
@@ -102,12 +113,9 @@ def plan(budget: int, n: int, names=None, distribution=BERNOULLI) -> list[tuple[
     if names is None:
         names = [k for k, cls in REGISTRY.items() if cls.unbiased and k not in _NEVER + _COSTLY
                  and dist.name in cls.distributions]
+    check_candidates(names)
     out = []
     for name in names:
-        if name not in REGISTRY or name == "auto":
-            raise ValueError(f"auto: unknown or unusable candidate {name!r}; known: {', '.join(REGISTRY)}")
-        if not REGISTRY[name].unbiased:
-            raise ValueError(f"auto: candidate {name!r} is biased; auto chooses among unbiased estimators")
         if dist.name not in REGISTRY[name].distributions:
             raise ValueError(f"auto: candidate {name!r} does not support {dist.name} units")
         est = REGISTRY[name]()
@@ -148,16 +156,14 @@ class Auto(Estimator):
     def __init__(self, candidates: list[str] | tuple[str, ...] | None = None, every: int = 50, warmup: int = 10,
                  decay: float = 0.5, cost: str = "time"):
         super().__init__()
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise ValueError(f"every must be an int >= 1, got {every!r}")
-        if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
-            raise ValueError(f"warmup must be an int >= 0, got {warmup!r}")
-        if not 0.0 <= decay < 1.0:
-            raise ValueError(f"decay must be in [0, 1), got {decay}")
+        POSITIVE.check(every, "every")
+        NON_NEGATIVE.check(warmup, "warmup")
+        decay = DECAY.check(decay, "decay")
         if candidates is not None and (isinstance(candidates, str) or len(candidates) < 1):
             raise ValueError(f"candidates must be a list of registered names, got {candidates!r}")
-        if cost not in COSTS:
-            raise ValueError(f"cost must be one of {', '.join(COSTS)}, got {cost!r}")
+        if candidates is not None:
+            check_candidates(candidates)
+        choice(*COSTS).check(cost, "cost")
         if cost == "time" and warmup < 1:
             raise ValueError("cost='time' times the candidates on the warm-up calls: warmup must be >= 1 "
                              "(or use cost='evaluations')")

@@ -12,6 +12,7 @@ from ..distributed import is_distributed, mean_over_ranks
 from ..distributions import BERNOULLI
 from ..distributions import resolve as as_distribution
 from ..gradient import attach_gradient
+from ..options import FLAG, POSITIVE, POSITIVE_FLOAT
 from ..guard import LOSSES, LOW_PRECISION, TUNING, CheckedLoss, LossFn, Verdict, check_logits, check_samples, finite, \
     fold_, report_finite, total
 from ..sampling import Sharded, lead, over_samples, uniform
@@ -20,22 +21,6 @@ REGISTRY: dict[str, type["Estimator"]] = {}
 """Registered names to classes: filled by [`stochgrad.estimators`][stochgrad.estimators] (the registry), read here for error messages."""
 
 BETAS, EPS = (0.9, 0.999), 1e-8  # Adam (Kingma & Ba 2015) for the tuned state: torch.optim.Adam's defaults
-
-
-def check_positive(value, name: str) -> float:
-    """An estimator option that must be a finite number > 0 (a temperature, a step): NaN and inf are errors."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
-
-
-def check_count(value, name: str) -> int:
-    """``value`` as a validated int ``>= 1`` (an option that counts, e.g. calls between tuning steps);
-    a ``ValueError`` naming ``name`` otherwise.
-    """
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    return value
 
 
 class Estimator(nn.Module, abc.ABC):
@@ -80,9 +65,7 @@ class Estimator(nn.Module, abc.ABC):
 
     @skip_nonfinite.setter
     def skip_nonfinite(self, value: bool) -> None:
-        if not isinstance(value, bool):
-            raise TypeError(f"skip_nonfinite must be True or False, got {value!r}")
-        self.verdict.skip = value
+        self.verdict.skip = FLAG.check(value, "skip_nonfinite")
 
     @property
     def stateful(self) -> bool:
@@ -248,9 +231,8 @@ class Tuned(Estimator, ResizableBuffers):
 
     def __init__(self, initial: list[float], tune: bool, lr: float, tune_every: int = 1):
         super().__init__()
-        if not isinstance(tune, bool):
-            raise TypeError(f"tune must be True or False, got {tune!r}")
-        self.tune, self.lr, self.tune_every = tune, check_positive(lr, "lr"), check_count(tune_every, "tune_every")
+        self.tune, self.lr = FLAG.check(tune, "tune"), float(POSITIVE_FLOAT.check(lr, "lr"))
+        self.tune_every = POSITIVE.check(tune_every, "tune_every")
         self.register_buffer("theta", torch.tensor([float(v) for v in initial]))
         self.register_buffer("adam_m", torch.zeros(len(initial)))
         self.register_buffer("adam_v", torch.zeros(len(initial)))

@@ -19,7 +19,6 @@ gives zero slopes, and the estimator is then ``reinforce_loo``).
 from __future__ import annotations
 
 import abc
-import math
 
 import torch
 from torch import Tensor
@@ -27,6 +26,7 @@ from torch import Tensor
 from ..baselines import leave_one_out_mean
 from ..gradient import attach_gradient
 from ..sampling import bernoulli
+from ..options import FINITE
 from .base import Tuned
 
 
@@ -97,8 +97,7 @@ class DoubleCV(SlopeControlVariate):
                    "∂f/∂b), its mean added back; α tuned")
 
     def __init__(self, alpha: float = 0.0, tune: bool = True, lr: float = 1e-2, tune_every: int = 1):
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
-            raise ValueError(f"alpha must be a finite number, got {alpha!r}")
+        FINITE.check(alpha, "alpha")
         super().__init__([alpha], tune, lr, tune_every)
 
     @property

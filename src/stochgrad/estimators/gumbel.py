@@ -9,8 +9,9 @@ the hard sample and back-propagates through the relaxed one.
 from __future__ import annotations
 
 from ..distributions import BERNOULLI
+from ..options import POSITIVE_FLOAT
 from ..sampling import lead, over_samples
-from .base import Estimator, check_positive
+from .base import Estimator
 from .straight_through import straight_through
 
 
@@ -29,7 +30,7 @@ class Gumbel(Estimator):
 
     def __init__(self, temperature: float = 0.5):
         super().__init__()
-        self.temperature = check_positive(temperature, "temperature")
+        self.temperature = float(POSITIVE_FLOAT.check(temperature, "temperature"))
 
     def relaxed(self, logits, lead=(), generator=None, dist=BERNOULLI):
         """``(z, soft)``: ``z = a + noise`` and its relaxation, ``(*lead, *logits.shape)``, differentiable in ``logits``."""

@@ -9,8 +9,12 @@ larger (Rao-Blackwell). Biased like ``gumbel_st``; one evaluation of ``f`` per s
 from __future__ import annotations
 
 from ..distributions import BERNOULLI
+from ..options import integer
 from .gumbel import GumbelST
 from .straight_through import straight_through
+
+
+DRAWS = integer(1, 2 ** 14)   # noise draws per hard sample: each is a full-size tensor
 
 
 class GumbelRao(GumbelST):
@@ -28,9 +32,7 @@ class GumbelRao(GumbelST):
 
     def __init__(self, temperature: float = 0.5, draws: int = 10):
         super().__init__(temperature)
-        if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1:
-            raise ValueError(f"draws must be an int >= 1, got {draws!r}")
-        self.draws = draws
+        self.draws = DRAWS.check(draws, "draws")
 
     def sample(self, logits, lead=(), generator=None, dist=BERNOULLI):
         """The hard sample ``h ~ p``, back-propagating as ``mean_m soften(a + G_m)``, ``G_m ~ p(G | h)``."""

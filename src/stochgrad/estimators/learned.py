@@ -18,10 +18,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..baselines import OptimalBaseline, ResizableBuffers, check_decay
+from ..baselines import OptimalBaseline, ResizableBuffers
 from ..distributed import mean_over_ranks
 from ..gradient import attach_gradient
 from ..guard import LOSSES, finite, fold_, total
+from ..options import DECAY, POSITIVE_FLOAT
 from ..sampling import bernoulli, lead, over_samples
 from .base import Estimator
 
@@ -50,10 +51,8 @@ class Learned(Estimator, ResizableBuffers):
 
     def __init__(self, decay: float = 0.99, ridge: float = 1e-4, baseline_decay: float = 0.9):
         super().__init__()
-        self.decay = check_decay(decay)
-        if isinstance(ridge, bool) or not isinstance(ridge, (int, float)) or not 0 < ridge < float("inf"):
-            raise ValueError(f"ridge must be a finite number > 0, got {ridge!r}")
-        self.ridge = float(ridge)
+        self.decay = float(DECAY.check(decay, "decay"))
+        self.ridge = float(POSITIVE_FLOAT.check(ridge, "ridge"))
         self.baseline = OptimalBaseline(baseline_decay)
         self.register_buffer("xx", torch.zeros(0, FEATURES, FEATURES))  # running E[x xᵀ] per unit
         self.register_buffer("xy", torch.zeros(0, FEATURES))            # running E[x y] per unit

@@ -13,8 +13,9 @@ from __future__ import annotations
 import torch
 
 from ..gradient import attach_gradient
+from ..options import POSITIVE_FLOAT
 from ..sampling import bernoulli_from_uniform, normal, uniform
-from .base import Estimator, check_positive
+from .base import Estimator
 
 
 class _Perturbation(Estimator):
@@ -25,7 +26,7 @@ class _Perturbation(Estimator):
 
     def __init__(self, step: float = 0.1):
         super().__init__()
-        self.step = check_positive(step, "step")
+        self.step = float(POSITIVE_FLOAT.check(step, "step"))
 
     def evaluations(self, n, samples=1):
         return 2 * samples

@@ -40,9 +40,10 @@ from torch import Tensor
 
 from ..distributions import BERNOULLI, conditional_logistic  # noqa: F401  (conditional_logistic: public here)
 from ..gradient import attach_gradient
+from ..options import FINITE, FLAG, POSITIVE, POSITIVE_FLOAT, WIDTH
 from ..sampling import lead, over_samples
 from . import rebar_hand
-from .base import Tuned, check_count, check_positive
+from .base import Tuned
 
 MASKED = -1e4  # a masked class's perturbed logit in the relaxation: softmax weight exp(−1e4/λ), 0 in float32 for λ < 90
 
@@ -70,14 +71,11 @@ class REBAR(Tuned):
 
     def __init__(self, eta: float = 1.0, temperature: float = 0.5, tune: bool = True, lr: float = 8e-2,
                  tune_every: int = 8, temperature_every: int = 1, hand: bool = True):
-        if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not math.isfinite(eta):
-            raise ValueError(f"eta must be a finite number, got {eta!r}")
-        temperature = check_positive(temperature, "temperature")
+        FINITE.check(eta, "eta")
+        POSITIVE_FLOAT.check(temperature, "temperature")
         super().__init__([eta, math.log(temperature)], tune, lr, tune_every)  # theta = [η, log λ, ρ...]
-        self.temperature_every = check_count(temperature_every, "temperature_every")
-        if not isinstance(hand, bool):
-            raise TypeError(f"hand must be True or False, got {hand!r}")
-        self.hand = hand
+        self.temperature_every = POSITIVE.check(temperature_every, "temperature_every")
+        self.hand = FLAG.check(hand, "hand")
 
     @property
     def eta(self) -> Tensor:
@@ -177,7 +175,7 @@ class RELAX(REBAR):
     def __init__(self, eta: float = 1.0, temperature: float = 0.5, hidden: int = 10, tune: bool = True,
                  lr: float = 4e-2, tune_every: int = 4, temperature_every: int = 2, hand: bool = True):
         super().__init__(eta, temperature, tune, lr, tune_every, temperature_every, hand)
-        self.hidden = check_count(hidden, "hidden")
+        self.hidden = WIDTH.check(hidden, "hidden")
 
     def state_meaning(self) -> dict:
         return {**super().state_meaning(), "hidden": self.hidden}   # how theta's network part is cut

@@ -17,8 +17,9 @@ import torch
 from torch import Tensor
 
 from ..distributions import BERNOULLI
+from ..options import POSITIVE_FLOAT
 from ..sampling import lead, over_samples
-from .base import Estimator, check_positive
+from .base import Estimator
 
 
 class Heun(torch.autograd.Function):
@@ -57,7 +58,7 @@ class ReinMax(Estimator):
 
     def __init__(self, temperature: float = 1.0):
         super().__init__()
-        self.temperature = check_positive(temperature, "temperature")
+        self.temperature = float(POSITIVE_FLOAT.check(temperature, "temperature"))
 
     def sample(self, logits, lead=(), generator=None, dist=BERNOULLI):
         """Hard samples ``(*lead, *logits.shape)`` whose backward pass is ReinMax's."""

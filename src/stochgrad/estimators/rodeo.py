@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..baselines import leave_one_out_mean
-from .base import check_count
+from ..options import WIDTH
 from .double_cv import SlopeControlVariate
 
 
@@ -88,7 +88,7 @@ class RODEO(SlopeControlVariate):
                    "learned Taylor surrogate; tuned")
 
     def __init__(self, hidden: int = 100, tune: bool = True, lr: float = 1e-2, tune_every: int = 1):
-        self.hidden = check_count(hidden, "hidden")
+        self.hidden = WIDTH.check(hidden, "hidden")
         super().__init__([0.0, 0.0], tune, lr, tune_every)
 
     def state_meaning(self) -> dict:

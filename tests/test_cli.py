@@ -260,3 +260,15 @@ def test_the_run_record_takes_no_lock_in_the_users_checkout(tmp_path):
     before = index.stat().st_mtime_ns
     assert git_commit(str(repo))[0]
     assert index.stat().st_mtime_ns == before and not (repo / ".git" / "index.lock").exists()
+
+
+def test_an_interrupted_compare_says_how_to_finish_it(tmp_path, capsys, monkeypatch):
+    from stochgrad.studies import compare
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(compare, "run", interrupted)
+    assert main(["compare", "--quick", "--out", str(tmp_path), "--quiet"]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "progress.json" in err and "--resume finishes it" in err

@@ -129,6 +129,11 @@ def cmd_compare(args) -> int:
         results = compare.run(cfg, args.out, progress=not args.quiet, resume=args.resume, force=args.force)
     except compare.RunError as err:
         _fail(str(err))
+    except KeyboardInterrupt:
+        print(f"\nstochgrad compare: interrupted; every finished measurement is kept in {args.out}/{compare.STATE} "
+              f"(and the parts finished so far in {args.out}/report.md): the same command with --resume finishes "
+              "it", file=sys.stderr)
+        return 130
     if results.get("already_complete"):
         print(f"stochgrad compare: {args.out} is already complete: nothing to do (its report: {args.out}/report.md)")
         return 0
@@ -445,6 +450,11 @@ def main(argv: list[str] | None = None) -> int:
         set_threads(args.threads)
     try:
         return args.run(args)
+    except KeyboardInterrupt:
+        print("\nstochgrad: interrupted" + (f"; {args.out}/checkpoint.pt holds the last checkpoint: --resume "
+                                            "continues from it" if getattr(args, "model_kind", None) else ""),
+              file=sys.stderr)
+        return 130
     except (OutputError, CheckpointError) as err:
         _fail(str(err))
     except (MemoryError, torch.OutOfMemoryError) as err:

@@ -101,7 +101,7 @@ class Config(Options):
     race_steps: int = 500
     race_units: int = 10
     timing_repeats: int = 5     # timings per estimator and problem, interleaved: median and spread
-    categorical_units: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+    categorical_units: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128)
     categorical_classes: tuple[int, ...] = (2, 3, 4, 8, 16, 32, 64)
     budget: float = 1e8
     min_estimates: int = 500

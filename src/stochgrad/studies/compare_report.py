@@ -235,7 +235,8 @@ def write_report(results: dict, categorical: dict, out_dir: str, plots: dict, co
     L += ["", "## Sizes", "",
           f"Each measurement may take at most {c['budget']:.3g} units of work (estimates × units × the estimator's "
           "cost per estimate and unit relative to `reinforce`'s), so the expensive estimators get fewer estimates "
-          f"and a scaling point that would leave fewer than {c['min_estimates']} is not measured. Problems: up to "
+          f"and a scaling point that would leave fewer than {c['min_estimates']} is not measured (`finite_difference`, "
+          "which evaluates f 2D times per estimate, takes at most 4·10⁶/D² estimates and at least 50). Problems: up to "
           f"{c['problem_estimates']} estimates; scaling: up to {c['scaling_estimates']} per point after "
           f"{c['scaling_warmup']} warm-up calls (estimators with state).", ""]
     L += [f"- {s}." for s in results["limits"]] or ["- No estimator was limited."]

@@ -83,6 +83,7 @@ GATERS = ("straight_through", "reinforce_optimal", "stochastic_times_smooth", "s
 RECTIFIERS = ("noisy_rectifier", "rectifier")
 EXPERTS = ("linear", "relu")
 L1_GAIN = 0.01
+GATER, EXPERT = choice(*GATERS, words="one of the gaters"), choice(*EXPERTS)   # their kinds (stochgrad.options)
 
 
 class SigmoidGate(nn.Module):
@@ -102,8 +103,7 @@ def make_gate(kind: str, generator, target: float, rate_control: bool = False) -
     """The gating non-linearity named ``kind`` (see ``stochgrad train gating --help``) aiming at ``target``
     open, wrapped in firing-rate control when ``rate_control``.
     """
-    if kind not in GATERS:
-        raise ValueError(f"unknown gater {kind!r}; valid: {', '.join(GATERS)}")
+    GATER.check(kind, "gater")
     neuron = {"noisy_rectifier": lambda: NoisyRectifier(1.0, generator),
               "straight_through": lambda: StochasticBinary("straight_through", generator=generator),
               "stochastic_times_smooth": lambda: StochasticTimesSmooth(generator=generator),
@@ -124,8 +124,7 @@ class GatingNet(nn.Module):
     def __init__(self, x_dim: int, gater: str, gates: int = 2000, hidden: int = 400, classes: int = 10,
                  target: float = 0.1, generator=None, rate_control: bool = False, expert: str = "linear"):
         super().__init__()
-        if expert not in EXPERTS:
-            raise ValueError(f"expert must be one of {', '.join(EXPERTS)}, got {expert!r}")
+        EXPERT.check(expert, "expert")
         self.kind, self.target, self.expert_kind = gater, target, expert
         self.gater = nn.Sequential(nn.Linear(x_dim, hidden), nn.Tanh(), nn.Linear(hidden, gates))
         self.gate = make_gate(gater, generator, target, rate_control)
@@ -262,9 +261,9 @@ class GatingConfig(DataRunConfig):
     that passes ``max_seconds`` of training. ``epochs`` and ``steps`` left ``None`` are 100 and unlimited on a
     fresh run, and the checkpoint's own on a resumed one."""
 
-    OPTIONS = {"device": DEVICE, "gater": choice(*GATERS, words="one of the gaters"), "epochs": POSITIVE, "target": FRACTION,
+    OPTIONS = {"device": DEVICE, "gater": GATER, "epochs": POSITIVE, "target": FRACTION,
                "sparsity_weight": NON_NEGATIVE_FLOAT, "validation": POSITIVE, "patience": POSITIVE,
-               "max_seconds": NON_NEGATIVE_FLOAT, "expert": choice(*EXPERTS)}
+               "max_seconds": NON_NEGATIVE_FLOAT, "expert": EXPERT}
     DEFAULTED = ("epochs",)
     TARGETS = ("epochs", "steps")
     TARGET_DEFAULTS = {"epochs": 100}

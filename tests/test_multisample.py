@@ -99,3 +99,24 @@ def test_rodeo_state_dict_resumes_exactly(gen):
     assert torch.equal(g1, g2)   # the Adam state came along: the tuning continues identically
 
 
+
+
+def test_rodeo_sorted_surrogate_is_the_network_as_written():
+    """The piecewise-linear evaluation (kinks sorted, prefix sums) gives the network's values and its gradient in the
+    weights, at many points per row, with a unit whose input weight is 0 and with points beyond every kink."""
+    from stochgrad.estimators.rodeo import stein_surrogate, stein_surrogate_sorted, surrogate_size
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(surrogate_size(30), generator=g, dtype=torch.float64)
+    w[5] = 0.0                                                       # w_t = 0: a unit on or off whatever t
+    t = torch.randn(3, 4, 41, generator=g, dtype=torch.float64) * 4
+    t[..., 0] = 1e6
+    level = torch.randn(3, 4, generator=g, dtype=torch.float64)
+    w1, w2 = w.clone().requires_grad_(True), w.clone().requires_grad_(True)
+    written, sorted_ = stein_surrogate(w1, t, level), stein_surrogate_sorted(w2, t, level)
+    assert sorted_.shape == written.shape == (3, 4, 41, 2)
+    assert torch.allclose(sorted_, written, rtol=1e-10, atol=1e-9)
+    weight = torch.randn(written.shape, generator=g, dtype=torch.float64)
+    (g1,) = torch.autograd.grad((written * weight).sum(), w1)
+    (g2,) = torch.autograd.grad((sorted_ * weight).sum(), w2)
+    assert torch.allclose(g1, g2, rtol=1e-10, atol=1e-9)

@@ -369,6 +369,30 @@ def test_carms_is_unbiased_for_more_samples_and_classes(samples, K, gen):
     assert r.passed, f"S={samples}, K={K}: max |z| = {r.max_abs_z:.2f}"
 
 
+@pytest.mark.parametrize("rotations", [1, 4])
+def test_carms_orderings_stack_the_classes_as_stated(rotations):
+    """Every pair of classes at the two ends; the probability below each class in each ordering, from the closed form,
+    equals the sum over the classes before it in the ordering written out."""
+    from stochgrad.estimators.carms import lower_edges, orderings
+    K = 6
+    a, b, r = orderings(K, rotations, "cpu")
+    assert {(x, y) for x, y in zip(a.tolist(), b.tolist())} == {(x, y) for x in range(K) for y in range(x + 1, K)}
+    assert len(a) == rotations * K * (K - 1) // 2
+    p = torch.softmax(torch.randn(1, 1, K, generator=torch.Generator().manual_seed(0), dtype=torch.float64), -1)
+    for c in range(K):
+        got = lower_edges(p, torch.tensor([[[c]]]), a, b, r)[0, 0]
+        for k, (x, y, s) in enumerate(zip(a.tolist(), b.tolist(), r.tolist())):
+            order = [x, *[d for d in [(s + m) % K for m in range(K)] if d not in (x, y)], y]
+            assert got[k].item() == pytest.approx(p[0, 0, order[:order.index(c)]].sum().item(), abs=1e-12)
+
+
+def test_carms_with_more_arrangements_is_unbiased(gen):
+    p = problems.categorical_decoder(n=2, K=6)
+    r = sg.check_unbiased(sg.get_estimator("carms", rotations=4), p.f, p.logits, estimates=8000, batch=400,
+                          samples=2, generator=gen, distribution=CAT)
+    assert r.passed, f"max |z| = {r.max_abs_z:.2f}"
+
+
 def test_carms_is_invariant_to_a_constant_added_to_f():
     """CARMS's signal is a weighted difference f(z_i) − f(z_j): a constant added to f cancels sample by sample."""
     p = problems.categorical_decoder()

@@ -103,8 +103,7 @@ def test_auto_bad_input_raises_before_any_state_changes():
     before = {k: v.clone() for k, v in auto.state_dict().items() if isinstance(v, torch.Tensor)}
     with pytest.raises(ValueError, match="samples=2"):
         auto(p.f, p.logits.clone().requires_grad_(True), samples=3)
-    for k, v in before.items():   # (the warm-up times not yet measured are NaN)
-        torch.testing.assert_close(auto.state_dict()[k], v, rtol=0, atol=0, equal_nan=True)
+    assert all(torch.equal(v, auto.state_dict()[k]) for k, v in before.items())
 
 
 def test_auto_by_time_leaves_a_slow_candidate_that_evaluations_would_choose(gen, monkeypatch):

@@ -179,7 +179,7 @@ class Auto(Estimator):
         self.register_buffer("weight", torch.zeros(()))         # 1 − decay^measurements: bias correction
         self.register_buffer("spent", torch.zeros(2, dtype=torch.float64))  # f-evals per example: all, measuring extra
         self.register_buffer("timings", torch.zeros(0, dtype=torch.float64))  # (warmup, C + 1): seconds per warm-up
-        # call of each candidate, then the rest of the step (NaN: not measured)
+        # call of each candidate, then the rest of the step (−1: not measured; a checkpoint holds no NaN)
         # the host's copies (the buffers are written from them when the state is saved): no device read per call
         self._budget = self._units = self._calls = self._choice = 0
         self._spent = [0.0, 0.0]
@@ -201,7 +201,7 @@ class Auto(Estimator):
         self.squared_norm = self.squared_norm.to(dtype=dtype, device=device)
         self.weight = self.weight.to(dtype=dtype, device=device)
         rows = self.warmup if self.cost_model == "time" else 0
-        self.timings = torch.full((rows, len(chosen) + 1), math.nan, dtype=torch.float64, device=device)
+        self.timings = torch.full((rows, len(chosen) + 1), -1.0, dtype=torch.float64, device=device)
         self._timings = []
         if like is not None:
             self.candidates.to(device)
@@ -290,7 +290,7 @@ class Auto(Estimator):
         timing = self.cost_model == "time" and t < self.warmup
         if timing:   # the rest of the step: from the end of the last (timed) call to the start of this one
             start = clock(logits)
-            rest = start - self._last_end if self._last_end is not None else math.nan
+            rest = start - self._last_end if self._last_end is not None else -1.0   # −1: not measured
         self._count(t)
         value = run(self.candidates[k], logits, self.sizes[k], generator)   # the step's gradient: choice from the past
         if not self._measuring(t):
@@ -429,9 +429,9 @@ class Auto(Estimator):
         return out
 
     def _own_seconds(self) -> list[float]:
-        """Per candidate, then the rest of the step: the median seconds over the warm-up calls timed (NaN: not
-        measured, e.g. the rest before the first call)."""
-        return [statistics.median(finite) if (finite := [v for v in col if not math.isnan(v)]) else 0.0
+        """Per candidate, then the rest of the step: the median seconds over the warm-up calls timed (a negative
+        entry: not measured, e.g. the rest before the first call)."""
+        return [statistics.median(measured) if (measured := [v for v in col if v >= 0]) else 0.0
                 for col in zip(*self._timings)]
 
     def extra_repr(self) -> str:

@@ -151,7 +151,7 @@ class Auto(Estimator):
     distributions = ("bernoulli", "categorical")
     cost = "S+meas."
 
-    records = ("timings",)   # the warm-up calls' seconds (NaN where a part was not timed), not a statistic
+    records = ("timings",)   # the warm-up calls' seconds (−1 where a part was not timed), not a statistic
 
     def __init__(self, candidates: list[str] | tuple[str, ...] | None = None, every: int = 50, warmup: int = 10,
                  decay: float = 0.5, cost: str = "time"):

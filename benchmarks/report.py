@@ -55,6 +55,18 @@ WHAT = {  # benchmark -> what it measures and which script does it
     "gating_expert_relu": "Gating with rectified expert units (`--expert relu`), short runs.",
     "gating_snr": "What limits the unbiased gater: the signal-to-noise ratio of one gater-gradient estimate "
                   "(`benchmarks/gating_snr.py`).",
+    "tune_every": "Variance of one estimate at equal steps when double_cv and rodeo tune every k-th call, tuned on the "
+                  "same problems as every call (paired), on the linear VAE trained by disarm "
+                  "(`benchmarks/tune_every.py`); ratio to tune_every = 1, mean over seeds.",
+    "carms_variance": "CARMS's variance against the official code's estimator (its ordering set, its weight clip), "
+                      "on problems with exact gradients (`benchmarks/carms_variance.py`).",
+    "vae_race_linear": "The equal-time race on the linear binary VAE (DisARM protocol, 2 evaluations of f per example): "
+                       "each estimator's objective after the same CPU seconds of training "
+                       "(`benchmarks/reproduce/vae_race.py`).",
+    "vae_race_categorical": "The equal-time race on the categorical VAE (20 variables × 10 classes, 4 samples per "
+                            "example) (`benchmarks/reproduce/vae_race.py`).",
+    "vae_reinmax": "The categorical VAE at ReinMax's published protocol (`stochgrad train vae --protocol reinmax`, "
+                   "`benchmarks/reproduce/vae_reinmax.py`): training and test −ELBO as the published code prints them.",
 }
 DOCS_FIGURES = {  # the documentation's copies of the figures drawn here
     "vae_equal_steps.png": ("vae_equal_steps", "cpu-2core"),
@@ -308,12 +320,64 @@ def gating_snr(result):
         rows)
 
 
+def tune_every(result):
+    by = {}   # variant -> [(step, variance ratio to tune_every=1)] over seeds
+    for run in result["runs"].values():
+        points = run["checkpoints"]
+        for label, rows in points.items():
+            ref = points[label.split("(")[0] + "(tune_every=1)"]
+            for row, base in zip(rows, ref):
+                by.setdefault(label, {}).setdefault(row["step"], []).append(row["variance"] / base["variance"])
+    steps = sorted({step for cells in by.values() for step in cells})
+    return table(["variant", *(f"step {s}" for s in steps)],
+                 [[label, *(f"{statistics.mean(cells[s]):.3f}" if s in cells else "–" for s in steps)]
+                  for label, cells in by.items()])
+
+
+def carms_variance(result):
+    rows = []
+    for setting, row in result["runs"].items():
+        ref = row["official"]["variance"]
+        rows.append([setting, *(f"{row[k]['variance']:.4g} ± {row[k]['variance_se']:.2g} ({row[k]['variance'] / ref:.3f}×, "
+                                f"max z {row[k]['max_abs_z']:.1f})" for k in ("official", "official_unclipped", "carms",
+                                                                         "carms_rotations_4"))])
+    return table(["setting", "official code (clipped)", "official set, unclipped", "carms", "carms, rotations=4"], rows)
+
+
+def vae_race(result):
+    rows = []
+    for name, run in result["runs"].items():
+        s = run.get("summary", {})
+        auto = s.get("auto") or {}
+        rows.append([name, s.get("steps", "–"), num(s.get("train_seconds"), ".0f"),
+                     num(s.get("test_elbo_100_samples"), ".2f"), num(s.get("test_elbo_1_sample"), ".2f"),
+                     num(s.get("train_elbo_last_epoch"), ".2f"), auto.get("chosen", "")])
+    rows.sort(key=lambda r: -float(r[3]) if r[3] != "–" else 1e9)
+    return table(["run", "steps", "CPU seconds", "test bound (k=100)", "test ELBO (1 sample)",
+                  "train ELBO, last epoch", "auto's choice at the end"], rows)
+
+
+def vae_reinmax(result):
+    rows = []
+    for name, run in result["runs"].items():
+        s, m = run.get("summary") or {}, run.get("metrics") or {}
+        steps = s.get("steps") or (m.get("step") or [0])[-1]
+        rows.append([name, "yes" if run.get("finished") else "no", steps, f"{steps / 600:.1f}",
+                     num(-s["train_elbo_last_epoch"] if "train_elbo_last_epoch" in s else None, ".2f"),
+                     num(-s["test_elbo_1_sample_analytic_kl"] if "test_elbo_1_sample_analytic_kl" in s else None, ".2f"),
+                     num(-(m.get("train_elbo") or [None])[-1] if m.get("train_elbo") else None, ".2f")])
+    return table(["estimator", "finished", "steps", "epochs", "train −ELBO (last epoch)", "test −ELBO (1 sample, exact KL)",
+                  "train −ELBO, last 100 steps"], rows)
+
+
 FORMAT = {"overhead_bernoulli": overhead, "overhead_categorical": overhead, "check_cost": check_cost,
           "local_vs_backprop": local_vs_backprop, "compile_speed": compile_speed, "sync_check": sync_check,
           "large_k": large_k,
           "vae_equal_steps": vae_equal_steps, "vae_plain_speed": vae_plain_speed,
           "vae_bernoulli_estimators": vae_estimators, "vae_categorical_estimators": vae_estimators,
-          "gating": gating, "gating_expert_relu": gating_expert_relu, "gating_snr": gating_snr}
+          "gating": gating, "gating_expert_relu": gating_expert_relu, "gating_snr": gating_snr,
+          "tune_every": tune_every, "carms_variance": carms_variance, "vae_race_linear": vae_race,
+          "vae_race_categorical": vae_race, "vae_reinmax": vae_reinmax}
 
 
 # ---- the README ------------------------------------------------------------------------------------------------
@@ -416,8 +480,40 @@ def figure_vae_estimators(result, out: Path):
     plt.close(fig)
 
 
+def figure_vae_race(result, out: Path):
+    """Training ELBO (moving average of the logged 100-step means) against CPU seconds, one line per run; auto's
+    switches marked where they happened (a call is a step)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for name, run in result["runs"].items():
+        m, s = run.get("metrics") or {}, run.get("summary") or {}
+        if not m.get("seconds"):
+            continue
+        elbo = m["train_elbo"]
+        smooth = [statistics.mean(elbo[max(0, i - 9):i + 1]) for i in range(len(elbo))]
+        line, = ax.plot(m["seconds"], smooth, label=name, lw=1.2)
+        for call, label in (s.get("auto") or {}).get("history", [])[1:]:
+            i = min(range(len(m["step"])), key=lambda k: abs(m["step"][k] - call))
+            ax.plot(m["seconds"][i], smooth[i], "o", ms=4, color=line.get_color())
+            ax.annotate(label.split("(")[0], (m["seconds"][i], smooth[i]), fontsize=6, rotation=30,
+                        color=line.get_color())
+    ax.set_xlabel("training CPU seconds (one thread)")
+    ax.set_ylabel("training ELBO (1 sample, moving mean)")
+    lows = [min(r["metrics"]["train_elbo"][len(r["metrics"]["train_elbo"]) // 10:] or [0])
+            for r in result["runs"].values() if (r.get("metrics") or {}).get("train_elbo")]
+    if lows:
+        ax.set_ylim(bottom=min(lows) - 5)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title(f"{result['benchmark']} on {result['machine']}: equal CPU time (auto's switches marked)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100, metadata={"Software": None})
+    plt.close(fig)
+
+
 FIGURES = {"vae_equal_steps": figure_vae_equal_steps, "gating": figure_gating,
-           "vae_categorical_estimators": figure_vae_estimators}
+           "vae_categorical_estimators": figure_vae_estimators, "vae_race_linear": figure_vae_race,
+           "vae_race_categorical": figure_vae_race}
 
 
 def draw(root: Path = RESULTS, docs: Path = DOCS) -> list[Path]:

@@ -54,9 +54,10 @@ from torch import Tensor
 
 from ..distributions import BERNOULLI, CATEGORICAL, as_categorical, one_hot
 from ..gradient import attach_gradient
+from ..options import POSITIVE
 from ..sampling import uniform
 from .arms import dirichlet_copula
-from .base import Estimator, check_count
+from .base import Estimator
 
 
 def orderings(K: int, rotations: int, device) -> tuple[Tensor, Tensor, Tensor]:
@@ -153,7 +154,7 @@ class CARMS(Estimator):
 
     def __init__(self, rotations: int = 1):
         super().__init__()
-        self.rotations = check_count(rotations, "rotations")
+        self.rotations = POSITIVE.check(rotations, "rotations")
 
     def estimate(self, f, logits, samples, generator, dist=BERNOULLI):
         if dist is BERNOULLI:

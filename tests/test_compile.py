@@ -53,3 +53,49 @@ def test_a_pathwise_model_compiles_into_one_graph():
                           sg.StochasticBinary("gumbel_st"), nn.Linear(16, 1))
     out = torch._dynamo.explain(lambda x: model(x).square().mean())(torch.randn(5, 8))
     assert out.graph_break_count == 0 and out.graph_count == 1
+
+
+NOT_COMPILED = {"learned", "rebar", "relax", "double_cv", "rodeo", "auto"}   # docs/performance.md says why
+
+
+def _cases():
+    for name, info in sg.estimators().items():
+        if name in NOT_COMPILED:
+            continue
+        for dist in info.distributions:
+            yield dist, name
+
+
+@pytest.mark.parametrize("dist, name", list(_cases()))
+def test_every_estimator_compiles_whole_and_matches_eager(dist, name):
+    """fullgraph=True on the global generator, a name (stateless ones, built before any trace) or an object: the
+    same gradients as eager with the same seed,
+    at batch 16 then 9 and 9 (one recompile for the new shape at most: two graphs in all)."""
+    torch._dynamo.reset()
+    graphs = []
+
+    def counting(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    samples = max(2, sg.estimators()[name].min_samples) if name in ("reinforce_loo", "arms", "carms") else 1
+    f = quad if dist == "bernoulli" else (lambda h: (h * torch.linspace(0, 1, 4)).sum(-1).sub(0.45).square().sum(-1))
+    kw = {} if dist == "bernoulli" else {"distribution": "categorical"}
+    from stochgrad.estimators import _SHARED
+
+    for use_name in (True, False) if name in _SHARED else (False,):   # (a stateful one by name starts afresh: an object)
+        ours, theirs = (name, name) if use_name else (sg.get_estimator(name), sg.get_estimator(name))
+        torch._dynamo.reset()
+        graphs.clear()
+        step = torch.compile(lambda a: sg.expect(f, a, ours, samples, **kw).sum(), backend=counting, fullgraph=True)
+        for batch in (16, 9, 9):
+            shape = (batch, 5) if dist == "bernoulli" else (batch, 3, 4)
+            a = torch.randn(shape, generator=torch.Generator().manual_seed(batch), dtype=torch.float64,
+                            requires_grad=True)
+            b = a.detach().clone().requires_grad_(True)
+            torch.manual_seed(batch)
+            step(a).backward()
+            torch.manual_seed(batch)
+            sg.expect(f, b, theirs, samples, **kw).sum().backward()
+            assert torch.allclose(a.grad, b.grad, rtol=1e-10, atol=1e-12), (name, batch)
+        assert len(graphs) <= 2, len(graphs)

@@ -72,7 +72,14 @@ def get_estimator(name: str, **options) -> Estimator:
         raise TypeError(f"bad options for estimator {name!r}: {err}") from None
 
 
-_SHARED: dict[str, Estimator] = {}  # one instance per stateless name: they hold nothing, so sharing is exact
+def _stateless() -> dict[str, Estimator]:
+    """One instance per stateless name, built here once: they hold nothing, so sharing is exact, and a name used
+    inside ``torch.compile`` finds its estimator built (a module built while tracing would break the graph)."""
+    built = {name: cls() for name, cls in REGISTRY.items()}
+    return {name: est for name, est in built.items() if not est.stateful}
+
+
+_SHARED: dict[str, Estimator] = _stateless()
 
 
 def resolve(estimator) -> Estimator:
@@ -92,13 +99,10 @@ def resolve(estimator) -> Estimator:
     shared = _SHARED.get(estimator)
     if shared is not None:
         return shared
-    est = get_estimator(estimator)
-    if est.stateful:
-        warnings.warn(f"expect(..., {estimator!r}): a name keeps no state between calls, so this {estimator} "
-                      "starts afresh on every call; build it once with sg.get_estimator and pass the object",
-                      stacklevel=3)
-        return est
-    _SHARED[estimator] = est
+    est = get_estimator(estimator)   # a stateful one (the stateless are all in _SHARED), or an unknown name's error
+    warnings.warn(f"expect(..., {estimator!r}): a name keeps no state between calls, so this {estimator} "
+                  "starts afresh on every call; build it once with sg.get_estimator and pass the object",
+                  stacklevel=3)
     return est
 
 

@@ -31,14 +31,13 @@ from .base import Tuned
 
 
 def loss_and_slope(f, b: Tensor) -> tuple[Tensor, Tensor]:
-    """``f(b)`` ``(K, *batch)``, keeping its graph to f's parameters, and ``∂f(b_k)/∂b_k`` ``(K, *batch, n)``."""
+    """``f(b)`` ``(K, *batch)``, keeping its graph to f's parameters, and ``∂f(b_k)/∂b_k`` ``(K, *batch, n)``: one
+    vector-Jacobian product (``torch.func.vjp``: ``b`` itself never requires grad, so the model's backward pass
+    computes and keeps no gradient for it, and ``torch.compile`` traces it)."""
     with torch.enable_grad():
-        b = b.detach().requires_grad_(True)
-        losses = f(b)
-        slope = None
-        if losses.requires_grad:
-            (slope,) = torch.autograd.grad(losses.sum(), b, retain_graph=True, allow_unused=True)
-    return losses, torch.zeros_like(b) if slope is None else slope.detach()
+        losses, pull = torch.func.vjp(f, b.detach())
+        (slope,) = pull(torch.ones_like(losses))
+    return losses, slope.detach()
 
 
 def double_cv_gradient(b: Tensor, probs: Tensor, losses: Tensor, slopes: Tensor, alpha: Tensor) -> Tensor:

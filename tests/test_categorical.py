@@ -89,6 +89,46 @@ def test_gumbel_rao_has_gumbel_st_mean_and_lower_variance(gen):
     assert rao.var(0).sum() < 0.8 * st.var(0).sum()
 
 
+@pytest.mark.parametrize("dist", [sg.distributions.BERNOULLI, sg.distributions.CATEGORICAL], ids=str)
+def test_gumbel_rao_backward_is_autograd_through_the_mean_relaxation_on_the_same_noise(dist):
+    """Eq. 9 as written: the gradient of ``mean_m soften(a + G_m)``, ``G_m`` the noise given the sample, taken by
+    autograd on the same draws, equals the estimator's one-node backward."""
+    shape = (5, 3, 4) if dist is sg.distributions.CATEGORICAL else (5, 3)
+    a = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
+    g = torch.randn((2, *shape), dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    est = sg.get_estimator("gumbel_rao", temperature=0.7, draws=6)
+    h = est.sample(a, (2,), torch.Generator().manual_seed(2), dist)
+    (grad,) = torch.autograd.grad((h * g).sum(), a)
+    gen = torch.Generator().manual_seed(2)
+    p = dist.probs(a.detach())
+    h_ref = dist.sample(p, (2,), gen)
+    noise = dist.conditional_noise(dist.uniform((6, 2, *shape), a, gen), h_ref, a.detach(), p)
+    (ref,) = torch.autograd.grad((dist.soften(a + noise, 0.7).mean(0) * g).sum(), a)
+    assert torch.equal(h, h_ref)
+    torch.testing.assert_close(grad, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_conditional_gumbel_noise_is_the_closed_form_in_value_and_gradient():
+    """``−log E_b − log p_b`` at the sampled class, ``−log(E_j + E_b p_j)`` elsewhere (Paulus et al. 2021, Alg. 2),
+    written with ``where`` on the one-hot sample, against the in-place form; a masked class gets ``−log E_j``."""
+    gen = torch.Generator().manual_seed(3)
+    logits = torch.randn(4, 2, 5, dtype=torch.float64, generator=gen)
+    logits[0, 1, 2] = -math.inf
+    probs = torch.softmax(logits, -1).requires_grad_(True)
+    h = sg.distributions.CATEGORICAL.sample(probs.detach(), (3,), gen)
+    v = torch.rand(3, 4, 2, 5, dtype=torch.float64, generator=gen)
+    v_before = v.clone()
+    e = -torch.log(v)
+    e_b = (h * e).sum(-1, keepdim=True)
+    ref = torch.where(h > 0, -torch.log(e_b * (h * probs).sum(-1, keepdim=True)), -torch.log(e + e_b * probs))
+    out = sg.distributions.conditional_gumbel_noise(v, h, probs)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    assert torch.equal(out[:, 0, 1, 2], e[:, 0, 1, 2].log().neg()) and torch.equal(v, v_before)
+    w = torch.randn(out.shape, dtype=torch.float64, generator=gen)
+    torch.testing.assert_close(torch.autograd.grad((out * w).sum(), probs)[0],
+                               torch.autograd.grad((ref * w).sum(), probs)[0], rtol=1e-12, atol=1e-12)
+
+
 def test_reinmax_is_less_biased_than_straight_through_on_a_smooth_problem(gen):
     """Quadratic in h (Liu et al. 2023, §4: ReinMax is second-order accurate, straight-through first-order)."""
     p = problems.categorical_separable()

@@ -1,7 +1,9 @@
 """`stochgrad train vae` on small data: exact resume, safe checkpoints, NaN handling, distributed match."""
 import os
+import shutil
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -90,9 +92,16 @@ def test_torchrun_two_processes_match_one(tmp_path):
     common = ["--estimator", "disarm", "--steps", "6", "--batch-size", "16", "--dataset", "digits",
               "--test-samples", "2", "--test-examples", "20", "--checkpoint-every", "6", "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                    "-m", "stochgrad", "train", "vae", "--out", str(tmp_path / "ddp"), *common],
-                   check=True, env=env, capture_output=True, timeout=300)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "-m", "stochgrad", "train", "vae", "--out", str(tmp_path / "ddp"), *common]
+    run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    if run.returncode != 0:
+        # a two-process start on a shared machine has failed once, intermittently (rendezvous or port): one more
+        # start, the first failure's output kept as a warning; a bug in the training fails both
+        warnings.warn(f"torchrun exited {run.returncode}, started again:\n{run.stderr[-4000:]}")
+        shutil.rmtree(tmp_path / "ddp", ignore_errors=True)
+        run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, f"torchrun exited {run.returncode}\n{run.stdout[-4000:]}\n{run.stderr[-8000:]}"
     main(["train", "vae", "--out", str(tmp_path / "one"), *common])
     a, b = params(tmp_path / "ddp"), params(tmp_path / "one")
     for k, v in a["model"].items():

@@ -69,10 +69,11 @@ def conditional_gumbel_noise(v: Tensor, h: Tensor, probs: Tensor) -> Tensor:
     masked class (``p_j = 0``, ``a_j = −inf``) gets plain Gumbel noise ``−log E_j``: finite, so ``a + noise`` stays
     ``−inf`` there and nothing subtracts two infinities.
     """
-    e = -torch.log(v.clamp_min(torch.finfo(v.dtype).tiny))                    # E ~ Exp(1)
-    e_top = (h * e).sum(-1, keepdim=True)
-    top = -torch.log(e_top * (h * probs).sum(-1, keepdim=True))
-    return torch.where(h > 0, top, -torch.log(e + e_top * probs))
+    e = v.clamp_min(torch.finfo(v.dtype).tiny).log_().neg_()                 # E ~ Exp(1): one buffer, then in place
+    b = h.argmax(-1, keepdim=True).expand(*e.shape[:-1], 1)                  # the sampled class of the one-hot h
+    e_b = e.gather(-1, b)
+    top = -torch.log(e_b * probs.expand(e.shape).gather(-1, b))
+    return e.addcmul_(e_b, probs).log_().neg_().scatter_(-1, b, top)         # −log(E_j + E_b p_j); −log(E_b p_b) at b
 
 
 def conditional_gumbel(v: Tensor, h: Tensor, logits: Tensor) -> Tensor:
@@ -199,7 +200,7 @@ class Bernoulli(Distribution):
         return w.copysign(z), w.neg_().expm1_().mul_(torch.sub(one, q, out=q))   # expm1(−w)·(1 − q), in place
 
     def jacobian(self, p, g):
-        return p * (1 - p) * g
+        return (p * g).mul_(1 - p)   # p(1 − p)·g, in place on the fresh product
 
     def log_prob(self, h, logits):
         return log_prob(h, logits)
@@ -274,7 +275,7 @@ class Categorical(Distribution):
 
     def jacobian(self, p, g):
         pg = p * g
-        return pg - p * pg.sum(-1, keepdim=True)
+        return pg.addcmul_(p, pg.sum(-1, keepdim=True), value=-1)   # p⊙g − p (p·g), in place on the fresh product
 
     def log_prob(self, h, logits):
         # log p clamped to the lowest finite number: a masked class's −inf times h = 0 would be NaN

@@ -39,7 +39,7 @@ class Heun(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g: Tensor):
         p0, p1 = ctx.saved_tensors
-        grad = 2 * ctx.dist.jacobian(p1, g) - 0.5 * ctx.dist.jacobian(p0, g)
+        grad = ctx.dist.jacobian(p1, g).mul_(2).sub_(ctx.dist.jacobian(p0, g), alpha=0.5)   # in place on fresh products
         return None, grad if grad.shape == ctx.shape else grad.sum_to_size(ctx.shape), None, None, None
 
 
@@ -65,7 +65,7 @@ class ReinMax(Estimator):
         a = logits.detach()
         p0 = dist.probs(a)
         h = dist.sample(p0, lead, generator)
-        p1 = 0.5 * (h + (p0 if self.temperature == 1 else dist.probs(a / self.temperature)))
+        p1 = torch.add(h, p0 if self.temperature == 1 else dist.probs(a / self.temperature)).mul_(0.5)
         return Heun.apply(h, logits, p0, p1, dist) if logits.requires_grad else h
 
     def estimate(self, f, logits, samples, generator, dist=BERNOULLI):

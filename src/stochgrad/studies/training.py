@@ -31,8 +31,9 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from ..files import OutputError, atomic_file, remove_stale, save_figure_atomic, write_atomic
+from .. import data as D
 from ..data import DATASETS
+from ..files import OutputError, atomic_file, reason, remove_stale, save_figure_atomic, write_atomic
 from ..options import FOLDER, NON_NEGATIVE, NON_NEGATIVE_FLOAT, POSITIVE, POSITIVE_FLOAT, SEED, Options, choice
 
 
@@ -256,8 +257,6 @@ def prepare_out(out: str, resume: bool, main: bool = True, name: str = "checkpoi
 
 def reason_words(err: OSError) -> str:
     """Words for an ``OSError`` ([`stochgrad.files.reason`][stochgrad.files.reason])."""
-    from ..files import reason
-
     return reason(err)
 
 
@@ -443,8 +442,6 @@ def fail(message: str) -> None:
 
 def datasets_or_fail(name: str):
     """``(train, test)`` of a dataset, or a clear exit naming the valid ones / what to install."""
-    from .. import data as D
-
     if name not in D.DATASETS:
         fail(f"unknown dataset {name!r}; valid: {', '.join(D.DATASETS)}")
     try:

@@ -372,13 +372,16 @@ def test_compare_categorical_section(tmp_path):
     assert (tmp_path / "categorical_scaling.png").stat().st_size > 5000
 
 
-def test_check_command_on_categorical_problems(capsys):
+@pytest.mark.parametrize("flag", [["--categorical"], ["--distribution", "categorical"]], ids=["short", "long"])
+def test_check_command_on_categorical_problems(capsys, flag):
     from stochgrad.cli import main
-    assert main(["check", "--categorical", "--estimators", "reinforce,disarm,straight_through", "--estimates", "1000",
+    assert main(["check", *flag, "--estimators", "reinforce,disarm,straight_through", "--estimates", "1000",
                  "--quiet"]) == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     assert "cat_decoder" in out and "reinforce " in out and "disarm" not in out.split("problems:")[0]
     assert "biased, as declared" in out
+    assert "skipped, no categorical units: disarm" in captured.err
 
 
 @pytest.mark.parametrize("name", ["gumbel_st", "gumbel_rao", "rebar", "reinforce", "carms"])

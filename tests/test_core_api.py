@@ -225,3 +225,28 @@ def test_a_misspelt_name_gets_a_suggestion_and_layers_list_what_they_take():
         sg.StochasticCategorical("disarm", categories=4)
     takes = str(err.value).split("takes ")[1]
     assert "learned" not in takes and "reinforce_optimal" in takes and "gumbel_rao" in takes
+
+
+def test_an_estimator_class_takes_the_distribution_of_the_call():
+    """One calling convention: ``estimate(self, f, logits, samples, generator, dist)``, for every estimator; a subclass
+    written without ``dist`` is refused when it is defined, with the signature to write."""
+    with pytest.raises(TypeError, match=r"estimate\(self, f, logits, samples, generator, dist=BERNOULLI\)"):
+        class Old(sg.Estimator):   # noqa: F841
+            name = "old"
+
+            def estimate(self, f, logits, samples, generator):
+                return f(logits)
+    seen = []
+
+    class Probe(sg.Estimator):
+        name = "probe"
+        distributions = ("bernoulli", "categorical")
+
+        def estimate(self, f, logits, samples, generator, dist=sg.distributions.BERNOULLI):
+            seen.append(dist.name)
+            return f(dist.sample(dist.probs(logits), (), generator))
+
+    Probe()(lambda h: h.sum(-1), torch.zeros(2, 3))
+    Probe()(lambda h: h.sum((-2, -1)), torch.zeros(2, 3, 4), distribution="categorical")
+    Probe()(lambda h: h.sum(-1), torch.zeros(2, 3, dtype=torch.bfloat16))
+    assert seen == ["bernoulli", "categorical", "bernoulli"]

@@ -68,11 +68,12 @@ def cmd_check(args) -> int:
     from .estimators import REGISTRY, get_estimator
 
     names = _estimator_names(args)
-    suite = problems.suite()
-    dist = None
-    if args.categorical:  # the categorical problems, the estimators made for them
-        suite, dist = problems.categorical_suite(), "categorical"
-        names = [n for n in names if "categorical" in REGISTRY[n].distributions]
+    dist = "categorical" if args.categorical else args.distribution
+    suite = problems.categorical_suite() if dist == "categorical" else problems.suite()
+    unfit = [n for n in names if dist not in REGISTRY[n].distributions]
+    if unfit and args.estimators:
+        print(f"stochgrad check: skipped, no {dist} units: {', '.join(unfit)}", file=sys.stderr)
+    names = [n for n in names if n not in unfit]   # the estimators made for these units
     rows, failed = [], []
     bar = tqdm(total=len(names) * len(suite), desc="check", unit="case", file=sys.stderr, disable=args.quiet)
     for name in names:
@@ -307,8 +308,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check", help="test every estimator against exact enumeration")
     p.set_defaults(run=cmd_check, parser=p)
-    p.add_argument("--categorical", action="store_true",
-                   help="the categorical problems (3 units of 4 classes) and the estimators that support them")
+    p.add_argument("--distribution", choices=("bernoulli", "categorical"), default="bernoulli",
+                   help="the units: Bernoulli problems (default), or categorical ones (3 units of 4 classes); the "
+                        "estimators that support them")
+    p.add_argument("--categorical", action="store_true", help="the same as --distribution categorical")
     p.add_argument("--estimators", help="comma-separated names (default: all)")
     p.add_argument("--estimates", type=integer(MIN_ESTIMATES), default=10000,
                    help=f"gradient estimates per problem (at least {MIN_ESTIMATES}: the z-test estimates their variance)")

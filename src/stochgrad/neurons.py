@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from .baselines import ResizableBuffers
 from .distributed import is_distributed, mean_over_ranks
-from .distributions import CATEGORICAL, one_hot
+from .distributions import BERNOULLI, CATEGORICAL, Distribution, one_hot
 from .estimators import REGISTRY, Estimator, get_estimator
 from .options import DECAY, FRACTION, UNIT_INTERVAL, Kind, choice, integer
 from .guard import LOW_PRECISION, check_logits, finite, fold_
@@ -49,14 +49,84 @@ GAIN = Kind("a finite number > 0", (int, float), float, lambda v: math.isfinite(
 LAYER = Kind("a stochastic layer (an nn.Module)", (nn.Module,), None, lambda v: True)
 
 
-class StochasticBinary(nn.Module):
+class StochasticUnits(nn.Module):
+    """Stochastic units of one distribution as a layer, the training behaviour shared by
+    [`StochasticBinary`][stochgrad.neurons.StochasticBinary] and
+    [`StochasticCategorical`][stochgrad.neurons.StochasticCategorical] (a new kind of unit is a subclass that names
+    its distribution, reads its input shape and says what it outputs in evaluation).
+
+    Training: samples. A pathwise estimator's ``sample`` carries the gradient by autograd; an estimator that needs
+    the loss records a node in the active [`stochgrad.broadcast`][stochgrad.graph.broadcast] graph and learns from
+    ``graph.backward(per_example_loss)`` (its baselines see the units' flattened coordinates). float16/bfloat16
+    inputs are sampled in float32 (a low-precision grid biases the probabilities) and returned in their dtype.
+    """
+
+    dist: Distribution
+
+    def __init__(self, estimator, eval_output: str, generator: torch.Generator | None, outputs: tuple[str, str]):
+        super().__init__()
+        self.estimator = layer_estimator(estimator, self.dist.name)
+        self.eval_output = choice(*outputs).check(eval_output, "eval_output")
+        self.generator = generator
+
+    def units(self, a: Tensor) -> Tensor:
+        """The input as logits ``(*batch, *event)`` of the distribution."""
+        return a
+
+    def evaluate(self, a: Tensor) -> Tensor:
+        """The deterministic output of evaluation mode, from the logits."""
+        raise NotImplementedError
+
+    def forward(self, a: Tensor) -> Tensor:
+        """``a`` → samples (training) or the evaluation output, of ``a``'s shape."""
+        shape, name = a.shape, type(self).__name__
+        a = self.units(a)
+        check_logits(a, f"{name} input", self.estimator.verdict, self.dist.masks)
+        self.dist.check(a, f"{name} input")
+        if not self.training:
+            out = self.evaluate(a)
+        elif a.dtype in LOW_PRECISION:
+            out = self.sample(a.float()).to(a.dtype)
+        else:
+            out = self.sample(a)
+        return out if out.shape == shape else out.reshape(shape)
+
+    def sample(self, a: Tensor) -> Tensor:
+        """Training samples of the logits ``a``, learning through the estimator (class docstring)."""
+        graph, est, dist, name = active_graph(), self.estimator, self.dist, type(self).__name__
+        if est.pathwise:
+            if graph is not None and graph.local:
+                raise ValueError(f"{name}(estimator={est.name!r}) learns by back-propagation, "
+                                 "which broadcast(local=True) forbids: use a reinforce* estimator")
+            return est.sample(a, (), self.generator, dist)
+        if graph is None:
+            raise RuntimeError(f"{name}(estimator={est.name!r}) needs the loss broadcast in training: "
+                               "run the forward pass inside `with sg.broadcast() as graph:` and call "
+                               "graph.backward(per_example_losses)")
+        probs = dist.probs(a.detach())
+        h = dist.sample(probs, (), self.generator)
+        probe = None
+        if est.needs_dl_dh:
+            if graph.local:
+                raise ValueError(f"the {est.name} estimator needs dL/dh, a backward pass broadcast(local=True) forbids")
+            probe = torch.zeros_like(h, requires_grad=True)  # ∂L/∂h lands here
+        graph.record(Node.of(est, dist.flat(a), dist.flat(h), dist.flat(probs),
+                             None if probe is None else dist.flat(probe)))
+        return h if probe is None else h + probe
+
+    def extra_repr(self) -> str:
+        return f"estimator={self.estimator.name}, eval_output={self.eval_output}"
+
+
+class StochasticBinary(StochasticUnits):
     """Fires with probability ``σ(a)`` (seed Eq. 2, corrected: ``h = 1[u < σ(a)]``).
 
     Training: samples. Pathwise estimators (``straight_through``, ``straight_through_sigmoid``,
     ``gumbel``, ``gumbel_st``) learn by autograd alone; estimators that need the loss (``reinforce*``,
     ``learned``) must run inside [`stochgrad.broadcast`][stochgrad.graph.broadcast] and get the per-example loss from
     ``graph.backward(loss)``. Evaluation: deterministic, ``1[σ(a) > threshold]`` (``eval_output=
-    "threshold"``) or ``σ(a)`` (``"probability"``).
+    "threshold"``) or ``σ(a)`` (``"probability"``). Input and output ``(*batch, n)``; float16/bfloat16 inputs are
+    sampled in float32 (a low-precision grid biases ``P(h = 1)``) and returned in their dtype.
 
     Args:
         estimator: a registered name or estimator object; one layer, one object (it may hold state).
@@ -64,54 +134,19 @@ class StochasticBinary(nn.Module):
         generator: noise source for exactly repeatable runs.
     """
 
+    dist = BERNOULLI
+
     def __init__(self, estimator: str | Estimator = "straight_through", eval_output: str = "threshold", threshold: float = 0.5,
                  generator: torch.Generator | None = None):
-        super().__init__()
-        self.estimator = layer_estimator(estimator)
-        self.eval_output = choice("threshold", "probability").check(eval_output, "eval_output")
-        self.threshold, self.generator = float(UNIT_INTERVAL.check(threshold, "threshold")), generator
+        super().__init__(estimator, eval_output, generator, ("threshold", "probability"))
+        self.threshold = float(UNIT_INTERVAL.check(threshold, "threshold"))
 
-    def forward(self, a: Tensor) -> Tensor:
-        """``a``: ``(*batch, n)`` → ``(*batch, n)``. float16/bfloat16 inputs are sampled in float32 (a
-        low-precision grid biases ``P(h = 1)``) and returned in their dtype."""
-        check_logits(a, "StochasticBinary input", self.estimator.verdict)
-        if not self.training:
-            p = torch.sigmoid(a)
-            return p if self.eval_output == "probability" else (p > self.threshold).to(a.dtype)
-        if a.dtype in LOW_PRECISION:
-            return self._train(a.float()).to(a.dtype)
-        return self._train(a)
-
-    def _train(self, a: Tensor) -> Tensor:
-        graph = active_graph()
-        est = self.estimator
-        if est.pathwise:
-            if graph is not None and graph.local:
-                raise ValueError(f"StochasticBinary(estimator={est.name!r}) learns by back-propagation, "
-                                 "which broadcast(local=True) forbids: use a reinforce* estimator")
-            return est.sample(a, (), self.generator)
-        if graph is None:
-            raise RuntimeError(f"StochasticBinary(estimator={est.name!r}) needs the loss broadcast in training: "
-                               "run the forward pass inside `with sg.broadcast() as graph:` and call "
-                               "graph.backward(per_example_losses)")
-        probs = torch.sigmoid(a.detach())
-        h = bernoulli(probs, (), self.generator)
-        probe = None
-        if est.needs_dl_dh:
-            if graph.local:
-                raise ValueError("the learned estimator needs dL/dh, a backward pass broadcast(local=True) forbids")
-            probe = torch.zeros_like(h, requires_grad=True)  # ∂L/∂h lands here
-            out = h + probe
-        else:
-            out = h
-        graph.record(Node.of(est, a, h, probs, probe))
-        return out
-
-    def extra_repr(self) -> str:
-        return f"estimator={self.estimator.name}, eval_output={self.eval_output}"
+    def evaluate(self, a: Tensor) -> Tensor:
+        p = torch.sigmoid(a)
+        return p if self.eval_output == "probability" else (p > self.threshold).to(a.dtype)
 
 
-class StochasticCategorical(nn.Module):
+class StochasticCategorical(StochasticUnits):
     """``n`` units of ``K`` classes each: one-hot samples, unit ``i`` in class ``k`` with probability
     ``softmax(a_i)_k``, the categorical counterpart of [`StochasticBinary`][stochgrad.neurons.StochasticBinary].
 
@@ -128,48 +163,27 @@ class StochasticCategorical(nn.Module):
     class probabilities) and returned in their dtype.
     """
 
+    dist = CATEGORICAL
+
     def __init__(self, estimator="straight_through", categories: int | None = None, eval_output: str = "argmax",
                  generator: torch.Generator | None = None):
-        super().__init__()
         choice("argmax", "probability").check(eval_output, "eval_output")
         if categories is not None:
             integer(2).check(categories, "categories")
-        self.estimator = layer_estimator(estimator, "categorical")
-        self.categories, self.eval_output, self.generator = categories, eval_output, generator
+        super().__init__(estimator, eval_output, generator, ("argmax", "probability"))
+        self.categories = categories
 
-    def forward(self, a: Tensor) -> Tensor:
-        shape = a.shape
-        if self.categories is not None and not (a.dim() >= 3 and shape[-1] == self.categories):  # (*batch, n, K): as is
+    def units(self, a: Tensor) -> Tensor:
+        if self.categories is not None and not (a.dim() >= 3 and a.shape[-1] == self.categories):  # (*batch, n, K)
             if a.dim() < 1 or a.shape[-1] % self.categories:
                 raise ValueError(f"StochasticCategorical(categories={self.categories}) needs input (*batch, n·K) or "
-                                 f"(*batch, n, K) with K = {self.categories}; got shape {tuple(shape)}")
+                                 f"(*batch, n, K) with K = {self.categories}; got shape {tuple(a.shape)}")
             a = a.unflatten(-1, (-1, self.categories))
-        check_logits(a, "StochasticCategorical input", self.estimator.verdict, masks=True)
-        CATEGORICAL.check(a, "StochasticCategorical input")
-        if not self.training:
-            p = torch.softmax(a, -1)
-            out = p if self.eval_output == "probability" else one_hot(p.argmax(-1), a.shape[-1], a)
-            return out.reshape(shape)
-        if a.dtype in LOW_PRECISION:  # as StochasticBinary: sample in float32, return the input's dtype
-            return self._train(a.float()).to(a.dtype).reshape(shape)
-        return self._train(a).reshape(shape)
+        return a
 
-    def _train(self, a: Tensor) -> Tensor:
-        graph = active_graph()
-        est = self.estimator
-        if est.pathwise:
-            if graph is not None and graph.local:
-                raise ValueError(f"StochasticCategorical(estimator={est.name!r}) learns by back-propagation, "
-                                 "which broadcast(local=True) forbids: use a reinforce* estimator")
-            return est.sample(a, (), self.generator, dist=CATEGORICAL)
-        if graph is None:
-            raise RuntimeError(f"StochasticCategorical(estimator={est.name!r}) needs the loss broadcast in training: "
-                               "run the forward pass inside `with sg.broadcast() as graph:` and call "
-                               "graph.backward(per_example_losses)")
-        probs = torch.softmax(a.detach(), -1)
-        h = CATEGORICAL.sample(probs, (), self.generator)
-        graph.record(Node.of(est, a.flatten(-2), h.flatten(-2), probs.flatten(-2)))  # n·K coordinates per example
-        return h
+    def evaluate(self, a: Tensor) -> Tensor:
+        p = torch.softmax(a, -1)
+        return p if self.eval_output == "probability" else one_hot(p.argmax(-1), a.shape[-1], a)
 
     def extra_repr(self) -> str:
         return f"estimator={self.estimator.name}, categories={self.categories}, eval_output={self.eval_output}"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from ..distributions import BERNOULLI
 from ..gradient import attach_gradient
 from ..sampling import bernoulli_from_uniform_, lead, over_samples, uniform
 from .base import Estimator
@@ -31,8 +32,8 @@ class ARM(_Antithetic):
     name = "arm"
     description = "ARM (Yin & Zhou 2019, Thm 1): (f(1[u>σ(-a)]) - f(1[u<σ(a)]))·(u - 1/2)"
 
-    def estimate(self, f, logits, samples, generator):
-        probs = torch.sigmoid(logits.detach())
+    def estimate(self, f, logits, samples, generator, dist=BERNOULLI):
+        probs = dist.probs(logits.detach())
         u = uniform((*lead(samples), *logits.shape), logits, generator)
         # the antithetic pair 1[1 − u < σ(a)] = 1[u > σ(−a)] and 1[u < σ(a)], each ~ Bernoulli(σ(a))
         losses = f(bernoulli_from_uniform_(torch.stack([1 - u, u]), probs))
@@ -49,8 +50,8 @@ class DisARM(_Antithetic):
     description = ("DisARM (Dong et al. 2020, Eq. 7): ½(f(b)-f(b~))·(-1)^b~·1[b≠b~]·σ(|a|), "
                    "b, b~ antithetic")
 
-    def estimate(self, f, logits, samples, generator):
-        probs = torch.sigmoid(logits.detach())
+    def estimate(self, f, logits, samples, generator, dist=BERNOULLI):
+        probs = dist.probs(logits.detach())
         u = uniform((*lead(samples), *logits.shape), logits, generator)
         pair = bernoulli_from_uniform_(torch.stack([u, 1 - u]), probs)  # b, b̃: both ~ Bernoulli(σ(a))
         b, b_anti = pair

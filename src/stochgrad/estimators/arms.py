@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..distributions import BERNOULLI
 from ..gradient import attach_gradient
 from ..sampling import uniform
 from .base import Estimator
@@ -65,8 +66,8 @@ class ARMS(Estimator):
     unbiased = True
     min_samples = 2
 
-    def estimate(self, f, logits, samples, generator):
-        probs = torch.sigmoid(logits.detach())
+    def estimate(self, f, logits, samples, generator, dist=BERNOULLI):
+        probs = dist.probs(logits.detach())
         u = dirichlet_copula(samples, logits.shape, logits, generator)
         losses, grad = arms_gradient(u, probs, f)
         return attach_gradient(losses.mean(0), logits, grad)

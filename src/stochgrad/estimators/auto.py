@@ -277,12 +277,12 @@ class Auto(Estimator):
 
     # ---- the functional view ----------------------------------------------------------------------
     def estimate(self, f, logits, samples, generator, dist=BERNOULLI):
-        n = logits.shape[-1] if dist is BERNOULLI else logits.shape[-2]
+        n = logits.shape[-dist.event_dims]
         self._ready(samples, n, dist, logits)
         k = self._choice
 
-        def run(cand, a, s, g):   # the Bernoulli calling convention has no dist
-            return cand.estimate(f, a, s, g) if dist is BERNOULLI else cand.estimate(f, a, s, g, dist=dist)
+        def run(cand, a, s, g):
+            return cand.estimate(f, a, s, g, dist)
 
         if not (logits.requires_grad and self.training):
             return run(self.candidates[k], logits, self.sizes[k], generator)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import abc
+import inspect
 
 import torch
 from torch import Tensor, nn
@@ -9,7 +10,7 @@ from torch.optim.adam import adam
 
 from ..baselines import ResizableBuffers
 from ..distributed import is_distributed, mean_over_ranks
-from ..distributions import BERNOULLI
+from ..distributions import BERNOULLI, Distribution
 from ..distributions import resolve as as_distribution
 from ..gradient import attach_gradient
 from ..options import FLAG, POSITIVE, POSITIVE_FLOAT
@@ -24,7 +25,8 @@ BETAS, EPS = (0.9, 0.999), 1e-8  # Adam (Kingma & Ba 2015) for the tuned state: 
 
 
 class Estimator(nn.Module, abc.ABC):
-    """A gradient estimator for ``E_{b ~ Bernoulli(σ(a))}[f(b)]`` with respect to the logits ``a``.
+    """A gradient estimator for ``E_{h ~ p_a}[f(h)]`` with respect to the logits ``a`` of discrete units (Bernoulli
+    ``p = σ(a)``, categorical ``p = softmax(a)``).
 
     Class attributes declare what the checks demand of it:
 
@@ -35,8 +37,8 @@ class Estimator(nn.Module, abc.ABC):
     - ``min_samples``: the fewest samples per estimate it accepts.
     - ``broadcast``: as a layer, it takes the per-example loss from [`stochgrad.broadcast`][stochgrad.graph.broadcast] through
       [`score_gradient`][stochgrad.estimators.base.ScoreFunction.score_gradient]; ``needs_dl_dh``: it also needs ``∂L/∂h`` (a backward pass to its output).
-    - ``distributions``: the units it supports ([`stochgrad.distributions`][stochgrad.distributions]); for any but Bernoulli,
-      [`estimate`][stochgrad.estimators.base.Estimator.estimate] is called with the keyword ``dist``.
+    - ``distributions``: the units it supports ([`stochgrad.distributions`][stochgrad.distributions]);
+      [`estimate`][stochgrad.estimators.base.Estimator.estimate] receives the distribution of the call as ``dist``.
 
     Subclasses implement [`estimate`][stochgrad.estimators.base.Estimator.estimate]; call them through [`stochgrad.expect`][stochgrad.expect] or as
     ``estimator(f, logits, samples, generator)``, which validates the input first.
@@ -52,6 +54,14 @@ class Estimator(nn.Module, abc.ABC):
     distributions: tuple[str, ...] = ("bernoulli",)
     cost: str = "S"  # evaluations of f per example and estimate, in words (S = samples, n = units)
     records: tuple[str, ...] = ()  # buffers that record measurements (NaN: not measured), not running statistics
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        estimate = cls.__dict__.get("estimate")
+        if estimate is not None and "dist" not in inspect.signature(estimate).parameters:
+            raise TypeError(f"{cls.__name__}.estimate must take the units' distribution: "
+                            "def estimate(self, f, logits, samples, generator, dist=BERNOULLI) "
+                            "(stochgrad.distributions.BERNOULLI for an estimator of Bernoulli units only)")
 
     def __init__(self):
         super().__init__()
@@ -86,7 +96,7 @@ class Estimator(nn.Module, abc.ABC):
         if generator is not None and not isinstance(generator, (torch.Generator, Sharded)):
             raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
         if dist is BERNOULLI and logits.dtype not in LOW_PRECISION:  # the common case
-            return self.estimate(CheckedLoss(f, 1, logits.ndim), logits, samples, generator)
+            return self.estimate(CheckedLoss(f, 1, logits.ndim), logits, samples, generator, dist)
         if dist is not BERNOULLI:
             dist.check(logits)
             if dist.name not in self.distributions:
@@ -94,10 +104,8 @@ class Estimator(nn.Module, abc.ABC):
         if logits.dtype in LOW_PRECISION:  # sample and score in float32: the low-precision grid biases P(h = 1)
             loss = CheckedLoss(f, dist.event_dims, logits.dim(), logits.dtype)
             work = logits.float()
-            value = self.estimate(loss, work, samples, generator) if dist is BERNOULLI else \
-                self.estimate(loss, work, samples, generator, dist=dist)
-            return value.to(logits.dtype)
-        return self.estimate(CheckedLoss(f, dist.event_dims, logits.dim()), logits, samples, generator, dist=dist)
+            return self.estimate(loss, work, samples, generator, dist).to(logits.dtype)
+        return self.estimate(CheckedLoss(f, dist.event_dims, logits.dim()), logits, samples, generator, dist)
 
     def state_meaning(self) -> dict:
         """What this estimator's state means beyond its shapes: its name and the options that decide how its buffers
@@ -133,9 +141,11 @@ class Estimator(nn.Module, abc.ABC):
                                       error_msgs)
 
     @abc.abstractmethod
-    def estimate(self, f: CheckedLoss, logits: Tensor, samples: int,
-                 generator: torch.Generator | None) -> Tensor:
-        """Validated input in, ``(*batch,)`` estimate of ``E[f]`` out, carrying the gradient to ``logits``."""
+    def estimate(self, f: CheckedLoss, logits: Tensor, samples: int, generator: torch.Generator | None,
+                 dist: Distribution = BERNOULLI) -> Tensor:
+        """Validated input in, ``(*batch,)`` estimate of ``E[f]`` out, carrying the gradient to ``logits``: ``logits``
+        ``(*batch, *event)`` of units with the distribution ``dist`` (one of those the class declares in
+        ``distributions``), every probability, sample, score and relaxation asked of ``dist``."""
 
     def evaluations(self, n: int, samples: int = 1) -> int:
         """Points at which ``f`` is evaluated per example and estimate, for ``n`` units."""
@@ -196,10 +206,7 @@ class ScoreFunction(Estimator):
         probs = dist.probs(logits.detach())
         h = dist.sample(probs, lead(samples), generator)
         losses = f(h)
-        if dist is BERNOULLI:
-            grad = self.score_gradient(h, probs, losses, logits.requires_grad)
-        else:
-            grad = self.score_gradient(dist.flat(h), dist.flat(probs), losses, logits.requires_grad).view_as(logits)
+        grad = self.score_gradient(dist.flat(h), dist.flat(probs), losses, logits.requires_grad).view_as(logits)
         return attach_gradient(over_samples(losses, samples), logits, grad)
 
 

@@ -24,8 +24,8 @@ import torch
 from torch import Tensor
 
 from ..baselines import leave_one_out_mean
+from ..distributions import BERNOULLI
 from ..gradient import attach_gradient
-from ..sampling import bernoulli
 from ..options import FINITE
 from .base import Tuned
 
@@ -61,9 +61,9 @@ class SlopeControlVariate(Tuned):
     def gradient(self, b: Tensor, probs: Tensor, losses: Tensor, slopes: Tensor, theta: Tensor) -> Tensor:
         """``(K, *batch, n)`` samples, ``(K, *batch)`` losses, slopes like ``b``, the tuned values → ``(*batch, n)``."""
 
-    def estimate(self, f, logits, samples, generator):
-        probs = torch.sigmoid(logits.detach())
-        b = bernoulli(probs, (samples,), generator)
+    def estimate(self, f, logits, samples, generator, dist=BERNOULLI):
+        probs = dist.probs(logits.detach())
+        b = dist.sample(probs, (samples,), generator)
         if not logits.requires_grad or probs.numel() == 0:  # no gradient wanted, or an empty batch: no state touched
             if logits.requires_grad:
                 self.join(probs, probs.shape[-1], generator)   # (under torch.distributed: the ranks' collectives)

@@ -20,10 +20,11 @@ from torch import Tensor
 
 from ..baselines import OptimalBaseline, ResizableBuffers
 from ..distributed import mean_over_ranks
+from ..distributions import BERNOULLI
 from ..gradient import attach_gradient
 from ..guard import LOSSES, finite, fold_, total
 from ..options import DECAY, POSITIVE_FLOAT
-from ..sampling import bernoulli, lead, over_samples
+from ..sampling import lead, over_samples
 from .base import Estimator
 
 FEATURES = 4
@@ -96,9 +97,9 @@ class Learned(Estimator, ResizableBuffers):
                 self.verdict.report(value, LOSSES)
         return grad
 
-    def estimate(self, f, logits, samples, generator):
-        probs = torch.sigmoid(logits.detach())
-        h = bernoulli(probs, lead(samples), generator)
+    def estimate(self, f, logits, samples, generator, dist=BERNOULLI):
+        probs = dist.probs(logits.detach())
+        h = dist.sample(probs, lead(samples), generator)
         with torch.enable_grad():
             b = h.clone().requires_grad_(True)
             losses = f(b)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from ..distributions import BERNOULLI
 from ..gradient import attach_gradient
 from ..options import POSITIVE_FLOAT
 from ..sampling import bernoulli_from_uniform, normal, uniform
@@ -44,13 +45,13 @@ class SPSA(_Perturbation):
     description = ("SPSA (Spall 1992): (F(a+cΔ) - F(a-cΔ))/(2cΔ_i), Δ Rademacher, common random numbers; "
                    "bias O(c²)")
 
-    def estimate(self, f, logits, samples, generator):
+    def estimate(self, f, logits, samples, generator, dist=BERNOULLI):
         a, c = logits.detach(), self.step
         shape = (samples, *a.shape)
         delta = 2 * (uniform(shape, a, generator) < 0.5).to(a.dtype) - 1          # Rademacher ±1
         u = uniform(shape, a, generator)
-        losses = f(torch.stack([bernoulli_from_uniform(u, torch.sigmoid(a + c * delta)),
-                                bernoulli_from_uniform(u, torch.sigmoid(a - c * delta))]))
+        losses = f(torch.stack([bernoulli_from_uniform(u, dist.probs(a + c * delta)),
+                                bernoulli_from_uniform(u, dist.probs(a - c * delta))]))
         grad = ((losses[0] - losses[1]).detach().unsqueeze(-1) / (2 * c * delta)).mean(0)
         return attach_gradient(losses.mean((0, 1)), logits, grad)
 
@@ -68,13 +69,13 @@ class FiniteDifference(_Perturbation):
     def evaluations(self, n, samples=1):
         return 2 * n * samples
 
-    def estimate(self, f, logits, samples, generator):
+    def estimate(self, f, logits, samples, generator, dist=BERNOULLI):
         a, c = logits.detach(), self.step
         *batch, n = a.shape
         eye = torch.eye(n, dtype=a.dtype, device=a.device).reshape(n, *([1] * len(batch)), n)
         u = uniform((samples, 1, *a.shape), a, generator)                   # shared by all 2n points
-        plus = bernoulli_from_uniform(u, torch.sigmoid(a + c * eye))        # (S, n, *batch, n)
-        minus = bernoulli_from_uniform(u, torch.sigmoid(a - c * eye))
+        plus = bernoulli_from_uniform(u, dist.probs(a + c * eye))        # (S, n, *batch, n)
+        minus = bernoulli_from_uniform(u, dist.probs(a - c * eye))
         losses = f(torch.stack([plus, minus]))                              # (2, S, n, *batch)
         grad = ((losses[0] - losses[1]).detach() / (2 * c)).mean(0).movedim(0, -1)
         return attach_gradient(losses.mean((0, 1, 2)), logits, grad)
@@ -89,12 +90,12 @@ class NodePerturbation(_Perturbation):
     description = ("node perturbation (Fiete & Seung 2006): (F(a+ξ) - F(a))·ξ/s², ξ ~ N(0, s²), "
                    "common random numbers; bias O(s²)")
 
-    def estimate(self, f, logits, samples, generator):
+    def estimate(self, f, logits, samples, generator, dist=BERNOULLI):
         a, s = logits.detach(), self.step
         shape = (samples, *a.shape)
         xi = s * normal(shape, a, generator)
         u = uniform(shape, a, generator)
-        losses = f(torch.stack([bernoulli_from_uniform(u, torch.sigmoid(a)),
-                                bernoulli_from_uniform(u, torch.sigmoid(a + xi))]))
+        losses = f(torch.stack([bernoulli_from_uniform(u, dist.probs(a)),
+                                bernoulli_from_uniform(u, dist.probs(a + xi))]))
         grad = ((losses[1] - losses[0]).detach().unsqueeze(-1) * xi / s ** 2).mean(0)
         return attach_gradient(losses[0].mean(0), logits, grad)

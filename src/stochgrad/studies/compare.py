@@ -54,7 +54,7 @@ from ..exact import MAX_UNITS, all_states, exact_expectation
 from ..files import reason, write_atomic
 from ..options import (DEVICE, FOLDER, NON_NEGATIVE, POSITIVE, POSITIVE_FLOAT, SEED, OptionError, Options, integer,
                        unknown_names)
-from ..runinfo import environment, write_json
+from ..runinfo import environment
 from . import compare_report as report
 from .compare_reference import FULL_RUN_EXPONENTS  # noqa: F401 (the reference the quick run is held against)
 from .compare_report import (fit_exponent, growth, growth_class, quick_vs_full, scaling_sentences,  # noqa: F401

@@ -150,23 +150,41 @@ def test_torch_func_grad_gives_the_eager_gradient(name):
     assert g.abs().sum() > 0 and torch.allclose(g, b.grad, rtol=1e-12, atol=1e-12)
 
 
-def test_the_replace_gradient_node_keeps_f_parameters_gradient_and_its_value():
+@pytest.mark.parametrize("units", [4, 2 ** 13], ids=["idiom", "node"])
+def test_the_replace_gradient_keeps_f_parameters_gradient_and_its_value(units):
     """attach_gradient: the value is the losses' mean bitwise, f's parameters get their pathwise gradient, and
-    the logits get ∂L/∂value ⊗ grad, for Bernoulli (n,) and categorical (n, K) events, in one node."""
-    from stochgrad.gradient import attach_gradient
+    the logits get ∂L/∂value ⊗ grad, for Bernoulli (n,) and categorical (n, K) events: below NODE_MIN elements as the
+    idiom's surrogate, from it on as one node."""
+    from stochgrad.gradient import NODE_MIN, attach_gradient
 
     w = torch.randn(5, dtype=torch.float64, requires_grad=True)
-    for event in [(4,), (4, 3)]:
+    for event in [(units,), (units, 3)]:
         logits = torch.randn(5, *event, dtype=torch.float64, requires_grad=True)
         grad = torch.randn(5, *event, dtype=torch.float64)
         value = w.square()
         out = attach_gradient(value, logits, grad)
-        assert torch.equal(out, value) and type(out.grad_fn).__name__ == "ReplaceGradientBackward"
+        node = type(out.grad_fn).__name__ == "ReplaceGradientBackward"
+        assert torch.equal(out, value) and node == (grad.numel() >= NODE_MIN)
         up = torch.randn(5, dtype=torch.float64)
         w.grad = None
         out.backward(up)
-        assert torch.equal(logits.grad, up.view(5, *[1] * len(event)) * grad)
+        torch.testing.assert_close(logits.grad, up.view(5, *[1] * len(event)) * grad, rtol=1e-15, atol=1e-15)
         assert torch.allclose(w.grad, 2 * w.detach() * up)
+
+
+@pytest.mark.parametrize("lead", [(), (3,)], ids=["one sample", "three"])
+def test_straight_through_is_the_idiom_below_node_min_and_one_node_from_it(lead):
+    """``h`` forward; the surrogate's gradient backward, summed over the sample dimension; both forms the same."""
+    from stochgrad.gradient import NODE_MIN, straight_through
+
+    for n in (10, NODE_MIN):
+        s = torch.randn(n, dtype=torch.float64, requires_grad=True)
+        h = (torch.rand(*lead, n, dtype=torch.float64) < 0.5).double()
+        g = torch.randn(*lead, n, dtype=torch.float64)
+        out = straight_through(h, s)
+        assert torch.equal(out, h) and (type(out.grad_fn).__name__ == "PassThroughBackward") == (n >= NODE_MIN)
+        (out * g).sum().backward()
+        torch.testing.assert_close(s.grad, g.sum(0) if lead else g, rtol=0, atol=0)
 
 
 def test_the_overhead_benchmarks_references_compute_the_librarys_gradients():

@@ -3,15 +3,39 @@
 Every score-function and control-variate estimator ends in [`attach_gradient`][stochgrad.gradient.attach_gradient] (the pathwise ones in autograd
 through a relaxed or straight-through sample): the ground floor that the estimators, the layers and ``expect``
 share. The idiom of ``microsoft/ReinMax`` and ``nshepperd/gumbel-rao-pytorch``, ``value + (s − s.detach())`` with
-the surrogate ``s = Σ grad·logits``, written as one autograd node.
+the surrogate ``s = Σ grad·logits``; from [`NODE_MIN`][stochgrad.gradient.NODE_MIN] elements on, written as one
+autograd node instead (the same value and gradients, tested equal).
 """
 from __future__ import annotations
+
+import inspect
 
 import torch
 from torch import Tensor
 
 
-class ReplaceGradient(torch.autograd.Function):
+NODE_MIN = 2 ** 15
+"""Elements from which [`attach_gradient`][stochgrad.gradient.attach_gradient] and
+[`straight_through`][stochgrad.gradient.straight_through] build one autograd node instead of the idiom's surrogate.
+A Python ``autograd.Function`` costs a fixed ~25 µs a call (its ``apply`` and its Python ``backward``); the idiom
+costs two to four elementwise ops over the tensor. Forward + backward on one CPU thread, node vs idiom: straight-
+through 104 vs 73 µs at 10 elements, 125 vs 103 at 10⁴, 536 vs 577 at 10⁵, 4,950 vs 6,122 at 10⁶; the replace-
+gradient 77 vs 61, 77 vs 62, 195 vs 272, 1,203 vs 1,765. The node also allocates none of the idiom's full-size
+temporaries (what vocabulary-sized categorical units are bound by)."""
+
+
+class Function(torch.autograd.Function):
+    """``torch.autograd.Function`` whose ``forward`` signature is found once. ``Function.apply`` binds each call's
+    arguments to ``forward``'s signature (to apply defaults, for ``setup_context``); found anew by ``inspect`` on
+    every call, that took about 35 µs, half of a one-example straight-through estimate on a CPU. Kept on the
+    function as its ``__signature__`` (PEP 362), which ``inspect.signature`` returns as it is, it is a lookup."""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.forward.__signature__ = inspect.signature(cls.forward)
+
+
+class ReplaceGradient(Function):
     """``value`` forward; backward: ``value``'s own gradient passes through, and ``logits`` receive
     ``∂L/∂value[k] · grad[k]``. One node where the idiom builds four, with no full-size product in the forward
     pass. Written with ``setup_context``, so ``torch.func`` transforms (``grad``, ``vjp``) and ``torch.compile``
@@ -41,10 +65,13 @@ def attach_gradient(value: Tensor, logits: Tensor, grad: Tensor) -> Tensor:
     """
     if not logits.requires_grad:
         return value
+    if grad.numel() < NODE_MIN:   # the idiom: the surrogate Σ grad·logits per example, added as s − s.detach() (= 0)
+        s = (grad.detach() * logits).sum(tuple(range(value.dim(), grad.dim())))
+        return value + (s - s.detach())
     return ReplaceGradient.apply(value, logits, grad.detach())
 
 
-class PassThrough(torch.autograd.Function):
+class PassThrough(Function):
     """``h`` forward; backward: ``h``'s gradient goes on, unchanged, to ``surrogate`` (summed over the leading
     dimensions that ``h`` has beyond it) and to ``h``. The straight-through idiom ``h + (s − s.detach())`` as one node,
     with no op of its own: same value (``s − s`` is 0), same gradients."""
@@ -65,4 +92,8 @@ class PassThrough(torch.autograd.Function):
 def straight_through(h: Tensor, surrogate: Tensor) -> Tensor:
     """``h`` forward, the gradient of ``surrogate`` backward (seed §3.2.1; the ``replace_gradient`` idiom of
     ``microsoft/ReinMax`` and ``nshepperd/gumbel-rao-pytorch``): ``h`` ``(*lead, *shape)``, ``surrogate`` ``shape``."""
-    return PassThrough.apply(h, surrogate) if surrogate.requires_grad else h
+    if not surrogate.requires_grad:
+        return h
+    if surrogate.numel() < NODE_MIN:
+        return h + (surrogate - surrogate.detach())
+    return PassThrough.apply(h, surrogate)

@@ -14,10 +14,10 @@ the division, the softmax and the mean saves or makes.
 """
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from ..distributions import BERNOULLI
+from ..gradient import Function
 from ..options import integer
 from .gumbel import GumbelST
 
@@ -25,7 +25,7 @@ from .gumbel import GumbelST
 DRAWS = integer(1, 2 ** 14)   # noise draws per hard sample: each is a full-size tensor
 
 
-class RaoBlackwell(torch.autograd.Function):
+class RaoBlackwell(Function):
     """``h`` forward; backward ``∂/∂a = mean_m J(y_m) g / τ`` (Paulus et al. 2021, Eq. 9), ``y`` the relaxed samples
     ``(draws, *h.shape)``, summed over the leading dimensions of ``h`` beyond ``a``'s."""
 

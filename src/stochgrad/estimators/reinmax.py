@@ -17,12 +17,13 @@ import torch
 from torch import Tensor
 
 from ..distributions import BERNOULLI
+from ..gradient import Function
 from ..options import POSITIVE_FLOAT
 from ..sampling import lead, over_samples
 from .base import Estimator
 
 
-class Heun(torch.autograd.Function):
+class Heun(Function):
     """``h`` forward; backward ``∂/∂a = 2·J(π1) g − ½·J(π0) g`` summed over the leading (sample) dimensions of ``h``
     beyond ``a``'s, with ``J`` the distribution's ([`jacobian`][stochgrad.distributions.Distribution.jacobian])."""
 

@@ -153,8 +153,8 @@ def test_torch_func_grad_gives_the_eager_gradient(name):
 @pytest.mark.parametrize("units", [4, 2 ** 13], ids=["idiom", "node"])
 def test_the_replace_gradient_keeps_f_parameters_gradient_and_its_value(units):
     """attach_gradient: the value is the losses' mean bitwise, f's parameters get their pathwise gradient, and
-    the logits get ∂L/∂value ⊗ grad, for Bernoulli (n,) and categorical (n, K) events: below NODE_MIN elements as the
-    idiom's surrogate, from it on as one node."""
+    the logits get ∂L/∂value ⊗ grad, for Bernoulli (n,) and categorical (n, K) events: Bernoulli logits below
+    NODE_MIN elements as the idiom's surrogate, from it on (and categorical logits, which may be −inf) as one node."""
     from stochgrad.gradient import NODE_MIN, attach_gradient
 
     w = torch.randn(5, dtype=torch.float64, requires_grad=True)
@@ -164,7 +164,7 @@ def test_the_replace_gradient_keeps_f_parameters_gradient_and_its_value(units):
         value = w.square()
         out = attach_gradient(value, logits, grad)
         node = type(out.grad_fn).__name__ == "ReplaceGradientBackward"
-        assert torch.equal(out, value) and node == (grad.numel() >= NODE_MIN)
+        assert torch.equal(out, value) and node == (grad.numel() >= NODE_MIN or len(event) == 2)
         up = torch.randn(5, dtype=torch.float64)
         w.grad = None
         out.backward(up)

@@ -1,5 +1,6 @@
-"""torch.compile: a training step around sg.expect, and a model with StochasticBinary layers, compile and give the
-eager gradients with the same generator state, across batch sizes (dynamic shapes: batch 64, then 37)."""
+"""torch.compile: a training step around sg.expect, and models with stochastic layers (pathwise, and score-function
+layers under sg.broadcast()), compile and give the eager gradients with the same generator state, across batch sizes
+(dynamic shapes: batch 64, then 37)."""
 import pytest
 import torch
 from torch import nn
@@ -44,6 +45,57 @@ def test_compiled_model_with_stochastic_layers_matches_eager():
         eager(x).square().mean().backward()
         for p, q in zip(model.parameters(), eager.parameters()):
             assert torch.allclose(p.grad, q.grad, atol=1e-6, rtol=1e-5)
+
+
+def test_a_model_with_score_function_layers_compiles_whole_under_broadcast_and_matches_eager():
+    """Linear → StochasticBinary(reinforce_ma) → Linear → StochasticCategorical(reinforce_optimal) → Linear inside
+    ``sg.broadcast()``, compiled with ``fullgraph=True``: the layers find the broadcast and record their nodes inside
+    the compiled region; ``graph.backward`` gives the eager gradients and baselines on the same noise, at two batch
+    sizes."""
+    torch._dynamo.reset()
+
+    def make():   # the global generator (a passed torch.Generator is a graph break: docs/performance.md)
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(8, 12), sg.StochasticBinary("reinforce_ma"), nn.Linear(12, 12),
+                             sg.StochasticCategorical("reinforce_optimal", categories=3), nn.Linear(12, 1))
+
+    eager, model = make(), make()
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    for batch in (64, 37, 37):
+        x = torch.randn(batch, 8, generator=torch.Generator().manual_seed(batch))
+        y = torch.randn(batch, generator=torch.Generator().manual_seed(batch + 1))
+        for net in (compiled, eager):
+            torch.manual_seed(batch)   # the same noise for both
+            with sg.broadcast() as graph:
+                loss = (net(x).squeeze(-1) - y).square()
+            assert len(graph.nodes) == 2
+            graph.backward(loss)
+        for p, q in zip(model.parameters(), eager.parameters()):
+            torch.testing.assert_close(p.grad, q.grad, atol=1e-6, rtol=1e-5)
+        assert model[0].weight.grad.abs().sum() > 0   # reached through both score-function layers
+    for (k, v), w in zip(model.state_dict().items(), eager.state_dict().values()):
+        torch.testing.assert_close(v, w, atol=1e-6, rtol=1e-5, msg=k)
+
+
+def test_a_compiled_broadcast_model_trains():
+    """The same kind of model, compiled whole, learns a target through its score-function layers alone."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 16), sg.StochasticBinary("reinforce_optimal"), nn.Linear(16, 1))
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    opt = torch.optim.Adam(model.parameters(), lr=0.03)
+    x = torch.randn(256, 4)
+    y = (x[:, 0] > 0).float() * 2 - x[:, 1].abs()
+    losses = []
+    for _ in range(150):
+        opt.zero_grad()
+        with sg.broadcast() as graph:
+            loss = (compiled(x).squeeze(-1) - y).square()
+        graph.backward(loss)
+        opt.step()
+        losses.append(loss.mean().item())
+    first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
+    assert last < 0.6 * first, (first, last)
 
 
 def test_a_pathwise_model_compiles_into_one_graph():

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 from torch.autograd.graph import GradientEdge, get_gradient_edge
+from torch.compiler import is_compiling
 
 from .estimators.base import ScoreFunction
 from .guard import reads_at_once
@@ -30,7 +31,8 @@ from .options import FLAG, NON_NEGATIVE
 _FORMULA = ScoreFunction.score_gradient  # the library's own (h − σ)·(L − c): it takes the 1/B as a scale
 
 _ACTIVE: contextvars.ContextVar["Graph | None"] = contextvars.ContextVar("stochgrad_graph", default=None)
-_OPEN = [0]  # broadcasts open in any context: while 0, no context has one (a plain read torch.compile traces)
+_OPEN: list["Graph"] = []  # the broadcasts open in any context, innermost last: empty, no context has one (a plain
+# read torch.compile traces); inside a compiled region, which cannot read a context variable, the innermost one
 
 
 @dataclass
@@ -42,15 +44,19 @@ class Node:
     """
 
     estimator: object
-    edge: GradientEdge | None  # where ∂L/∂a enters the graph to the layer's parameters; None: a needs no gradient
+    edge: GradientEdge | Tensor | None  # where ∂L/∂a enters the graph to the layer's parameters (compiled: a
+    # itself); None: a needs no gradient
     h: Tensor                  # the samples, in {0, 1}
     probs: Tensor              # σ(a), detached
     probe: Tensor | None = None  # for estimators that need ∂L/∂h: a leaf the output's gradient lands on
 
     @classmethod
     def of(cls, estimator, logits: Tensor, h: Tensor, probs: Tensor, probe: Tensor | None = None) -> "Node":
-        """The node of the decisions ``h`` drawn with ``probs`` from ``logits`` (a tensor of ``h``'s shape)."""
-        return cls(estimator, get_gradient_edge(logits) if logits.requires_grad else None, h, probs, probe)
+        """The node of the decisions ``h`` drawn with ``probs`` from ``logits`` (a tensor of ``h``'s shape). Inside a
+        compiled region the logits themselves (an output of the compiled graph: its backward takes their gradient)."""
+        if not logits.requires_grad:
+            return cls(estimator, None, h, probs, probe)
+        return cls(estimator, logits if is_compiling() else get_gradient_edge(logits), h, probs, probe)
 
 
 class Graph:
@@ -74,7 +80,7 @@ class Graph:
         self.nodes.clear()
 
     def __del__(self):
-        if self.nodes:
+        if getattr(self, "nodes", None):   # (a graph torch.compile made without __init__ has none)
             warnings.warn(f"a stochgrad broadcast graph with {len(self.nodes)} stochastic layer(s) was dropped before "
                           "their loss was delivered: call graph.backward(per_example_loss) (a plain loss.backward() "
                           "leaves those layers without gradient), or graph.discard()", RuntimeWarning, stacklevel=2)
@@ -141,23 +147,26 @@ def broadcast(local: bool = False) -> Iterator[Graph]:
     """
     graph = Graph(FLAG.check(local, "local"))
     token = _ACTIVE.set(graph)
-    _OPEN[0] += 1
+    _OPEN.append(graph)
     try:
         yield graph
     except BaseException:
         graph.discard()   # the forward pass failed: nothing to deliver, nothing to warn about
         raise
     finally:
-        _OPEN[0] -= 1
+        del _OPEN[max(i for i, g in enumerate(_OPEN) if g is graph)]
         _ACTIVE.reset(token)
 
 
 def active_graph() -> Graph | None:
     """The graph of the innermost active [`broadcast`][stochgrad.graph.broadcast] in this context, or ``None``.
 
-    Outside every broadcast it reads no context variable (``torch.compile`` cannot trace one: a pathwise
-    model compiles without a graph break)."""
-    return _ACTIVE.get() if _OPEN[0] else None
+    Outside every broadcast it reads no context variable. ``torch.compile`` cannot trace one: inside a compiled
+    region it is the innermost broadcast opened in any context (one forward pass at a time per process, as
+    compiled training runs), so a model with score-function layers compiles whole."""
+    if not _OPEN:
+        return None
+    return _OPEN[-1] if is_compiling() else _ACTIVE.get()
 
 
 class DelayedBroadcast:

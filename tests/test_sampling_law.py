@@ -152,3 +152,18 @@ def test_low_precision_logits_draw_from_their_own_law_not_a_rounded_one(dtype, d
     if dtype == torch.bfloat16:
         assert abs(rounded - truth) > 5 * se          # the rounded law is measurably another law
     assert abs(freq - truth) < 4 * se, (freq, truth, rounded)
+
+
+def test_float32_bernoulli_units_resolve_probabilities_down_to_its_uniform_grid():
+    """The documented limit of float32 Bernoulli sampling (``stochgrad.sampling.bernoulli``): ``u`` lies on a grid of
+    2⁻²⁴, so a unit with σ(a) below 2⁻²⁴ fires on exactly one grid point, u = 0: with probability 2⁻²⁴, not σ(a)
+    (σ(−30) = 9·10⁻¹⁴). float64 logits draw float64 noise, whose grid of 2⁻⁵³ resolves σ(−30)."""
+    from stochgrad.sampling import bernoulli_from_uniform, uniform
+    p32 = torch.sigmoid(torch.tensor([-30.0]))
+    grid = torch.tensor([0.0, 2.0 ** -24, 2.0 ** -23])
+    assert bernoulli_from_uniform(grid, p32).tolist() == [1.0, 0.0, 0.0]      # P(h = 1) = 2⁻²⁴ ≫ 9e-14
+    assert uniform((4,), p32).dtype == torch.float32
+    p64 = torch.sigmoid(torch.tensor([-30.0], dtype=torch.float64))
+    assert uniform((4,), p64).dtype == torch.float64
+    steps = torch.tensor([0.0, 2.0 ** -53, 4e-14, 9.4e-14], dtype=torch.float64)
+    assert bernoulli_from_uniform(steps, p64).tolist() == [1.0, 1.0, 1.0, 0.0]  # ≈ 8.5e13 grid points below σ(−30)

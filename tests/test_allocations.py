@@ -3,8 +3,7 @@ estimate allocates, forward and backward, counted by ``benchmarks/allocations.py
 and views not counted), against ``F.gumbel_softmax(hard=True)`` on the same linear loss (``benchmarks/large_k.py``).
 
 Targets: no estimator allocates more full-size tensors than ``F.gumbel_softmax(hard=True)``; ``straight_through`` and
-``reinforce_loo`` at most half as many. Those not met yet are strict expected failures whose reason gives today's
-count: when the categorical path meets one, its test passes unexpectedly and fails the suite, and the mark comes off.
+``reinforce_loo`` at most half as many: all met.
 The counts do not depend on the size (the benchmark counts the same from 64 × 1,024 to 256 × 65,536), so they are
 taken at 16 × 4,096 here. Also: the counter itself, and the benchmark's plain-torch references against the library."""
 import importlib.util
@@ -74,10 +73,6 @@ def counts():
             for name in (large_k.YARDSTICK, "straight_through", "gumbel_st", "reinmax", "gumbel_rao", "reinforce_loo")}
 
 
-def not_yet(today: str):
-    return pytest.mark.xfail(strict=True, reason=f"not met yet: {today} (remove this mark when it passes)")
-
-
 @pytest.mark.parametrize("name, share", [
     ("straight_through", 1.0),
     ("straight_through", 0.5),
@@ -85,7 +80,7 @@ def not_yet(today: str):
     ("reinmax", 1.0),
     ("gumbel_rao", 1.0),
     ("reinforce_loo", 1.0),
-    pytest.param("reinforce_loo", 0.5, marks=not_yet("7 against 13 (groups of 4 samples)")),
+    ("reinforce_loo", 0.5),
 ])
 def test_full_size_tensors_per_estimate_against_gumbel_softmax(counts, name, share):
     """Forward + backward of the summed estimate of a linear loss, logits ``(16, 4096)`` as 16 units: at most

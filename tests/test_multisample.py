@@ -120,3 +120,29 @@ def test_rodeo_sorted_surrogate_is_the_network_as_written():
     (g1,) = torch.autograd.grad((written * weight).sum(), w1)
     (g2,) = torch.autograd.grad((sorted_ * weight).sum(), w2)
     assert torch.allclose(g1, g2, rtol=1e-10, atol=1e-9)
+
+
+@pytest.mark.parametrize("distribution", ["bernoulli", "categorical"])
+@pytest.mark.parametrize("name", ["reinforce", "reinforce_ma", "reinforce_loo"])
+def test_per_sample_baselines_give_the_score_formula_without_making_the_score(name, distribution):
+    """With several samples and one c per sample, the score-function gradient is taken as Σ_s (L_s − c_s) h_s − σ Σ_s
+    (L_s − c_s), over S (one batched product, no (S, *batch, n) score): the same as mean_s (h_s − σ)(L_s − c_s)
+    written out, on the samples f saw (first call: the moving average is still 0)."""
+    g = torch.Generator().manual_seed(11)
+    shape = (5, 3, 4) if distribution == "categorical" else (5, 6)
+    a = torch.randn(shape, dtype=torch.float64, generator=g, requires_grad=True)
+    w = torch.randn(shape, dtype=torch.float64, generator=g)
+    seen = []
+
+    def f(h):
+        seen.append(h)
+        return (h * w).flatten(-2 if distribution == "categorical" else -1).sum(-1).square()
+
+    sg.expect(f, a, sg.get_estimator(name), 3, g, distribution=distribution).sum().backward()
+    h = seen[0]
+    L = f(h).detach()
+    seen.clear()
+    c = (L.sum(0, keepdim=True) - L) / 2 if name == "reinforce_loo" else torch.zeros_like(L)
+    p = torch.softmax(a.detach(), -1) if distribution == "categorical" else torch.sigmoid(a.detach())
+    weight = (L - c).reshape(*L.shape, *[1] * (h.dim() - L.dim()))
+    torch.testing.assert_close(a.grad, ((h - p) * weight).mean(0), rtol=1e-12, atol=1e-12)

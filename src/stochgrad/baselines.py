@@ -58,7 +58,16 @@ class ResizableBuffers(nn.Module):
 
 
 class Baseline(ResizableBuffers):
-    """No baseline: ``c = 0`` (seed Theorem 1)."""
+    """No baseline: ``c = 0`` (seed Theorem 1).
+
+    ``reads_score``: whether ``forward``/``centred``/``update`` read the score ``h − σ(a)``. A baseline that does
+    not (one ``c`` per sample, as here, the moving average and leave-one-out) is called with ``score=None`` when an
+    estimate has several samples, and the estimator never makes the ``(S, *batch, n)`` score
+    ([`score_gradient`][stochgrad.estimators.base.ScoreFunction.score_gradient]). Subclasses read it unless they
+    say otherwise.
+    """
+
+    reads_score = True
 
     def forward(self, score: Tensor, losses: Tensor) -> Tensor | None:
         return None
@@ -79,6 +88,12 @@ class Baseline(ResizableBuffers):
         return None
 
 
+def per_sample(baseline: Baseline) -> bool:
+    """Whether ``baseline`` gives one ``c`` per sample without reading the score (the no-baseline itself, or a
+    subclass that says so with ``reads_score = False``)."""
+    return type(baseline) is Baseline or not baseline.reads_score
+
+
 class MovingAverage(Baseline):
     """``c`` = exponential moving average of past losses (seed Corollary 1), one scalar per site.
 
@@ -90,6 +105,7 @@ class MovingAverage(Baseline):
     """
 
     _version = 2  # version 1 stored the raw average (c = mean / weight): converted on load
+    reads_score = False
 
     def __init__(self, decay: float = 0.9):
         super().__init__()
@@ -203,6 +219,8 @@ def leave_one_out_mean(x: Tensor) -> Tensor:
 
 class LeaveOneOut(Baseline):
     """``c`` for sample ``s`` = mean loss of the *other* ``S − 1`` samples of the same example (needs ``S ≥ 2``)."""
+
+    reads_score = False
 
     def forward(self, score, losses):
         return leave_one_out_mean(losses).unsqueeze(-1)

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim.adam import adam
 
-from ..baselines import ResizableBuffers
+from ..baselines import ResizableBuffers, per_sample
 from ..distributed import is_distributed, mean_over_ranks
 from ..distributions import BERNOULLI, Distribution
 from ..distributions import resolve as as_distribution
@@ -190,8 +190,10 @@ class ScoreFunction(Estimator):
         """
         if losses.requires_grad:
             losses = losses.detach()
-        score = h - probs
         baseline = self.baseline
+        if h.dim() > probs.dim() and per_sample(baseline):
+            return self.sample_weighted(h, probs, losses, update, scale)
+        score = h - probs
         # (no scale, no keyword: a user's Baseline.centred(score, losses) from before scale= still works)
         centred = baseline.centred(score, losses) if scale is None else baseline.centred(score, losses, scale)
         if update:
@@ -201,6 +203,22 @@ class ScoreFunction(Estimator):
         # in place when the dtypes agree: the same product as score * centred, without a second buffer
         grad = score.mul_(centred) if centred.dtype == score.dtype else score * centred
         return grad if h.dim() == probs.dim() else grad.mean(0)
+
+    def sample_weighted(self, h: Tensor, probs: Tensor, losses: Tensor, update: bool, scale: float | None) -> Tensor:
+        """[`score_gradient`][stochgrad.estimators.base.ScoreFunction.score_gradient] for ``S`` samples and a baseline
+        with one ``c`` per sample: ``mean_s (h_s − σ)(L_s − c_s) = (Σ_s (L_s − c_s) h_s − σ Σ_s (L_s − c_s)) / S``, the
+        first sum one batched product over the samples, so that no ``(S, *batch, n)`` score is made (at a
+        vocabulary's ``K`` the largest buffer of the estimate)."""
+        baseline = self.baseline
+        centred = baseline.centred(None, losses) if scale is None else baseline.centred(None, losses, scale)
+        if update:
+            ok = baseline.update(None, losses)
+            if ok is not None:
+                self.verdict.report(ok, LOSSES)
+        S, n = h.shape[0], h.shape[-1]
+        c = centred.to(h.dtype).expand(*h.shape[:-1], 1)                   # (S, *batch, 1)
+        grad = torch.einsum("sxo,sxn->xn", c.reshape(S, -1, 1), h.reshape(S, -1, n)).view(probs.shape)
+        return grad.addcmul_(probs, c.sum(0), value=-1).div_(S)
 
     def estimate(self, f, logits, samples, generator, dist=BERNOULLI):
         probs = dist.probs(logits.detach())

@@ -94,13 +94,14 @@ def lower_edges(p: Tensor, c: Tensor, a: Tensor, b: Tensor, r: Tensor) -> Tensor
     return torch.where(c == a, 0.0, torch.where(c == b, 1 - pb, middle)).clamp_(0, 1)
 
 
-def pair_law(p: Tensor, z: Tensor, samples: int, rotations: int = 1) -> tuple[Tensor, Tensor, Tensor]:
+def pair_law(p: Tensor, z: Tensor, samples: int, rotations: int = 1, arrangements=None) -> tuple[Tensor, Tensor, Tensor]:
     """``q(z_i, z_j)`` for every two ``i < j`` of the ``S`` samples' classes ``z`` ``(S, *batch, n)``.
 
     Returns ``(i, j, q)``: the pairs' indices ``(M,)`` and their probabilities ``(M, *batch, n)``,
-    ``M = S(S−1)/2`` (the copula is exchangeable, so ``q(c, c') = q(c', c)``).
+    ``M = S(S−1)/2`` (the copula is exchangeable, so ``q(c, c') = q(c', c)``). ``arrangements``: the
+    [`orderings`][stochgrad.estimators.carms.orderings] of these ``K`` and ``rotations``, where the caller has them.
     """
-    a, b, r = orderings(p.shape[-1], rotations, p.device)
+    a, b, r = orderings(p.shape[-1], rotations, p.device) if arrangements is None else arrangements
     c = z.unsqueeze(-1)
     pc = p.expand(*c.shape[:-1], p.shape[-1]).gather(-1, c)
     lo = lower_edges(p, c, a, b, r)                                       # (S, *batch, n, P)
@@ -118,11 +119,12 @@ def pair_law(p: Tensor, z: Tensor, samples: int, rotations: int = 1) -> tuple[Te
     return i, j, (cdf(hi, hi) - cdf(lo, hi) - cdf(hi, lo) + cdf(lo, lo)).mean(-1)
 
 
-def carms_sample(p: Tensor, samples: int, generator=None, rotations: int = 1) -> Tensor:
-    """``S`` coupled class indices ``(S, *batch, n)`` for probabilities ``p`` ``(*batch, n, K)`` (module doc)."""
+def carms_sample(p: Tensor, samples: int, generator=None, rotations: int = 1, arrangements=None) -> Tensor:
+    """``S`` coupled class indices ``(S, *batch, n)`` for probabilities ``p`` ``(*batch, n, K)`` (module doc);
+    ``arrangements`` as in [`pair_law`][stochgrad.estimators.carms.pair_law]."""
     K = p.shape[-1]
     u = dirichlet_copula(samples, p.shape[:-1], p, generator)            # (S, *batch, n)
-    a, b, r = orderings(K, rotations, p.device)
+    a, b, r = orderings(K, rotations, p.device) if arrangements is None else arrangements
     pick = (uniform(p.shape[:-1], p, generator) * a.numel()).long().clamp_max(a.numel() - 1)   # (*batch, n)
     a, b, r = a[pick].unsqueeze(-1), b[pick].unsqueeze(-1), r[pick].unsqueeze(-1)             # (*batch, n, 1)
     cls = torch.arange(K, device=p.device)
@@ -155,17 +157,22 @@ class CARMS(Estimator):
     def __init__(self, rotations: int = 1):
         super().__init__()
         self.rotations = POSITIVE.check(rotations, "rotations")
+        self.arrangements = {}   # (K, device) → the orderings' index tensors: constants, built once (not state)
 
     def estimate(self, f, logits, samples, generator, dist=BERNOULLI):
         if dist is BERNOULLI:
             f, logits = as_categorical(f, logits)
         p = CATEGORICAL.probs(logits.detach())                            # (*batch, n, K)
-        z = carms_sample(p, samples, generator, self.rotations)          # (S, *batch, n)
+        key = (p.shape[-1], p.device)
+        arrangements = self.arrangements.get(key)
+        if arrangements is None:
+            arrangements = self.arrangements[key] = orderings(p.shape[-1], self.rotations, p.device)
+        z = carms_sample(p, samples, generator, self.rotations, arrangements)   # (S, *batch, n)
         h = one_hot(z, p.shape[-1], p)
         losses = f(h)                                                     # (S, *batch)
         S = samples
         pz = h.mul(p).sum(-1)                                             # p_{z_s}: (S, *batch, n)
-        i, j, q = pair_law(p, z, S, self.rotations)                       # q > 0 for every pair that can occur
+        i, j, q = pair_law(p, z, S, self.rotations, arrangements)         # q > 0 for every pair that can occur
         w = pz[i] * pz[j] / q.clamp_min(torch.finfo(p.dtype).tiny)       # (M, *batch, n)
         L = losses.detach().unsqueeze(-1)                                 # (S, *batch, 1)
         wd = w * (L[i] - L[j])                                            # w_ij (f_i − f_j), pairs i < j

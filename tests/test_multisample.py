@@ -122,14 +122,15 @@ def test_rodeo_sorted_surrogate_is_the_network_as_written():
     assert torch.allclose(g1, g2, rtol=1e-10, atol=1e-9)
 
 
+@pytest.mark.parametrize("rows", [5, 3000], ids=["small", "batched product"])
 @pytest.mark.parametrize("distribution", ["bernoulli", "categorical"])
 @pytest.mark.parametrize("name", ["reinforce", "reinforce_ma", "reinforce_loo"])
-def test_per_sample_baselines_give_the_score_formula_without_making_the_score(name, distribution):
-    """With several samples and one c per sample, the score-function gradient is taken as Σ_s (L_s − c_s) h_s − σ Σ_s
-    (L_s − c_s), over S (one batched product, no (S, *batch, n) score): the same as mean_s (h_s − σ)(L_s − c_s)
-    written out, on the samples f saw (first call: the moving average is still 0)."""
+def test_per_sample_baselines_give_the_score_formula_without_making_the_score(name, distribution, rows):
+    """With several samples and one c per sample, from NODE_MIN elements on the score-function gradient is taken as
+    Σ_s (L_s − c_s) h_s − σ Σ_s (L_s − c_s), over S (one batched product, no (S, *batch, n) score): the same as
+    mean_s (h_s − σ)(L_s − c_s) written out, on the samples f saw (first call: the moving average is still 0)."""
     g = torch.Generator().manual_seed(11)
-    shape = (5, 3, 4) if distribution == "categorical" else (5, 6)
+    shape = (rows, 3, 4) if distribution == "categorical" else (rows, 6)   # 3 samples: 3000 rows pass NODE_MIN
     a = torch.randn(shape, dtype=torch.float64, generator=g, requires_grad=True)
     w = torch.randn(shape, dtype=torch.float64, generator=g)
     seen = []

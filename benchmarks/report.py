@@ -72,6 +72,7 @@ DOCS_FIGURES = {  # the documentation's copies of the figures drawn here
     "vae_equal_steps.png": ("vae_equal_steps", "cpu-2core"),
     "gating_valid_error.png": ("gating", "cpu-2core"),
     "vae_categorical_estimators.png": ("vae_categorical_estimators", "cpu-16core"),
+    "vae_race_linear.png": ("vae_race_linear", "cpu-2core"),
 }
 
 
@@ -491,12 +492,17 @@ def figure_vae_race(result, out: Path):
             continue
         elbo = m["train_elbo"]
         smooth = [statistics.mean(elbo[max(0, i - 9):i + 1]) for i in range(len(elbo))]
-        line, = ax.plot(m["seconds"], smooth, label=name, lw=1.2)
-        for call, label in (s.get("auto") or {}).get("history", [])[1:]:
+        history = (s.get("auto") or {}).get("history", [])[1:]
+        line, = ax.plot(m["seconds"], smooth, label=name + (f" ({len(history)} switches)" if history else ""),
+                        lw=1.2)
+        shapes = {}   # a marker per candidate switched to (no text: auto may switch hundreds of times)
+        for call, label in history:
+            cand = label.split("(")[0]
+            marker = shapes.setdefault(cand, "v^sDP*X"[len(shapes) % 7])
             i = min(range(len(m["step"])), key=lambda k: abs(m["step"][k] - call))
-            ax.plot(m["seconds"][i], smooth[i], "o", ms=4, color=line.get_color())
-            ax.annotate(label.split("(")[0], (m["seconds"][i], smooth[i]), fontsize=6, rotation=30,
-                        color=line.get_color())
+            ax.plot(m["seconds"][i], smooth[i], marker, ms=3, color=line.get_color(), alpha=0.6)
+        for cand, marker in shapes.items():
+            ax.plot([], [], marker, ms=4, color=line.get_color(), linestyle="", label=f"{name}: to {cand}")
     ax.set_xlabel("training CPU seconds (one thread)")
     ax.set_ylabel("training ELBO (1 sample, moving mean)")
     lows = [min(r["metrics"]["train_elbo"][len(r["metrics"]["train_elbo"]) // 10:] or [0])

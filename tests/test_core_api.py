@@ -153,18 +153,21 @@ def test_torch_func_grad_gives_the_eager_gradient(name):
 @pytest.mark.parametrize("units", [4, 2 ** 13], ids=["idiom", "node"])
 def test_the_replace_gradient_keeps_f_parameters_gradient_and_its_value(units):
     """attach_gradient: the value is the losses' mean bitwise, f's parameters get their pathwise gradient, and
-    the logits get ∂L/∂value ⊗ grad, for Bernoulli (n,) and categorical (n, K) events: Bernoulli logits below
-    NODE_MIN elements as the idiom's surrogate, from it on (and categorical logits, which may be −inf) as one node."""
+    the logits get ∂L/∂value ⊗ grad, for Bernoulli (n,) and categorical (n, K) events: below NODE_MIN elements as the
+    idiom's surrogate, from it on as one node; a masked class (−inf logit, grad 0) gets gradient 0 either way."""
     from stochgrad.gradient import NODE_MIN, attach_gradient
 
     w = torch.randn(5, dtype=torch.float64, requires_grad=True)
     for event in [(units,), (units, 3)]:
-        logits = torch.randn(5, *event, dtype=torch.float64, requires_grad=True)
+        logits = torch.randn(5, *event, dtype=torch.float64)
         grad = torch.randn(5, *event, dtype=torch.float64)
+        if len(event) == 2:   # a masked class
+            logits[:, 1, 2], grad[:, 1, 2] = -math.inf, 0.0
+        logits.requires_grad_(True)
         value = w.square()
         out = attach_gradient(value, logits, grad)
         node = type(out.grad_fn).__name__ == "ReplaceGradientBackward"
-        assert torch.equal(out, value) and node == (grad.numel() >= NODE_MIN or len(event) == 2)
+        assert torch.equal(out, value) and node == (grad.numel() >= NODE_MIN)
         up = torch.randn(5, dtype=torch.float64)
         w.grad = None
         out.backward(up)

@@ -3,8 +3,8 @@
 Every score-function and control-variate estimator ends in [`attach_gradient`][stochgrad.gradient.attach_gradient] (the pathwise ones in autograd
 through a relaxed or straight-through sample): the ground floor that the estimators, the layers and ``expect``
 share. The idiom of ``microsoft/ReinMax`` and ``nshepperd/gumbel-rao-pytorch``, ``value + (s − s.detach())`` with
-the surrogate ``s = Σ grad·logits``; from [`NODE_MIN`][stochgrad.gradient.NODE_MIN] elements on (and for categorical
-logits, which may hold −inf), written as one autograd node instead (the same value and gradients, tested equal).
+the surrogate ``s = Σ grad·logits``; from [`NODE_MIN`][stochgrad.gradient.NODE_MIN] elements on, written as one
+autograd node instead (the same value and gradients, tested equal).
 """
 from __future__ import annotations
 
@@ -65,11 +65,11 @@ def attach_gradient(value: Tensor, logits: Tensor, grad: Tensor) -> Tensor:
     """
     if not logits.requires_grad:
         return value
-    if grad.numel() < NODE_MIN and grad.dim() == value.dim() + 1:
-        # the idiom: the surrogate Σ grad·logits per example, added as s − s.detach() (= 0). Bernoulli logits only
-        # (one event dimension), finite by their check: a categorical logit may be −inf, a masked class, and the
-        # product 0·(−inf) would be NaN
-        s = (grad.detach() * logits).sum(-1)
+    if grad.numel() < NODE_MIN:
+        # the idiom: the surrogate Σ grad·logits per example, added as s − s.detach() (= 0). Summed by nansum: a
+        # masked class's logit is −inf with grad 0 there, and 0·(−inf) is NaN, which nansum leaves out (its gradient
+        # there is 0, as the node's)
+        s = torch.nansum(grad.detach() * logits, tuple(range(value.dim(), grad.dim())))
         return value + (s - s.detach())
     return ReplaceGradient.apply(value, logits, grad.detach())
 

@@ -113,12 +113,15 @@ def test_delayed_reward_cannot_reach_the_wrong_step(gen):  # item 7
 
 def test_a_plain_backward_inside_broadcast_warns(gen):  # item 16
     net, x = _delayed_net(gen), torch.ones(5, 3)
-    with pytest.warns(RuntimeWarning, match="dropped before their loss was delivered"):
+    with pytest.warns(RuntimeWarning, match="dropped before their loss was delivered") as seen:
         with sg.broadcast() as graph:
             h = net(x)
         h.sum().backward()   # not graph.backward(h.squeeze(-1)): the first layer gets no gradient
         assert net[0].weight.grad is None
         del graph
+    # the warning points at the user's `with sg.broadcast()`, not at wherever the graph was collected
+    assert seen[0].filename == __file__
+    assert "sg.broadcast()" in open(__file__).read().splitlines()[seen[0].lineno - 1]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         with sg.broadcast() as graph:

@@ -12,7 +12,9 @@ forward passes (threads, asyncio tasks) each see their own.
 from __future__ import annotations
 
 import contextvars
+import inspect
 import math
+import os
 import warnings
 from collections import deque
 from contextlib import contextmanager
@@ -28,6 +30,7 @@ from .estimators.base import ScoreFunction
 from .guard import reads_at_once
 from .options import FLAG, NON_NEGATIVE
 
+_HERE = os.path.dirname(os.path.abspath(__file__))   # the package's folder: frames inside it are not the user's
 _FORMULA = ScoreFunction.score_gradient  # the library's own (h − σ)·(L − c): it takes the 1/B as a scale
 
 _ACTIVE: contextvars.ContextVar["Graph | None"] = contextvars.ContextVar("stochgrad_graph", default=None)
@@ -67,10 +70,11 @@ class Graph:
     with a ``RuntimeWarning``; [`discard`][stochgrad.graph.Graph.discard] drops them on purpose.
     """
 
-    def __init__(self, local: bool = False):
+    def __init__(self, local: bool = False, opened_at: tuple[str, int] = ("<unknown>", 0)):
         self.local = local
         self.nodes: list[Node] = []
         self.step_index: int | None = None   # set by DelayedBroadcast.step: which step this graph records
+        self.opened_at = opened_at           # (file, line) of the user's code that opened it: where a warning points
 
     def record(self, node: Node) -> None:
         self.nodes.append(node)
@@ -81,9 +85,11 @@ class Graph:
 
     def __del__(self):
         if getattr(self, "nodes", None):   # (a graph torch.compile made without __init__ has none)
-            warnings.warn(f"a stochgrad broadcast graph with {len(self.nodes)} stochastic layer(s) was dropped before "
-                          "their loss was delivered: call graph.backward(per_example_loss) (a plain loss.backward() "
-                          "leaves those layers without gradient), or graph.discard()", RuntimeWarning, stacklevel=2)
+            # pointed at the `with sg.broadcast()` that opened it: wherever the graph is collected is no help
+            warnings.warn_explicit(
+                f"a stochgrad broadcast graph with {len(self.nodes)} stochastic layer(s) was dropped before their loss "
+                "was delivered: call graph.backward(per_example_loss) (a plain loss.backward() leaves those layers "
+                "without gradient), or graph.discard()", RuntimeWarning, *getattr(self, "opened_at", ("<unknown>", 0)))
 
     def backward(self, loss: Tensor) -> None:
         """Fills ``.grad`` of every parameter with the gradient of ``loss.mean()``.
@@ -145,7 +151,7 @@ def broadcast(local: bool = False) -> Iterator[Graph]:
             stochastic one from their own local gradient. Pathwise layers (which learn only by
             back-propagation) are an error here.
     """
-    graph = Graph(FLAG.check(local, "local"))
+    graph = Graph(FLAG.check(local, "local"), opened_at())
     token = _ACTIVE.set(graph)
     _OPEN.append(graph)
     try:
@@ -156,6 +162,17 @@ def broadcast(local: bool = False) -> Iterator[Graph]:
     finally:
         del _OPEN[max(i for i, g in enumerate(_OPEN) if g is graph)]
         _ACTIVE.reset(token)
+
+
+def opened_at() -> tuple[str, int]:
+    """``(file, line)`` of the innermost caller outside stochgrad and ``contextlib``: the user's ``with`` statement."""
+    frame = inspect.currentframe()
+    while frame is not None:
+        name = frame.f_code.co_filename
+        if not name.startswith(_HERE) and os.path.basename(name) != "contextlib.py":
+            return name, frame.f_lineno
+        frame = frame.f_back
+    return "<unknown>", 0
 
 
 def active_graph() -> Graph | None:

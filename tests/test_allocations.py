@@ -6,13 +6,12 @@ Targets: no estimator allocates more full-size tensors than ``F.gumbel_softmax(h
 ``reinforce_loo`` at most half as many: all met.
 The counts do not depend on the size (the benchmark counts the same from 64 × 1,024 to 256 × 65,536), so they are
 taken at 16 × 4,096 here. Also: the counter itself, and the benchmark's plain-torch references against the library."""
-import importlib.util
 import math
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_benchmark
 
 import stochgrad as sg
 
@@ -20,15 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ROWS, K = 16, 4096
 
 
-def load(name):
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
-    return module
+load = load_benchmark
 
 
 allocations, large_k = load("allocations"), load("large_k")

@@ -11,28 +11,22 @@ Where stochgrad does what the idiom leaves out, the allowance says so: the guard
 categorical logits' mask-aware check (``amax`` per unit, so that −inf masks a class while NaN, +inf and all-masked
 units are errors: one op more than a plain sum).
 """
-import importlib.util
 import pathlib
-import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-import stochgrad as sg
 from stochgrad import guard
 from stochgrad.gradient import NODE_MIN
+from conftest import load_benchmark
 
 BENCH = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 def overhead():
-    sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location("overhead_bench", BENCH / "overhead.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("overhead")
 
 
 class Count(TorchDispatchMode):

@@ -1,29 +1,20 @@
 """Benchmark results are data: every file under benchmarks/results is ``<benchmark>/<machine>/<date>_<commit>.json``
 (+ its figure), the committed README is what ``benchmarks/report.py`` writes from them, it tables the latest result
 per benchmark and machine, and the documentation's figures are copies of the kept ones."""
-import importlib.util
 import json
 import re
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 NAME = re.compile(r"(\d{4}-\d\d-\d\d)_([0-9a-f]{7})\.(json|png)")
 
 
-def load(name):
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
-    return module
+load = load_benchmark
 
 
 @pytest.fixture(scope="module")

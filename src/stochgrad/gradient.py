@@ -35,6 +35,12 @@ class Function(torch.autograd.Function):
         cls.forward.__signature__ = inspect.signature(cls.forward)
 
 
+def summed_to(g: Tensor, shape) -> Tensor:
+    """``g`` summed over the leading (sample) dimensions it has beyond ``shape``: a backward pass's gradient for an
+    input of that shape."""
+    return g if g.shape == shape else g.sum_to_size(shape)
+
+
 class ReplaceGradient(Function):
     """``value`` forward; backward: ``value``'s own gradient passes through, and ``logits`` receive
     ``∂L/∂value[k] · grad[k]``. One node where the idiom builds four, with no full-size product in the forward
@@ -89,7 +95,7 @@ class PassThrough(Function):
 
     @staticmethod
     def backward(ctx, g: Tensor):
-        return g, g if g.shape == ctx.shape else g.sum_to_size(ctx.shape)
+        return g, summed_to(g, ctx.shape)
 
 
 def straight_through(h: Tensor, surrogate: Tensor) -> Tensor:

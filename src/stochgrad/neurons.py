@@ -4,6 +4,7 @@ Every layer takes pre-activations ``a`` of shape ``(*batch, n)`` and returns ``(
 """
 from __future__ import annotations
 
+import abc
 import math
 
 import torch
@@ -49,7 +50,7 @@ GAIN = Kind("a finite number > 0", (int, float), float, lambda v: math.isfinite(
 LAYER = Kind("a stochastic layer (an nn.Module)", (nn.Module,), None, lambda v: True)
 
 
-class StochasticUnits(nn.Module):
+class StochasticUnits(nn.Module, abc.ABC):
     """Stochastic units of one distribution as a layer, the training behaviour shared by
     [`StochasticBinary`][stochgrad.neurons.StochasticBinary] and
     [`StochasticCategorical`][stochgrad.neurons.StochasticCategorical] (a new kind of unit is a subclass that names
@@ -73,9 +74,9 @@ class StochasticUnits(nn.Module):
         """The input as logits ``(*batch, *event)`` of the distribution."""
         return a
 
+    @abc.abstractmethod
     def evaluate(self, a: Tensor) -> Tensor:
         """The deterministic output of evaluation mode, from the logits."""
-        raise NotImplementedError
 
     def forward(self, a: Tensor) -> Tensor:
         """``a`` → samples (training) or the evaluation output, of ``a``'s shape."""

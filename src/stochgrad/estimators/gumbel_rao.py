@@ -17,7 +17,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from ..distributions import BERNOULLI
-from ..gradient import Function
+from ..gradient import Function, summed_to
 from ..options import integer
 from .gumbel import GumbelST
 
@@ -43,7 +43,7 @@ class RaoBlackwell(Function):
     def backward(ctx, g: Tensor):
         (y,) = ctx.saved_tensors
         grad = ctx.dist.jacobian(y, g).mean(0).div_(ctx.temperature)
-        return None, grad if grad.shape == ctx.shape else grad.sum_to_size(ctx.shape), None, None, None
+        return None, summed_to(grad, ctx.shape), None, None, None
 
 
 class GumbelRao(GumbelST):

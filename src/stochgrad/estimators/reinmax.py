@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from ..distributions import BERNOULLI
-from ..gradient import Function
+from ..gradient import Function, summed_to
 from ..options import POSITIVE_FLOAT
 from ..sampling import lead, over_samples
 from .base import Estimator
@@ -41,7 +41,7 @@ class Heun(Function):
     def backward(ctx, g: Tensor):
         p0, p1 = ctx.saved_tensors
         grad = ctx.dist.jacobian(p1, g).mul_(2).sub_(ctx.dist.jacobian(p0, g), alpha=0.5)   # in place on fresh products
-        return None, grad if grad.shape == ctx.shape else grad.sum_to_size(ctx.shape), None, None, None
+        return None, summed_to(grad, ctx.shape), None, None, None
 
 
 class ReinMax(Estimator):

@@ -462,6 +462,60 @@ def test_carms_pair_weight_for_two_classes_is_the_arms_factor():
         assert torch.allclose(w, p1 * (1 - p1) / (q - copula_cdf(q, S))), S
 
 
+# one unit of a trained categorical VAE's encoder (10 classes) where CARMS once drew classes 0 and 6 together: their
+# pair probability q is about 5e-9, a difference of copula terms near 1
+SATURATED = [3.7317e-4, 1.4099e-3, 1.5029e-7, 3.1501e-4, 8.3641e-5, 0.99780, 5.2257e-7, 1.3702e-5, 7.5893e-7, 3.0064e-8]
+
+
+def test_carms_pair_law_of_rare_classes_needs_float64():
+    """At the saturated unit with S = 4, float32 cancels q(0, 6) below zero (the weight p p'/q was then clamped to
+    1e28 and the VAE diverged); float64 agrees with the same four copula terms summed in 40-digit decimals."""
+    from decimal import Decimal, getcontext
+    from stochgrad.estimators.carms import lower_edges, orderings, pair_law
+    getcontext().prec = 40
+    S, k = 4, 3
+    p64 = torch.tensor(SATURATED, dtype=torch.float64)
+    p64 = (p64 / p64.sum()).view(1, 1, 10)
+    z = torch.tensor([0, 6, 5, 5]).view(S, 1, 1)
+    _, _, q32 = pair_law(p64.float(), z, S)
+    _, _, q64 = pair_law(p64, z, S)
+    a, b, r = orderings(10, 1, "cpu")
+    pc = p64[0, 0, [0, 6]].view(2, 1)
+    lo = lower_edges(p64, torch.tensor([0, 6]).view(2, 1, 1, 1), a, b, r)[:, 0, 0]      # (2, P)
+    lo = torch.where(p64[0, 0, a] > p64[0, 0, b], 1 - lo - pc, lo).clamp(0, 1)          # the rarer end first
+
+    def cdf(x, y):   # the copula's bivariate CDF, max(x^(1/k) + y^(1/k) − 1, 0)^k
+        t = x ** (Decimal(1) / k) + y ** (Decimal(1) / k) - 1
+        return t ** k if t > 0 else Decimal(0)
+
+    total = Decimal(0)
+    w0, w1 = (Decimal(x) for x in pc.flatten().tolist())
+    for l0, l1 in zip(lo[0].tolist(), lo[1].tolist()):
+        l0, l1 = Decimal(l0), Decimal(l1)
+        h0, h1 = min(l0 + w0, Decimal(1)), min(l1 + w1, Decimal(1))
+        total += cdf(h0, h1) - cdf(l0, h1) - cdf(h0, l1) + cdf(l0, l1)
+    exact = float(total / len(a))
+    assert q64[0].item() == pytest.approx(exact, rel=1e-6) and exact > 0
+    assert q32[0].item() <= 0                                                   # float32 cannot resolve it
+
+
+def test_carms_estimates_float32_logits_in_float64():
+    """CARMS draws and weighs in float64 whatever the logits' dtype: float32 logits get the float64 logits' estimate
+    on the same noise, to float32 rounding, also at saturated probabilities; every gradient finite and moderate."""
+    logits = torch.tensor(SATURATED, dtype=torch.float64).log().expand(2000, 3, 10).contiguous()
+    def f(h):   # a loss that weighs the classes unevenly, in the samples' dtype
+        w = torch.linspace(-3, 5, 10, dtype=h.dtype)
+        return (h * w).sum(-1).sin().sum(-1)
+
+    grads = {}
+    for dtype in [torch.float64, torch.float32]:
+        a = logits.to(dtype).clone().requires_grad_(True)
+        sg.expect(f, a, "carms", 4, torch.Generator().manual_seed(3), distribution=CAT).sum().backward()
+        grads[dtype] = a.grad.double()
+    assert torch.isfinite(grads[torch.float32]).all() and grads[torch.float64].abs().max() < 1e3
+    assert torch.allclose(grads[torch.float32], grads[torch.float64], rtol=1e-4, atol=1e-5)
+
+
 def paper_toy(alpha: float, seed: int = 0):
     """Dimitriev & Zhou 2021's toy (official ``toy.py``): 3 units of 3 classes, f = Σ_{i,k} 3(3i + k + 1)·h_ik,
     probabilities drawn from Dirichlet(α, α, α)."""

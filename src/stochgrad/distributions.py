@@ -28,6 +28,12 @@ MAX_STATE_ENTRIES = 2 ** 27  # entries of the enumerated states (states × event
 WIDE = torch.float64  # the categorical sampler's running sum and uniforms: exact in law at any K (Categorical.from_uniform)
 
 
+def wide(device) -> torch.dtype:
+    """``WIDE`` where ``device`` has float64, else float32 (``mps``): the dtype of the arithmetic that must resolve
+    probabilities finer than float32's ``2⁻²⁴`` (the categorical sampler, CARMS's pair law)."""
+    return WIDE if torch.device(device).type != "mps" else torch.float32
+
+
 def all_states(n: int, like: Tensor) -> Tensor:
     """All ``2^n`` binary vectors, ``(2^n, n)``, dtype and device of ``like``; row ``k`` is ``k`` in binary."""
     if n > 20:
@@ -252,7 +258,7 @@ class Categorical(Distribution):
     @staticmethod
     def uniform_for(shape, probs: Tensor, generator=None) -> Tensor:
         """The float64 U[0, 1) draw of [`from_uniform`][stochgrad.distributions.Categorical.from_uniform] (float32 where the device has no float64)."""
-        return uniform(shape, probs, generator, WIDE if probs.device.type != "mps" else torch.float32)
+        return uniform(shape, probs, generator, wide(probs.device))
 
     def sample(self, probs, lead=(), generator=None):
         u = self.uniform_for((*lead, *probs.shape[:-1]), probs, generator)

@@ -63,19 +63,23 @@ class ReplaceGradient(Function):
         return d_value, d_value.reshape(*d_value.shape, *([1] * extra)) * grad, None
 
 
-def attach_gradient(value: Tensor, logits: Tensor, grad: Tensor) -> Tensor:
+def attach_gradient(value: Tensor, logits: Tensor, grad: Tensor, masks: bool = True) -> Tensor:
     """``value`` in the forward pass; in the backward pass ``d value[k] / d logits[k] := grad[k]``.
 
     ``value``: ``(*batch,)``; ``logits`` and ``grad``: ``(*batch, *event)`` (``event`` = ``(n,)`` or ``(n, K)``),
     ``grad`` treated as a constant. Gradients that ``value`` already carries (to parameters of ``f``) are kept.
+    ``masks``: whether ``logits`` may hold ``−inf`` (a masked class, where ``grad`` is 0): pass the distribution's
+    [`masks`][stochgrad.distributions.Distribution.masks]; ``False`` (logits checked finite) saves the idiom's NaN
+    filter (8 µs a call, a seventh of a one-example REINFORCE estimate on a CPU).
     """
     if not logits.requires_grad:
         return value
     if grad.numel() < NODE_MIN:
-        # the idiom: the surrogate Σ grad·logits per example, added as s − s.detach() (= 0). Summed by nansum: a
-        # masked class's logit is −inf with grad 0 there, and 0·(−inf) is NaN, which nansum leaves out (its gradient
-        # there is 0, as the node's)
-        s = torch.nansum(grad.detach() * logits, tuple(range(value.dim(), grad.dim())))
+        # the idiom: the surrogate Σ grad·logits per example, added as s − s.detach() (= 0). Where a class may be
+        # masked, summed by nansum: its logit is −inf with grad 0 there, and 0·(−inf) is NaN, which nansum leaves
+        # out (its gradient there is 0, as the node's)
+        dims = tuple(range(value.dim(), grad.dim()))
+        s = torch.nansum(grad.detach() * logits, dims) if masks else (grad.detach() * logits).sum(dims)
         return value + (s - s.detach())
     return ReplaceGradient.apply(value, logits, grad.detach())
 

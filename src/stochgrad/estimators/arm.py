@@ -38,7 +38,7 @@ class ARM(_Antithetic):
         # the antithetic pair 1[1 − u < σ(a)] = 1[u > σ(−a)] and 1[u < σ(a)], each ~ Bernoulli(σ(a))
         losses = f(bernoulli_from_uniform_(torch.stack([1 - u, u]), probs))
         grad = over_samples((losses[0] - losses[1]).unsqueeze(-1) * (u - 0.5), samples)  # detached by attach_gradient
-        return attach_gradient(over_samples(losses.mean(0), samples), logits, grad)
+        return attach_gradient(over_samples(losses.mean(0), samples), logits, grad, dist.masks)
 
 
 class DisARM(_Antithetic):
@@ -58,4 +58,4 @@ class DisARM(_Antithetic):
         losses = f(pair)                                     # (2, *lead, *batch)
         weight = (1 - 2 * b_anti) * (b != b_anti).to(b.dtype) * torch.sigmoid(logits.detach().abs())
         grad = over_samples(0.5 * (losses[0] - losses[1]).unsqueeze(-1) * weight, samples)  # detached by attach_gradient
-        return attach_gradient(over_samples(losses.mean(0), samples), logits, grad)
+        return attach_gradient(over_samples(losses.mean(0), samples), logits, grad, dist.masks)

@@ -70,4 +70,4 @@ class ARMS(Estimator):
         probs = dist.probs(logits.detach())
         u = dirichlet_copula(samples, logits.shape, logits, generator)
         losses, grad = arms_gradient(u, probs, f)
-        return attach_gradient(losses.mean(0), logits, grad)
+        return attach_gradient(losses.mean(0), logits, grad, dist.masks)

@@ -227,7 +227,7 @@ class ScoreFunction(Estimator):
         h = dist.sample(probs, lead(samples), generator)
         losses = f(h)
         grad = self.score_gradient(dist.flat(h), dist.flat(probs), losses, logits.requires_grad).view_as(logits)
-        return attach_gradient(over_samples(losses, samples), logits, grad)
+        return attach_gradient(over_samples(losses, samples), logits, grad, dist.masks)
 
 
 class Tuned(Estimator, ResizableBuffers):

@@ -39,7 +39,10 @@ that factor (both unbiased), so the two differ there.
 and ``q`` (each biases it: 0.2–0.6 % of the gradient, measured exactly); the rarer end first instead of the lower
 class index (the same at ``S = 2``; at ``S > 2`` ARMS's orientation, whose variance on Bernoulli units was 14–18 %
 lower than a fixed one's). The code shares one ordering across a unit's ``S`` samples, as here (its pair law
-assumes it). ``w`` can be large where ``q`` is small; that is the price of exactness. Measured against the official
+assumes it). ``w`` can be large where ``q`` is small; that is the price of exactness. Probabilities, coupling and pair law are
+computed in float64 (float32 on ``mps``): ``q`` is a sum of copula terms near 1, and for a pair of rare classes
+(``q ≈ 5·10⁻⁹`` in a trained VAE's encoder) float32 cancels it to zero or below, which made ``w ≈ 10²⁸`` and diverged
+the training; the samples are drawn from the same float64 intervals, so the pair law is that of the draw. Measured against the official
 code's estimator (``benchmarks/carms_variance.py``, 200,000 estimates): variance 1.06× its (clipped, biased: max
 |z| 4.3) figure at 2 units × 10 classes, ``S = 2``, and 1.00× at 3 × 4 (``S = 2``) and 3 × 5 (``S = 4``); with
 ``rotations=4``, 0.99×, 0.99× and 1.00×, at 2.1× (``S = 2``) and 3.4× (``S = 4``) the time per step of the default on
@@ -52,7 +55,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..distributions import BERNOULLI, CATEGORICAL, as_categorical, one_hot
+from ..distributions import BERNOULLI, CATEGORICAL, as_categorical, one_hot, wide
 from ..gradient import attach_gradient
 from ..options import POSITIVE
 from ..sampling import uniform
@@ -162,23 +165,26 @@ class CARMS(Estimator):
     def estimate(self, f, logits, samples, generator, dist=BERNOULLI):
         if dist is BERNOULLI:
             f, logits = as_categorical(f, logits)
-        p = CATEGORICAL.probs(logits.detach())                            # (*batch, n, K)
-        key = (p.shape[-1], p.device)
+        # probabilities, coupling and pair law in float64: q is a sum of copula terms near 1 whose difference can be
+        # ~1e-9 for a pair of rare classes, which float32 cancels to 0 or below (then w ~ 1e28: a VAE diverged so)
+        wide_p = CATEGORICAL.probs(logits.detach().to(wide(logits.device)))   # (*batch, n, K)
+        key = (wide_p.shape[-1], wide_p.device)
         arrangements = self.arrangements.get(key)
         if arrangements is None:
-            arrangements = self.arrangements[key] = orderings(p.shape[-1], self.rotations, p.device)
-        z = carms_sample(p, samples, generator, self.rotations, arrangements)   # (S, *batch, n)
+            arrangements = self.arrangements[key] = orderings(wide_p.shape[-1], self.rotations, wide_p.device)
+        z = carms_sample(wide_p, samples, generator, self.rotations, arrangements)   # (S, *batch, n)
+        S = samples
+        p = wide_p.to(logits.dtype)
         h = one_hot(z, p.shape[-1], p)
         losses = f(h)                                                     # (S, *batch)
-        S = samples
-        pz = h.mul(p).sum(-1)                                             # p_{z_s}: (S, *batch, n)
-        i, j, q = pair_law(p, z, S, self.rotations, arrangements)         # q > 0 for every pair that can occur
-        w = pz[i] * pz[j] / q.clamp_min(torch.finfo(p.dtype).tiny)       # (M, *batch, n)
+        pz = wide_p.expand(S, *wide_p.shape).gather(-1, z.unsqueeze(-1)).squeeze(-1)   # p_{z_s}: (S, *batch, n)
+        i, j, q = pair_law(wide_p, z, S, self.rotations, arrangements)    # q > 0 for every pair that can occur
+        w = (pz[i] * pz[j] / q.clamp_min(torch.finfo(q.dtype).tiny)).to(p.dtype)   # (M, *batch, n)
         L = losses.detach().unsqueeze(-1)                                 # (S, *batch, 1)
         wd = w * (L[i] - L[j])                                            # w_ij (f_i − f_j), pairs i < j
-        signal = torch.zeros_like(pz).index_add_(0, i, wd).index_add_(0, j, -wd)   # Σ_{j≠i} w_ij (f_i − f_j)
+        signal = wd.new_zeros(pz.shape).index_add_(0, i, wd).index_add_(0, j, -wd)   # Σ_{j≠i} w_ij (f_i − f_j)
         grad = (signal.unsqueeze(-1) * (h - p)).sum(0) / (S * (S - 1))
-        return attach_gradient(losses.mean(0), logits, grad)
+        return attach_gradient(losses.mean(0), logits, grad, dist.masks)
 
     def extra_repr(self) -> str:
         return f"rotations={self.rotations}"

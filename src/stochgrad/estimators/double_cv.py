@@ -67,7 +67,7 @@ class SlopeControlVariate(Tuned):
         if not logits.requires_grad or probs.numel() == 0:  # no gradient wanted, or an empty batch: no state touched
             if logits.requires_grad:
                 self.join(probs, probs.shape[-1], generator)   # (under torch.distributed: the ranks' collectives)
-            return attach_gradient(f(b).mean(0), logits, torch.zeros_like(probs))
+            return attach_gradient(f(b).mean(0), logits, torch.zeros_like(probs), dist.masks)
         losses, slopes = loss_and_slope(f, b)
         tuning = self.begin(probs, probs.shape[-1], generator)
         with torch.set_grad_enabled(tuning):
@@ -77,7 +77,7 @@ class SlopeControlVariate(Tuned):
             if tuning:
                 self.tune_on(grad, theta)
         self.end()
-        return attach_gradient(losses.mean(0), logits, grad.detach())
+        return attach_gradient(losses.mean(0), logits, grad.detach(), dist.masks)
 
 
 class DoubleCV(SlopeControlVariate):

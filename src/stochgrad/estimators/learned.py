@@ -105,7 +105,7 @@ class Learned(Estimator, ResizableBuffers):
             losses = f(b)
             (dl_dh,) = torch.autograd.grad(losses.sum(), b, retain_graph=losses.requires_grad)
         grad = self.score_gradient(h, probs, losses, update=logits.requires_grad, dl_dh=dl_dh)
-        return attach_gradient(over_samples(losses, samples), logits, grad)
+        return attach_gradient(over_samples(losses, samples), logits, grad, dist.masks)
 
     def extra_repr(self) -> str:
         return f"decay={self.decay}, ridge={self.ridge}, units={self.xy.shape[0]}"

@@ -53,7 +53,7 @@ class SPSA(_Perturbation):
         losses = f(torch.stack([bernoulli_from_uniform(u, dist.probs(a + c * delta)),
                                 bernoulli_from_uniform(u, dist.probs(a - c * delta))]))
         grad = ((losses[0] - losses[1]).detach().unsqueeze(-1) / (2 * c * delta)).mean(0)
-        return attach_gradient(losses.mean((0, 1)), logits, grad)
+        return attach_gradient(losses.mean((0, 1)), logits, grad, dist.masks)
 
 
 class FiniteDifference(_Perturbation):
@@ -78,7 +78,7 @@ class FiniteDifference(_Perturbation):
         minus = bernoulli_from_uniform(u, dist.probs(a - c * eye))
         losses = f(torch.stack([plus, minus]))                              # (2, S, n, *batch)
         grad = ((losses[0] - losses[1]).detach() / (2 * c)).mean(0).movedim(0, -1)
-        return attach_gradient(losses.mean((0, 1, 2)), logits, grad)
+        return attach_gradient(losses.mean((0, 1, 2)), logits, grad, dist.masks)
 
 
 class NodePerturbation(_Perturbation):
@@ -98,4 +98,4 @@ class NodePerturbation(_Perturbation):
         losses = f(torch.stack([bernoulli_from_uniform(u, dist.probs(a)),
                                 bernoulli_from_uniform(u, dist.probs(a + xi))]))
         grad = ((losses[1] - losses[0]).detach().unsqueeze(-1) * xi / s ** 2).mean(0)
-        return attach_gradient(losses[0].mean(0), logits, grad)
+        return attach_gradient(losses[0].mean(0), logits, grad, dist.masks)

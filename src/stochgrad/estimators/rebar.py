@@ -122,7 +122,7 @@ class REBAR(Tuned):
             if logits.requires_grad:
                 self.join(a0, dist.flat(a0).shape[-1], generator)   # (under torch.distributed: the ranks' collectives)
             value = over_samples(f(dist.hard(dist.perturb(a0, u))), samples)
-            return attach_gradient(value, logits, torch.zeros_like(a0))
+            return attach_gradient(value, logits, torch.zeros_like(a0), dist.masks)
         tuning = self.begin(a0, dist.flat(a0).shape[-1], generator)
         temperature = tuning and self.tunes_temperature()
         if dist is BERNOULLI and self.hand:
@@ -136,7 +136,7 @@ class REBAR(Tuned):
             if tuning:
                 self.tune_on(grad, parts, dist.event_dims)
         self.end()
-        return attach_gradient(over_samples(f_b, samples), logits, grad.detach())
+        return attach_gradient(over_samples(f_b, samples), logits, grad.detach(), dist.masks)
 
     def formula(self, f, a0: Tensor, u: Tensor, v: Tensor, samples: int, tuning: bool, dist, temperature: bool = True):
         """Eq. 6 by autograd, for any distribution: ``(ĝ (*batch, *event), f(b) (*lead, *batch), theta's pieces)``;

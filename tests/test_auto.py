@@ -1,5 +1,6 @@
 """estimator="auto": it picks what the study says is best, stays unbiased, resumes, agrees across ranks."""
 import copy
+import math
 import os
 import tempfile
 
@@ -92,12 +93,33 @@ def test_auto_reports_what_it_chose_and_why(gen):
     assert {label.split("(")[0] for label in r["candidates"]} == fits and "disarm(samples=1)" in r["candidates"]
 
 
+@pytest.mark.parametrize("overhead", [0.1, 0.5])
+def test_auto_keeps_measuring_below_its_overhead(overhead, gen):
+    """After the warm-up, measuring calls are spaced so that their extra f-evaluations stay below ``overhead`` of
+    the run's: 8 candidates of budget 2 cost 14 evaluations a measuring call beyond the chosen's 2, so the interval
+    is max(every, ceil(14 / (overhead * 2))); a larger overhead measures more often."""
+    p = problems.decoder()
+    auto = sg.get_estimator("auto", cost="evaluations", every=1, warmup=3, overhead=overhead)
+    calls = 3 + 4 * 70
+    sample_gradients(auto, p.f, p.logits, calls * 4, 4, 2, gen)
+    r = auto.report()
+    extra = sum(c["evaluations"] for c in r["candidates"].values())
+    assert auto.interval() == max(1, math.ceil(extra / (overhead * r["candidates"][r["chosen"]]["evaluations"])))
+    total, spent = r["evaluations_spent"], auto.measuring_fraction
+    warm = 3 * extra   # the warm-up's own measuring, before the interval applies
+    assert (spent * total - warm) / (total - warm) <= overhead
+    assert r["interval"] == auto.interval() and f"overhead={overhead}" in auto.extra_repr()
+
+
 def test_auto_bad_input_raises_before_any_state_changes():
     p = problems.decoder()
     with pytest.raises(ValueError, match="biased"):
         sg.get_estimator("auto", candidates=["straight_through"])(p.f, p.logits.clone().requires_grad_(True))
     with pytest.raises(ValueError, match="every"):
         sg.get_estimator("auto", every=0)
+    for bad in [0, 1.5]:
+        with pytest.raises(ValueError, match="overhead"):
+            sg.get_estimator("auto", overhead=bad)
     auto = sg.get_estimator("auto")
     auto(p.f, p.logits.clone().requires_grad_(True), samples=2)
     before = {k: v.clone() for k, v in auto.state_dict().items() if isinstance(v, torch.Tensor)}

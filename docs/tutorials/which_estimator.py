@@ -72,7 +72,7 @@ print(f"unbiased, least variance × time on this machine (within 1.5x of the bes
 print(f"lowest mean squared error (bias included): {min(rows, key=lambda row: row[3].mse)[0]}")
 
 # 4. Or let each site choose while it trains: `auto` measures the unbiased candidates on this very f
-#    (common random numbers, every 50 calls) and uses the least variance × seconds per step (timed on its
+#    (common random numbers; at most 5 % of the run spent measuring) and uses the least variance × seconds per step (timed on its
 #    first 10 calls, then frozen; cost="evaluations" ranks by f-evaluations, the same on every machine).
 auto = sg.get_estimator("auto")
 a = logits.expand(100, n).clone().requires_grad_(True)   # 100 examples sharing the problem

@@ -152,6 +152,7 @@ FINITE = Kind("a finite number", (int, float), float, _finite)
 FRACTION = Kind("a number in (0, 1)", (int, float), float, lambda v: 0 < v < 1)
 DECAY = Kind("a number in [0, 1)", (int, float), float, lambda v: 0 <= v < 1)   # a moving average's decay
 UNIT_INTERVAL = Kind("a number in [0, 1]", (int, float), float, lambda v: 0 <= v <= 1)
+SHARE = Kind("a number in (0, 1]", (int, float), float, lambda v: 0 < v <= 1)   # a share of a whole, not none of it
 def _flag(text: str) -> bool:
     if text.lower() not in ("true", "false"):
         raise ValueError(text)

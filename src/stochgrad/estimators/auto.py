@@ -30,11 +30,14 @@ calls (``decay``), the second moment ``M_c = mean_examples ‖ĝ_c‖²`` and ``
   evaluated at every unit's neighbour of every sample (``K(n + 1)`` network evaluations per example): at
   1,024 units a warm-up call with it took 150× the chosen estimator's call. Name it in ``candidates`` to
   have it considered.
-- Cost of measuring, bounded: calls ``0 … warmup−1`` and every ``every``-th call after measure; a
-  measuring call evaluates ``f`` ``Σ_c e_c`` times more than the chosen's ``e_chosen``, so beyond the
-  warm-up the extra evaluations are ``Σ_c e_c / (every · e_chosen)`` of the run (16 % for the 8
-  candidates of budget 2 and ``every = 50``; with ``every = 200``, 4 %). [`measuring_fraction`][stochgrad.estimators.auto.Auto.measuring_fraction]
-  reports the real figure.
+- Cost of measuring, bounded: calls ``0 … warmup−1`` measure, and after them one call in
+  [`interval`][stochgrad.estimators.auto.Auto.interval]: at least ``every``, and as many more as keep measuring
+  below ``overhead`` (default 5 %) of the run's cost. A measuring call runs every candidate besides the chosen, so it
+  costs ``Σ_c t_c`` more than an ordinary step of ``s_k`` seconds (``cost="time"``; f-evaluations ``Σ_c e_c`` and
+  ``e_k`` otherwise): the interval is ``max(every, ⌈Σ_c t_c / (overhead · s_k)⌉)``. On the 20 × 10 categorical VAE,
+  where CARMS, REBAR and RELAX make a measuring call 4× a step, a fixed interval of 50 cost about 9 % of the steps.
+  [`measuring_fraction`][stochgrad.estimators.auto.Auto.measuring_fraction] reports the share of f-evaluations
+  spent.
 - No host-device synchronisation on ordinary calls: the counters, the choice and the frozen times are
   Python numbers beside the buffers (written into them when the state is saved, read back when it is
   loaded); only measuring calls read statistics back to choose.
@@ -58,7 +61,7 @@ from torch import Tensor, nn
 
 from ..distributed import mean_over_ranks
 from ..distributions import BERNOULLI, get_distribution
-from ..options import DECAY, NON_NEGATIVE, POSITIVE, choice, suggestion
+from ..options import DECAY, NON_NEGATIVE, POSITIVE, SHARE, choice, suggestion
 from ..sampling import Sharded
 from .base import REGISTRY, Estimator
 
@@ -130,22 +133,24 @@ def plan(budget: int, n: int, names=None, distribution=BERNOULLI) -> list[tuple[
 
 class Auto(Estimator):
     """``auto``: per site, the unbiased candidate with the least measured variance × cost (seconds per step by
-    default, or f-evaluations) on the user's own ``f``, re-measured every ``every`` calls (module docstring).
+    default, or f-evaluations) on the user's own ``f``, re-measured at intervals of at least ``every`` calls (module docstring).
     Unbiased at every step; Bernoulli and categorical units; [`report`][stochgrad.estimators.auto.Auto.report] says what was chosen and why.
 
     Args:
         candidates: estimator names (default: every registered unbiased one that supports the units and fits the
             budget, but RODEO).
-        every: calls between measuring calls.
+        every: the fewest calls from one measuring call to the next ([`interval`][stochgrad.estimators.auto.Auto.interval]).
         warmup: the first calls, all measuring; with ``cost="time"`` the candidates are timed on them.
         decay: of the moving statistics.
         cost: ``"time"`` (seconds per step, measured on the warm-up calls and frozen) or ``"evaluations"``
             (f-evaluations per example: machine-independent).
+        overhead: the largest share of the run's cost (seconds, or f-evaluations) that measuring may take after the
+            warm-up: the measuring calls are spaced out further than ``every`` where the candidates cost more.
     """
 
     name = "auto"
     description = ("chooses per site the unbiased estimator with least measured variance x seconds per step (or "
-                   "x f-evaluations) on the user's f; re-measured every `every` calls")
+                   "x f-evaluations) on the user's f; re-measured at intervals of at least `every` calls")
     unbiased = True
     broadcast = True
     distributions = ("bernoulli", "categorical")
@@ -154,7 +159,7 @@ class Auto(Estimator):
     records = ("timings",)   # the warm-up calls' seconds (−1 where a part was not timed), not a statistic
 
     def __init__(self, candidates: list[str] | tuple[str, ...] | None = None, every: int = 50, warmup: int = 10,
-                 decay: float = 0.5, cost: str = "time"):
+                 decay: float = 0.5, cost: str = "time", overhead: float = 0.05):
         super().__init__()
         POSITIVE.check(every, "every")
         NON_NEGATIVE.check(warmup, "warmup")
@@ -164,11 +169,13 @@ class Auto(Estimator):
         if candidates is not None:
             check_candidates(candidates)
         choice(*COSTS).check(cost, "cost")
+        SHARE.check(overhead, "overhead")
         if cost == "time" and warmup < 1:
             raise ValueError("cost='time' times the candidates on the warm-up calls: warmup must be >= 1 "
                              "(or use cost='evaluations')")
         self.names = None if candidates is None else tuple(candidates)
         self.every, self.warmup, self.decay, self.cost_model = every, warmup, decay, cost
+        self.overhead = float(overhead)
         self.candidates = nn.ModuleList()
         self.sizes: list[int] = []          # samples per call of each candidate
         self.costs: list[int] = []          # f-evaluations per example of each candidate
@@ -186,6 +193,7 @@ class Auto(Estimator):
         self._timings: list[list[float]] = []
         self._dist = BERNOULLI
         self._last_end: float | None = None   # the clock at the end of the last timed call
+        self._interval = every   # calls from one measuring call to the next after the warm-up (interval())
         self.history: list[tuple[int, str]] = []   # (call, candidate) at every switch
 
     # ---- building -------------------------------------------------------------------------------
@@ -206,6 +214,7 @@ class Auto(Estimator):
         if like is not None:
             self.candidates.to(device)
         self.history = [(0, self._label(0))]
+        self._interval = self.every
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         """The host's counters, choice, spending and times into their buffers, then the usual."""
@@ -239,6 +248,7 @@ class Auto(Estimator):
         self._spent = self.spent.tolist()
         self._timings = self.timings[:min(self._calls, self.warmup)].tolist() if self.timings.numel() else []
         self._last_end = None
+        self._interval = self.interval()
 
     def state_meaning(self) -> dict:
         # the candidates, in order: the choice is an index into them (a state saved with [a, b] never loads into
@@ -261,7 +271,21 @@ class Auto(Estimator):
                              f"{dist.name}: keep one auto object per stochastic site and one budget")
 
     def _measuring(self, t: int) -> bool:
-        return t < self.warmup or t % self.every == 0
+        return t < self.warmup or t % self._interval == 0
+
+    def interval(self) -> int:
+        """Calls from one measuring call to the next after the warm-up: ``max(every, ⌈Σ_c t_c / (overhead · s_k)⌉)``,
+        ``t_c`` each candidate's call and ``s_k`` a step with the chosen one, in seconds (``cost="time"``, once timed)
+        or f-evaluations per example. A function of the state (the frozen times, the choice): a resumed run measures
+        on the same calls."""
+        if not self.sizes:
+            return self.every
+        if self.cost_model == "time" and self._timings:
+            own = self._own_seconds()
+            extra, step = sum(own[:-1]), own[self._choice] + own[-1]
+        else:
+            extra, step = sum(self.costs), self.costs[self._choice]
+        return max(self.every, math.ceil(extra / (self.overhead * step))) if step > 0 else self.every
 
     def _label(self, i: int) -> str:
         return f"{self.candidates[i].name}(samples={self.sizes[i]})"
@@ -362,6 +386,7 @@ class Auto(Estimator):
         if best != self._choice:
             self.history.append((t + 1, self._label(best)))
         self._choice = best
+        self._interval = self.interval()
 
     def variance(self) -> Tensor:
         """``(C,)``: each candidate's measured variance of one estimate (summed over units, mean over examples)."""
@@ -423,6 +448,7 @@ class Auto(Estimator):
                "evaluations_spent": self._spent[0], "measuring_fraction": self.measuring_fraction,
                "measured": self.weight.item() > 0,
                "criterion": self.criterion, "candidates": cands, "history": list(self.history)}
+        out["interval"] = self._interval
         if secs is not None:
             out["timed_calls"] = len(self._timings)
             out["seconds_rest_of_step"] = own[-1]
@@ -435,7 +461,8 @@ class Auto(Estimator):
                 for col in zip(*self._timings)]
 
     def extra_repr(self) -> str:
-        head = f"every={self.every}, warmup={self.warmup}, decay={self.decay}, cost={self.cost_model!r}"
+        head = (f"every={self.every}, warmup={self.warmup}, decay={self.decay}, cost={self.cost_model!r}, "
+                f"overhead={self.overhead}")
         if not self.sizes:
             return head + ", not yet used"
         eff = self.efficiency().tolist()

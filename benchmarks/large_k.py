@@ -64,10 +64,14 @@ def one_hot(index: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 # ---- stochgrad ----------------------------------------------------------------------------------------------------
-def library(name: str, w: torch.Tensor, torch_distribution: bool = False, **options):
-    """``a -> loss``: the summed estimate of ``E[w·h]`` through ``sg.expect`` (``reinforce_loo``: ``GROUP`` samples)."""
+def library(name: str, w: torch.Tensor, torch_distribution: bool = False, index: bool = False, **options):
+    """``a -> loss``: the summed estimate of ``E[w·h]`` through ``sg.expect`` (``reinforce_loo``: ``GROUP`` samples);
+    ``index``: ``f`` reads the class indices, ``w[z]``, as RL code does (``distribution="categorical_index"``)."""
     est = sg.get_estimator(name, **options)
     samples = GROUP if est.min_samples > 1 else 1
+    if index:
+        return lambda a: sg.expect(lambda z: w[z].sum(-1), a.unsqueeze(-2), est, samples,
+                                   distribution="categorical_index").sum()
 
     def f(h):                                    # one-hot (*lead, rows, 1, K) -> (*lead, rows)
         return (h * w).sum((-2, -1))
@@ -173,6 +177,7 @@ def methods(w: torch.Tensor) -> dict:
         "gumbel_rao": library("gumbel_rao", w, temperature=TAU, draws=DRAWS),
         "plain gumbel_rao": lambda a: plain_gumbel_rao(a, w),
         "reinforce_loo": library("reinforce_loo", w),
+        "reinforce_loo (index samples)": library("reinforce_loo", w, index=True),
         "plain reinforce_loo": lambda a: plain_reinforce_loo(a, w),
     }
 

@@ -61,7 +61,8 @@ def counts():
     a = torch.randn(ROWS, K, requires_grad=True)
     fns = large_k.methods(large_k.loss_weights(K, a))
     return {name: large_k.full_size_tensors(fns[name], a)[0]
-            for name in (large_k.YARDSTICK, "straight_through", "gumbel_st", "reinmax", "gumbel_rao", "reinforce_loo")}
+            for name in (large_k.YARDSTICK, "straight_through", "gumbel_st", "reinmax", "gumbel_rao", "reinforce_loo",
+                         "reinforce_loo (index samples)", "plain reinforce_loo")}
 
 
 @pytest.mark.parametrize("name, share", [
@@ -72,12 +73,20 @@ def counts():
     ("gumbel_rao", 1.0),
     ("reinforce_loo", 1.0),
     ("reinforce_loo", 0.5),
+    ("reinforce_loo (index samples)", 0.5),
 ])
 def test_full_size_tensors_per_estimate_against_gumbel_softmax(counts, name, share):
     """Forward + backward of the summed estimate of a linear loss, logits ``(16, 4096)`` as 16 units: at most
     ``share`` × the full-size tensors of ``F.gumbel_softmax(hard=True)`` on the same loss."""
     limit = math.floor(share * counts[large_k.YARDSTICK])
     assert counts[name] <= limit, f"{name}: {counts[name]} full-size tensors, target <= {limit}"
+
+
+def test_index_samples_allocate_no_more_than_the_rl_idiom(counts):
+    """``f`` on class indices (``w[z]``): group leave-one-out REINFORCE makes no one-hot and no score, fewer full-size
+    tensors than on one-hot samples and no more than the RL idiom (``log_softmax`` gathered at the samples)."""
+    index = counts["reinforce_loo (index samples)"]
+    assert index < counts["reinforce_loo"] and index <= counts["plain reinforce_loo"], counts
 
 
 def test_the_yardstick_counts_what_torch_does():

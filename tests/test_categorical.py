@@ -462,6 +462,49 @@ def test_carms_pair_weight_for_two_classes_is_the_arms_factor():
         assert torch.allclose(w, p1 * (1 - p1) / (q - copula_cdf(q, S))), S
 
 
+@pytest.mark.parametrize("name, samples", [("reinforce", 1), ("reinforce_ma", 1), ("reinforce_optimal", 1),
+                                           ("reinforce_loo", 4), ("reinforce", 3), ("reinforce_optimal", 2)])
+def test_index_samples_give_the_one_hot_estimate(name, samples):
+    """``distribution="categorical_index"``: ``f`` reads class indices; the same noise draws the same classes as the
+    one-hot law, so the estimate, its gradient and the baseline's state equal the one-hot path's with ``f`` of the
+    one-hot (proven unbiased against ``exact``), also with a masked class (gradient 0 there, nothing NaN)."""
+    p = problems.categorical_decoder(n=3, K=5)
+    logits = p.logits.expand(40, -1, -1).clone()
+    logits[:, 1, 2] = -math.inf
+    runs = {}
+    for law, f in [(CAT, p.f), ("categorical_index", lambda z: p.f(torch.nn.functional.one_hot(z, 5).double()))]:
+        est = sg.get_estimator(name)
+        a = logits.clone().requires_grad_(True)
+        for seed in range(3):   # the baselines' state carries from call to call
+            a.grad = None
+            value = sg.expect(f, a, est, samples, torch.Generator().manual_seed(seed), distribution=law)
+            value.sum().backward()
+        runs[law] = (value.detach(), a.grad, {k: v.clone() for k, v in est.state_dict().items()})
+    (v1, g1, s1), (v2, g2, s2) = runs[CAT], runs["categorical_index"]
+    assert torch.isfinite(g2).all() and (g2[:, 1, 2] == 0).all() and g2.abs().sum() > 0
+    torch.testing.assert_close(v2, v1)
+    torch.testing.assert_close(g2, g1, rtol=1e-12, atol=1e-12)
+    assert s1.keys() == s2.keys() and all(torch.allclose(s1[k], s2[k]) for k in s1)
+
+
+@pytest.mark.parametrize("name, samples", [("reinforce", 1), ("reinforce_loo", 3)])
+def test_index_samples_are_unbiased_against_exact(name, samples, gen):
+    p = problems.categorical_decoder(n=2, K=4)
+    f = lambda z: p.f(torch.nn.functional.one_hot(z, 4).double())   # noqa: E731
+    r = sg.check_unbiased(name, f, p.logits, estimates=4000, batch=200, samples=samples, generator=gen,
+                          distribution="categorical_index")
+    assert r.passed, f"max |z| = {r.max_abs_z:.2f}"
+
+
+def test_index_samples_are_what_f_receives_and_refused_where_f_must_be_differentiated():
+    seen = []
+    logits = torch.zeros(6, 2, 7, requires_grad=True)
+    sg.expect(lambda z: seen.append(z) or z.sum(-1).double(), logits, "reinforce", distribution="categorical_index")
+    assert seen[0].dtype == torch.int64 and seen[0].shape == (6, 2) and 0 <= seen[0].min() and seen[0].max() < 7
+    with pytest.raises(ValueError, match="categorical_index"):
+        sg.expect(lambda z: z.sum(-1).double(), logits, "gumbel_st", distribution="categorical_index")
+
+
 # one unit of a trained categorical VAE's encoder (10 classes) where CARMS once drew classes 0 and 6 together: their
 # pair probability q is about 5e-9, a difference of copula terms near 1
 SATURATED = [3.7317e-4, 1.4099e-3, 1.5029e-7, 3.1501e-4, 8.3641e-5, 0.99780, 5.2257e-7, 1.3702e-5, 7.5893e-7, 3.0064e-8]

@@ -9,6 +9,9 @@ Shapes (``event`` = the trailing dimensions of one example):
 - [`BERNOULLI`][stochgrad.distributions.BERNOULLI]: logits ``(*batch, n)``, samples ``h ∈ {0,1}`` of the same shape; ``P(h_i=1) = σ(a_i)``.
 - [`CATEGORICAL`][stochgrad.distributions.CATEGORICAL]: logits ``(*batch, n, K)``: ``n`` independent units of ``K ≥ 2`` classes each;
   samples are one-hot ``(*batch, n, K)``; ``P(h_i = e_k) = softmax(a_i)_k``.
+- [`CATEGORICAL_INDEX`][stochgrad.distributions.CATEGORICAL_INDEX]: the same units, their samples handed to ``f`` as
+  class indices ``(*batch, n)`` (int64), as token-sampling code reads them (``w[index]``): no one-hot of
+  ``(*batch, n, K)`` is made for ``f``. For the estimators that never differentiate ``f`` (the score-function family).
 
 A loss ``f`` maps samples ``(*lead, *batch, *event)`` to ``(*lead, *batch)``.
 """
@@ -93,6 +96,7 @@ class Distribution(abc.ABC):
 
     name: str = ""
     event_dims: int = 1  # trailing dimensions of the logits that make one example's units
+    sample_dims: int = 1  # trailing dimensions of one example's sample, as f receives it
     masks: bool = False  # whether a −inf logit masks a class (probability 0 exactly, zero gradient)
 
     def check(self, logits: Tensor, name: str = "logits") -> None:
@@ -225,6 +229,7 @@ class Categorical(Distribution):
 
     name = "categorical"
     event_dims = 2
+    sample_dims = 2
     masks = True
 
     def check(self, logits, name="logits"):
@@ -304,13 +309,31 @@ class Categorical(Distribution):
         return one_hot(digits, K, logits)
 
 
+class CategoricalIndex(Categorical):
+    """[`Categorical`][stochgrad.distributions.Categorical] units whose samples are class indices ``(*lead, *batch, n)``
+    (int64): what ``f`` receives and what [`sample`][stochgrad.distributions.CategoricalIndex.sample] returns. The law,
+    the sampler (the same noise gives the same classes) and every other answer are the one-hot law's (``states`` too:
+    [`exact_expectation`][stochgrad.exact.exact_expectation] hands ``f`` each one-hot state's indices)."""
+
+    name = "categorical_index"
+    sample_dims = 1
+
+    def sample(self, probs, lead=(), generator=None):
+        return self.from_uniform(self.uniform_for((*lead, *probs.shape[:-1]), probs, generator), probs)
+
+    def log_prob(self, h, logits):
+        log_p = torch.log_softmax(logits, -1).clamp_min(torch.finfo(logits.dtype).min)
+        return log_p.expand(*h.shape, logits.shape[-1]).gather(-1, h.unsqueeze(-1)).squeeze(-1).sum(-1)
+
+
 BERNOULLI = Bernoulli()
 CATEGORICAL = Categorical()
-DISTRIBUTIONS = {d.name: d for d in (BERNOULLI, CATEGORICAL)}
+CATEGORICAL_INDEX = CategoricalIndex()
+DISTRIBUTIONS = {d.name: d for d in (BERNOULLI, CATEGORICAL, CATEGORICAL_INDEX)}
 
 
 def get_distribution(distribution) -> Distribution:
-    """``None`` or a name (``"bernoulli"``, ``"categorical"``) or a [`Distribution`][stochgrad.distributions.Distribution] to the distribution."""
+    """``None`` or a name (``"bernoulli"``, ``"categorical"``, ``"categorical_index"``) or a [`Distribution`][stochgrad.distributions.Distribution] to the distribution."""
     if distribution is None:
         return BERNOULLI
     if isinstance(distribution, Distribution):

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from .distributions import all_states, get_distribution, log_prob  # noqa: F401  (public here since the start)
+from .distributions import CATEGORICAL, all_states, get_distribution, log_prob  # noqa: F401  (public here since the start)
 
 MAX_UNITS = 20
 CHUNK_ELEMENTS = 1 << 23   # sample entries per call of f (32 MiB of float32 samples)
@@ -55,9 +55,12 @@ def exact_expectation(f: Callable[[Tensor], Tensor], logits: Tensor, distributio
 
     ``f`` is called on the states, ``(N, *batch, *event)``, all at once when ``N × batch × event`` is at
     most [`CHUNK_ELEMENTS`][stochgrad.exact.CHUNK_ELEMENTS], else on consecutive chunks of them; ``distribution``:
-    ``None``/``"bernoulli"`` (logits ``(*batch, n)``) or ``"categorical"`` (logits ``(*batch, n, K)``).
+    ``None``/``"bernoulli"`` (logits ``(*batch, n)``) or ``"categorical"`` (logits ``(*batch, n, K)``; ``f`` of class
+    indices with ``"categorical_index"``).
     """
     dist = get_distribution(distribution)
+    if dist.sample_dims < dist.event_dims:   # f of class indices: the one-hot law's sum, f reading each state's indices
+        f, dist = (lambda h, f=f: f(h.argmax(-1))), CATEGORICAL
     states = dist.states(logits)
     per_state = math.prod(logits.shape)   # batch × event entries of one state across the batch
     per = max(1, CHUNK_ELEMENTS // max(1, per_state))

@@ -3,7 +3,8 @@
 Shapes: ``logits`` is ``(*batch, n)``; unit ``i`` fires with probability ``sigmoid(logits[..., i])``.
 ``f`` maps samples ``(*lead, *batch, n)`` in {0, 1} to per-sample losses ``(*lead, *batch)``.
 Categorical units ([`stochgrad.distributions`][stochgrad.distributions]): logits ``(*batch, n, K)``, one-hot samples
-``(*lead, *batch, n, K)``, the same losses ``(*lead, *batch)``.
+``(*lead, *batch, n, K)`` (or, with ``distribution="categorical_index"``, class indices ``(*lead, *batch, n)``), the
+same losses ``(*lead, *batch)``.
 
 This module is the door only: it resolves the estimator through the registry and calls it
 ([`stochgrad.estimators.base.Estimator.forward`][stochgrad.estimators.base.Estimator.forward] checks the input and runs the estimate); nothing in the
@@ -33,8 +34,10 @@ def expect(f: LossFn, logits: Tensor, estimator: str | Estimator | None = None, 
 
     Categorical units: pass ``torch.distributions.OneHotCategorical(logits=a)`` as ``logits`` (or the
     tensor ``a`` with ``distribution="categorical"``): ``a`` is ``(*batch, n, K)``, ``f`` receives one-hot
-    samples ``(*lead, *batch, n, K)`` and returns ``(*lead, *batch)``. A ``torch.distributions.Bernoulli``
-    is the same as its logits.
+    samples ``(*lead, *batch, n, K)`` and returns ``(*lead, *batch)``; with ``distribution="categorical_index"``
+    ``f`` receives the class indices ``(*lead, *batch, n)`` (int64) instead, and no one-hot is made (the
+    score-function estimators: ``reinforce``, ``reinforce_ma``, ``reinforce_optimal``, ``reinforce_loo``). A
+    ``torch.distributions.Bernoulli`` is the same as its logits.
 
     Args:
         f: maps samples ``(*lead, *batch, n)`` in {0, 1} to losses ``(*lead, *batch)``, for any leading
@@ -54,7 +57,8 @@ def expect(f: LossFn, logits: Tensor, estimator: str | Estimator | None = None, 
             pass ``est``: its state then lives in its buffers (``state_dict``, ``.to``, DDP).
         samples: Monte-Carlo samples per example (``>= 1``; ``reinforce_loo`` needs ``>= 2``).
         generator: source of all noise; pass one for exactly repeatable runs.
-        distribution: ``None`` (from ``logits``: Bernoulli for a tensor), ``"bernoulli"`` or ``"categorical"``.
+        distribution: ``None`` (from ``logits``: Bernoulli for a tensor), ``"bernoulli"``, ``"categorical"`` or
+            ``"categorical_index"``.
 
     Checks: types, shapes and options raise before anything runs. Values never cost a host-device
     synchronisation ([`stochgrad.guard`][stochgrad.guard]): NaN/inf logits raise at once on the CPU and from a later
@@ -67,7 +71,7 @@ def expect(f: LossFn, logits: Tensor, estimator: str | Estimator | None = None, 
         ``logits.grad[k]`` the estimator's gradient of example ``k``'s expected loss.
     """
     if estimator is None:
-        categorical = (getattr(distribution, "name", distribution) == "categorical"
+        categorical = (getattr(distribution, "name", distribution) in ("categorical", "categorical_index")
                        or isinstance(logits, torch.distributions.OneHotCategorical))
         estimator = DEFAULT_ESTIMATOR["categorical" if categorical else "bernoulli"]
     est = estimator if isinstance(estimator, Estimator) else resolve(estimator)

@@ -242,7 +242,8 @@ def check_samples(samples, minimum: int = 1, who: str = "") -> int:
 
 def CheckedLoss(f: LossFn, event_dims: int = 1, dim: int = 2, dtype: torch.dtype | None = None) -> LossFn:
     """Wraps the user's ``f`` in a function that checks every output has shape ``(*lead, *batch)`` = ``b.shape[:-1]``
-    (``b.shape[:-2]`` for categorical samples ``(*lead, *batch, n, K)``: ``event_dims = 2``).
+    (``b.shape[:-2]`` for one-hot categorical samples ``(*lead, *batch, n, K)``: ``event_dims = 2``; ``event_dims``
+    is the samples' trailing dimensions, and ``dim`` what the logits' would be with that event).
 
     One sample is drawn without a sample dimension (the fast path) and ``f`` sees ``(*batch, *event)``;
     only unbatched logits (``dim == event_dims``) get a leading ``(1,)``, so that ``f``'s output shape
@@ -267,7 +268,7 @@ def CheckedLoss(f: LossFn, event_dims: int = 1, dim: int = 2, dtype: torch.dtype
     def loss(b: Tensor) -> Tensor:
         single = unbatched and b.dim() == event_dims
         x = b.unsqueeze(0) if single else b
-        out = f(x if dtype is None else x.to(dtype))
+        out = f(x if dtype is None or not x.is_floating_point() else x.to(dtype))   # (class indices stay int64)
         if not isinstance(out, Tensor) or out.shape != x.shape[:-event_dims]:
             bad_losses(out, x, event_dims)
         if dtype is not None:

@@ -354,8 +354,19 @@ def vae_race(result):
                      num(s.get("test_elbo_100_samples"), ".2f"), num(s.get("test_elbo_1_sample"), ".2f"),
                      num(s.get("train_elbo_last_epoch"), ".2f"), auto.get("chosen", "")])
     rows.sort(key=lambda r: -float(r[3]) if r[3] != "–" else 1e9)
-    return table(["run", "steps", "CPU seconds", "test bound (k=100)", "test ELBO (1 sample)",
-                  "train ELBO, last epoch", "auto's choice at the end"], rows)
+    out = table(["run", "steps", "CPU seconds", "test bound (k=100)", "test ELBO (1 sample)",
+                 "train ELBO, last epoch", "auto's choice at the end"], rows)
+    seeds: dict[str, list[float]] = {}   # runs named <model>_<estimator>_s<seed>: the estimator's bound over seeds
+    for name, run in result["runs"].items():
+        bound = (run.get("summary") or {}).get("test_elbo_100_samples")
+        if bound is not None:
+            seeds.setdefault(name.rsplit("_s", 1)[0], []).append(bound)
+    several = {k: v for k, v in seeds.items() if len(v) > 1}
+    if several:
+        rows = [[k, len(v), f"{statistics.mean(v):.2f}", f"{statistics.stdev(v) / len(v) ** 0.5:.2f}",
+                 ", ".join(f"{x:.2f}" for x in v)] for k, v in sorted(several.items(), key=lambda kv: -statistics.mean(kv[1]))]
+        out += ["", *table(["estimator", "seeds", "mean test bound (k=100)", "standard error", "each seed"], rows)]
+    return out
 
 
 def vae_reinmax(result):

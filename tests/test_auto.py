@@ -96,8 +96,8 @@ def test_auto_reports_what_it_chose_and_why(gen):
 @pytest.mark.parametrize("overhead", [0.1, 0.5])
 def test_auto_keeps_measuring_below_its_overhead(overhead, gen):
     """After the warm-up, measuring calls are spaced so that their extra f-evaluations stay below ``overhead`` of
-    the run's: 8 candidates of budget 2 cost 14 evaluations a measuring call beyond the chosen's 2, so the interval
-    is max(every, ceil(14 / (overhead * 2))); a larger overhead measures more often."""
+    the run's: a measuring call reruns every candidate (16 evaluations for 8 candidates of budget 2) beyond the
+    chosen's 2, so the interval is max(every, ceil(16 / (overhead * 2))); a larger overhead measures more often."""
     p = problems.decoder()
     auto = sg.get_estimator("auto", cost="evaluations", every=1, warmup=3, overhead=overhead)
     calls = 3 + 4 * 70
@@ -203,6 +203,11 @@ def test_auto_as_a_layer_chooses_among_single_sample_estimators(gen):
     auto = layer.estimator
     assert auto.chosen == "reinforce_optimal(samples=1)", auto.extra_repr()
     assert net[0].weight.grad is not None and torch.isfinite(net[0].weight.grad).all()
+    # resumed from its state, it ranks and spaces its measuring calls as the live one (nothing was timed here)
+    resumed = sg.StochasticBinary("auto").double()
+    resumed.load_state_dict(layer.state_dict())
+    again = resumed.estimator
+    assert again.interval() == auto.interval() and torch.equal(again.efficiency(), auto.efficiency())
 
 
 # ---- two ranks under gloo make the choices one process makes with the whole batch --------------------------

@@ -496,6 +496,25 @@ def test_index_samples_are_unbiased_against_exact(name, samples, gen):
     assert r.passed, f"max |z| = {r.max_abs_z:.2f}"
 
 
+@pytest.mark.parametrize("samples", [1, 3])
+def test_index_samples_of_low_precision_logits_and_integer_losses(samples):
+    """bfloat16 logits are sampled and scored in float32, the indices handed to f as they are; f may count (int64
+    losses): the estimate equals float32 logits' on the same noise (to bfloat16 rounding of the logits)."""
+    logits = torch.randn(50, 4, 6, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
+    target = torch.tensor([0, 2, 5, 1])
+    runs = []
+    for dtype in [torch.bfloat16, torch.float32]:
+        a = logits.to(dtype).clone().requires_grad_(True)
+        value = sg.expect(lambda z: (z == target).sum(-1), a, "reinforce_loo" if samples > 1 else "reinforce",
+                          samples, torch.Generator().manual_seed(2), distribution="categorical_index")
+        value.float().sum().backward()
+        runs.append((value, a.grad))
+    (v16, g16), (v32, g32) = runs
+    assert v16.dtype == torch.bfloat16 and v32.dtype == torch.float32 and (v32 != v32.round()).any() == (samples > 1)
+    torch.testing.assert_close(v16.float(), v32, rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(g16.float(), g32, rtol=2e-2, atol=2e-2)
+
+
 def test_index_samples_are_what_f_receives_and_refused_where_f_must_be_differentiated():
     seen = []
     logits = torch.zeros(6, 2, 7, requires_grad=True)

@@ -152,7 +152,8 @@ def check_unbiased(estimator: str | Estimator, f: LossFn, logits: Tensor, *, est
     est = get_estimator(estimator) if isinstance(estimator, str) else estimator
     # the ground truth in float32 at least: the estimator samples and scores low-precision logits in float32 too
     work = logits.detach().float() if logits.dtype in LOW_PRECISION else logits.detach()
-    truth = f if work.dtype == logits.dtype else (lambda b: f(b.to(logits.dtype)).to(work.dtype))
+    truth = f if work.dtype == logits.dtype else (
+        lambda b: f(b.to(logits.dtype) if b.is_floating_point() else b).to(work.dtype))   # (class indices stay int64)
     exact_value, exact = exact_gradient(truth, work, distribution)
     if not (torch.isfinite(exact_value).all() and torch.isfinite(exact).all()):
         raise ValueError("f is NaN or inf on some states, so E[f] and its gradient are undefined: no estimator can be "

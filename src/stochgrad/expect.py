@@ -35,9 +35,10 @@ def expect(f: LossFn, logits: Tensor, estimator: str | Estimator | None = None, 
     Categorical units: pass ``torch.distributions.OneHotCategorical(logits=a)`` as ``logits`` (or the
     tensor ``a`` with ``distribution="categorical"``): ``a`` is ``(*batch, n, K)``, ``f`` receives one-hot
     samples ``(*lead, *batch, n, K)`` and returns ``(*lead, *batch)``; with ``distribution="categorical_index"``
-    ``f`` receives the class indices ``(*lead, *batch, n)`` (int64) instead, and no one-hot is made (the
-    score-function estimators: ``reinforce``, ``reinforce_ma``, ``reinforce_optimal``, ``reinforce_loo``). A
-    ``torch.distributions.Bernoulli`` is the same as its logits.
+    ``f`` receives the class indices ``(*lead, *batch, n)`` (int64) instead and may return integer losses (the
+    score-function estimators: ``reinforce``, ``reinforce_ma``, ``reinforce_loo`` make no one-hot at all;
+    ``reinforce_optimal`` builds the one its per-class baseline reads). A ``torch.distributions.Bernoulli`` is the
+    same as its logits.
 
     Args:
         f: maps samples ``(*lead, *batch, n)`` in {0, 1} to losses ``(*lead, *batch)``, for any leading

@@ -240,7 +240,8 @@ def check_samples(samples, minimum: int = 1, who: str = "") -> int:
     return samples
 
 
-def CheckedLoss(f: LossFn, event_dims: int = 1, dim: int = 2, dtype: torch.dtype | None = None) -> LossFn:
+def CheckedLoss(f: LossFn, event_dims: int = 1, dim: int = 2, dtype: torch.dtype | None = None,
+                work: torch.dtype | None = None) -> LossFn:
     """Wraps the user's ``f`` in a function that checks every output has shape ``(*lead, *batch)`` = ``b.shape[:-1]``
     (``b.shape[:-2]`` for one-hot categorical samples ``(*lead, *batch, n, K)``: ``event_dims = 2``; ``event_dims``
     is the samples' trailing dimensions, and ``dim`` what the logits' would be with that event).
@@ -248,15 +249,16 @@ def CheckedLoss(f: LossFn, event_dims: int = 1, dim: int = 2, dtype: torch.dtype
     One sample is drawn without a sample dimension (the fast path) and ``f`` sees ``(*batch, *event)``;
     only unbatched logits (``dim == event_dims``) get a leading ``(1,)``, so that ``f``'s output shape
     still tells a loss per sample from a reduction over everything. ``dtype``: for low-precision logits,
-    the samples (computed in float32) are handed to ``f`` in the logits' dtype (0 and 1 are exact there)
-    and its losses come back in float32.
+    the samples (computed in float32) are handed to ``f`` in the logits' dtype (0 and 1 are exact there).
+    ``work``: the dtype the estimate runs in (the logits', float32 for low-precision ones); losses in low precision
+    or of an integer dtype (a count of class indices) come back in it.
 
     A closure, not an object with ``__call__``: CPython calls a plain function without a slot lookup, and the
     common case (batched Bernoulli logits in float32/float64) gets the one-comparison check alone.
     """
     if not callable(f):
         raise TypeError(f"f must be callable, mapping (*lead, *batch, n) samples to (*lead, *batch) losses; got {type(f).__name__}")
-    if event_dims == 1 and dim != 1 and dtype is None:  # the common case
+    if event_dims == 1 and dim != 1 and dtype is None and work is None:  # the common case (Bernoulli units)
         def loss(b: Tensor) -> Tensor:
             out = f(b)
             if not isinstance(out, Tensor) or out.shape != b.shape[:-1]:
@@ -271,8 +273,8 @@ def CheckedLoss(f: LossFn, event_dims: int = 1, dim: int = 2, dtype: torch.dtype
         out = f(x if dtype is None or not x.is_floating_point() else x.to(dtype))   # (class indices stay int64)
         if not isinstance(out, Tensor) or out.shape != x.shape[:-event_dims]:
             bad_losses(out, x, event_dims)
-        if dtype is not None:
-            out = out.to(b.dtype)
+        if work is not None and (dtype is not None or not out.is_floating_point()):
+            out = out.to(work)
         return out[0] if single else out
     return loss
 

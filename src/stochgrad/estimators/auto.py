@@ -30,11 +30,12 @@ calls (``decay``), the second moment ``M_c = mean_examples ‖ĝ_c‖²`` and ``
   evaluated at every unit's neighbour of every sample (``K(n + 1)`` network evaluations per example): at
   1,024 units a warm-up call with it took 150× the chosen estimator's call. Name it in ``candidates`` to
   have it considered.
-- Cost of measuring, bounded: calls ``0 … warmup−1`` measure, and after them one call in
-  [`interval`][stochgrad.estimators.auto.Auto.interval]: at least ``every``, and as many more as keep measuring
-  below ``overhead`` (default 5 %) of the run's cost. A measuring call runs every candidate besides the chosen, so it
-  costs ``Σ_c t_c`` more than an ordinary step of ``s_k`` seconds (``cost="time"``; f-evaluations ``Σ_c e_c`` and
-  ``e_k`` otherwise): the interval is ``max(every, ⌈Σ_c t_c / (overhead · s_k)⌉)``. On the 20 × 10 categorical VAE,
+- Cost of measuring, bounded: calls ``0 … warmup−1`` measure, and after them the calls that are multiples of
+  [`interval`][stochgrad.estimators.auto.Auto.interval]: at least ``every``, and as large as keeps measuring near
+  ``overhead`` (default 5 %) of the run's cost. A measuring call runs every candidate again (the chosen one too, on
+  the common numbers), so it costs ``Σ_c t_c`` more than an ordinary step of ``s_k`` seconds (``cost="time"``;
+  f-evaluations ``Σ_c e_c`` and ``e_k`` otherwise): the interval is ``max(every, ⌈Σ_c t_c / (overhead · s_k)⌉)``
+  (it changes with the choice, so a switch can bring the next measuring call closer once). On the 20 × 10 categorical VAE,
   where CARMS, REBAR and RELAX make a measuring call 4× a step, a fixed interval of 50 cost about 9 % of the steps.
   [`measuring_fraction`][stochgrad.estimators.auto.Auto.measuring_fraction] reports the share of f-evaluations
   spent.
@@ -246,7 +247,8 @@ class Auto(Estimator):
         self._budget, self._units = int(self.budget), int(self.units)
         self._calls, self._choice = int(self.calls), int(self.choice)
         self._spent = self.spent.tolist()
-        self._timings = self.timings[:min(self._calls, self.warmup)].tolist() if self.timings.numel() else []
+        rows = self.timings[:min(self._calls, self.warmup)].tolist() if self.timings.numel() else []
+        self._timings = [row for row in rows if any(v >= 0 for v in row)]   # the calls timed (not the network view's)
         self._last_end = None
         self._interval = self.interval()
 
@@ -274,7 +276,7 @@ class Auto(Estimator):
         return t < self.warmup or t % self._interval == 0
 
     def interval(self) -> int:
-        """Calls from one measuring call to the next after the warm-up: ``max(every, ⌈Σ_c t_c / (overhead · s_k)⌉)``,
+        """After the warm-up, the calls that are its multiples measure: ``max(every, ⌈Σ_c t_c / (overhead · s_k)⌉)``,
         ``t_c`` each candidate's call and ``s_k`` a step with the chosen one, in seconds (``cost="time"``, once timed)
         or f-evaluations per example. A function of the state (the frozen times, the choice): a resumed run measures
         on the same calls."""
@@ -377,6 +379,7 @@ class Auto(Estimator):
         if seconds is not None:
             self._timings.append(stats[C + 1:].tolist())
         if not bool(torch.isfinite(stats[:C + 1]).all()):   # nothing non-finite enters the statistics
+            self._interval = self.interval()   # (the times may have changed)
             return
         d = self.decay
         self.second_moment.mul_(d).add_((1 - d) * stats[:C])

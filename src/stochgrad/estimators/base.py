@@ -102,10 +102,11 @@ class Estimator(nn.Module, abc.ABC):
             if dist.name not in self.distributions:
                 raise ValueError(unsupported(self, dist))
         if logits.dtype in LOW_PRECISION:  # sample and score in float32: the low-precision grid biases P(h = 1)
-            loss = CheckedLoss(f, dist.sample_dims, logits.dim() - dist.event_dims + dist.sample_dims, logits.dtype)
             work = logits.float()
+            loss = CheckedLoss(f, dist.sample_dims, logits.dim() - dist.event_dims + dist.sample_dims, logits.dtype,
+                               work.dtype)
             return self.estimate(loss, work, samples, generator, dist).to(logits.dtype)
-        loss = CheckedLoss(f, dist.sample_dims, logits.dim() - dist.event_dims + dist.sample_dims)
+        loss = CheckedLoss(f, dist.sample_dims, logits.dim() - dist.event_dims + dist.sample_dims, None, logits.dtype)
         return self.estimate(loss, logits, samples, generator, dist)
 
     def state_meaning(self) -> dict:

@@ -131,8 +131,10 @@ def test_every_estimator_compiles_whole_and_matches_eager(dist, name):
         return gm.forward
 
     samples = max(2, sg.estimators()[name].min_samples) if name in ("reinforce_loo", "arms", "carms") else 1
-    f = quad if dist == "bernoulli" else (lambda h: (h * torch.linspace(0, 1, 4)).sum(-1).sub(0.45).square().sum(-1))
-    kw = {} if dist == "bernoulli" else {"distribution": "categorical"}
+    w = torch.linspace(0, 1, 4, dtype=torch.float64)
+    f = {"bernoulli": quad, "categorical": lambda h: (h * w).sum(-1).sub(0.45).square().sum(-1),
+         "categorical_index": lambda z: w[z].sub(0.45).square().sum(-1)}[dist]   # (class indices: f reads w[z])
+    kw = {} if dist == "bernoulli" else {"distribution": dist}
     from stochgrad.estimators import _SHARED
 
     for use_name in (True, False) if name in _SHARED else (False,):   # (a stateful one by name starts afresh: an object)

@@ -22,8 +22,6 @@ import sys
 import tempfile
 import time
 
-import torch
-
 from stochgrad.studies.training import load_checkpoint, payload_digest
 
 ARGS = ["--dataset", "digits", "--model", "nonlinear", "--estimator", "disarm", "--steps", "300", "--batch-size", "16",

@@ -239,7 +239,7 @@ def run(sizes, device: torch.device, dtype: torch.dtype, rounds: int, compile_: 
                     continue
                 target = torch.compile(fn, fullgraph=True, dynamic=False) if mode == "compiled" else fn
 
-                def step(target=target):
+                def step(target=target, a=a):
                     a.grad = None
                     target(a).backward()
                 try:

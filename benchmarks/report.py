@@ -73,6 +73,7 @@ DOCS_FIGURES = {  # the documentation's copies of the figures drawn here
     "gating_valid_error.png": ("gating", "cpu-2core"),
     "vae_categorical_estimators.png": ("vae_categorical_estimators", "cpu-16core"),
     "vae_race_linear.png": ("vae_race_linear", "cpu-2core"),
+    "vae_race_categorical.png": ("vae_race_categorical", "cpu-2core"),
 }
 
 
@@ -497,6 +498,8 @@ def figure_vae_race(result, out: Path):
     switches marked where they happened (a call is a step)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    if len(result["runs"]) > 10:   # (the default cycle repeats its 10 colours)
+        ax.set_prop_cycle(color=plt.cm.tab20.colors)
     for name, run in result["runs"].items():
         m, s = run.get("metrics") or {}, run.get("summary") or {}
         if not m.get("seconds"):

@@ -74,6 +74,14 @@ def test_auto_resumes_from_state_dict(gen):
     g2 = sample_gradients(fresh, p.f, p.logits, 20 * 32, 32, 2, torch.Generator().manual_seed(9))
     assert torch.equal(g1, g2) and fresh.history == used.history
     assert fresh.measuring_fraction == used.measuring_fraction > 0
+    # a state saved before the next measuring call was kept loads, measuring on the interval's next multiple
+    state = used.state_dict()
+    state["_extra_state"] = {k: v for k, v in state["_extra_state"].items() if k != "next_measure"}
+    older = sg.get_estimator("auto", every=7, warmup=2)
+    older.load_state_dict(state)
+    r = older.report()
+    assert r["next_measuring_call"] % older.interval() == 0 and r["next_measuring_call"] >= r["calls"]
+    assert used.report()["next_measuring_call"] >= used.report()["calls"] and older.chosen == used.chosen
 
 
 def test_auto_reports_what_it_chose_and_why(gen):

@@ -196,7 +196,6 @@ class Auto(Estimator):
         self._timings: list[list[float]] = []
         self._dist = BERNOULLI
         self._last_end: float | None = None   # the clock at the end of the last timed call
-        self._interval = every   # calls from one measuring call to the next after the warm-up (interval())
         self._next: int | None = warmup   # the next call that measures after the warm-up (extra state)
         self.history: list[tuple[int, str]] = []   # (call, candidate) at every switch
 
@@ -218,7 +217,7 @@ class Auto(Estimator):
         if like is not None:
             self.candidates.to(device)
         self.history = [(0, self._label(0))]
-        self._interval, self._next = self.every, self.warmup
+        self._next = self.warmup
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         """The host's counters, choice, spending and times into their buffers, then the usual."""
@@ -253,9 +252,8 @@ class Auto(Estimator):
         rows = self.timings[:min(self._calls, self.warmup)].tolist() if self.timings.numel() else []
         self._timings = [row for row in rows if any(v >= 0 for v in row)]   # the calls timed (not the network view's)
         self._last_end = None
-        self._interval = self.interval()
         if self._next is None:   # a state saved before the schedule was kept: the call measuring would have chosen
-            self._next = -(-self._calls // self._interval) * self._interval
+            self._next = -(-self._calls // self.interval()) * self.interval()
 
     def state_meaning(self) -> dict:
         # the candidates, in order: the choice is an index into them (a state saved with [a, b] never loads into
@@ -399,9 +397,8 @@ class Auto(Estimator):
         self._schedule(t)
 
     def _schedule(self, t: int) -> None:
-        """After measuring call ``t``: the interval for the choice now made, and the next call that measures."""
-        self._interval = self.interval()
-        self._next = t + self._interval
+        """After measuring call ``t``: the next call that measures, one interval on for the choice now made."""
+        self._next = t + self.interval()
 
     def variance(self) -> Tensor:
         """``(C,)``: each candidate's measured variance of one estimate (summed over units, mean over examples)."""
@@ -463,7 +460,7 @@ class Auto(Estimator):
                "evaluations_spent": self._spent[0], "measuring_fraction": self.measuring_fraction,
                "measured": self.weight.item() > 0,
                "criterion": self.criterion, "candidates": cands, "history": list(self.history)}
-        out["interval"], out["next_measuring_call"] = self._interval, self._next
+        out["interval"], out["next_measuring_call"] = self.interval(), self._next
         if secs is not None:
             out["timed_calls"] = len(self._timings)
             out["seconds_rest_of_step"] = own[-1]

@@ -224,9 +224,8 @@ class ScoreFunction(Estimator):
         ``Σ_s c_s e_{z_s}`` added at the sampled classes (``scatter_add``), so no one-hot is made: one ``(*batch, n, K)``
         tensor, the result. ``(*batch, n, K)``."""
         c = self.centred_per_sample(losses, update, None).to(probs.dtype)   # (*lead, *batch, 1)
-        if z.dim() == probs.dim() - 1:                                      # one sample: (e_z − p)(L − c)
-            grad = probs * c.neg().unsqueeze(-1)
-            return grad.scatter_add_(-1, z.unsqueeze(-1), c.expand(z.shape).unsqueeze(-1))
+        if z.dim() == probs.dim() - 1:                                      # one sample: a sample dimension of 1
+            z, c = z.unsqueeze(0), c.unsqueeze(0)
         S = z.shape[0]
         grad = probs * c.sum(0).div_(-S).unsqueeze(-1)                      # −p Σ_s c_s / S
         return grad.scatter_add_(-1, z.movedim(0, -1), c.div(S).expand(z.shape).movedim(0, -1))
